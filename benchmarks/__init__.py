@@ -1,0 +1,1 @@
+"""ChEF-style evaluation: scenarios, instructions, inferencers, metrics (filled by the benchmark issue)."""

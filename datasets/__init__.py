@@ -1,0 +1,1 @@
+"""Instruction-data formats, processors, collate and the built-in offline data generators."""

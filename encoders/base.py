@@ -1,0 +1,34 @@
+"""The encoder contract: what the rest of the model needs from a media encoder."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module, ABC):
+    """Maps a batch of one modality's media to tokens `[N, S, output_dim]`.
+
+    Subclasses set `modality` ("image" | "video" | "pointcloud") and `output_dim`, and expose
+    `transform`: what the data pipeline applies to one raw medium (a PIL image, a video's frames
+    as a uint8 array [F, H, W, C], or a point array [P, 3+C]) to produce one element of the
+    batch tensor `forward` takes.
+    """
+
+    modality: str = "image"
+    output_dim: int
+
+    @property
+    @abstractmethod
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """Per-medium preprocessing for the data pipeline."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode `x` into `[N, S, output_dim]` tokens."""
+
+    @abstractmethod
+    def num_tokens(self) -> int:
+        """S, the tokens emitted per medium for media prepared by `transform`."""

@@ -1,0 +1,58 @@
+"""The one structure that crosses from the data pipeline into the model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+MODALITIES = ("image", "video", "pointcloud")
+
+
+@dataclass
+class MediaBatch:
+    """All media of one modality in a batch, in text order (by sample, then by appearance).
+
+    `data` is what the encoder takes: images [M, C, H, W], videos [M, F, C, H, W], point clouds
+    [M, P, 3+C]; `sample_index[m]` is the batch row that owns medium m.
+    """
+
+    data: torch.Tensor
+    sample_index: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "MediaBatch":
+        return MediaBatch(self.data.to(device), self.sample_index.to(device))
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+@dataclass
+class Batch:
+    """Token ids with media placeholders, the loss labels (-100 = ignored) and the media."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    media: dict[str, MediaBatch] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+            media={k: v.to(device) for k, v in self.media.items()},
+            ids=list(self.ids),
+        )
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """What the data pipeline needs to know about one modality of a built model."""
+
+    transform: "Callable[[Any], torch.Tensor]"
+    num_tokens: int  # placeholders per medium under prefix fusion (the projector's K)
