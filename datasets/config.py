@@ -1,0 +1,102 @@
+"""The `data` config node as a dataclass, and the context every dataset factory receives."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lamm.batch import MediaSpec
+from lamm.datasets.errors import SkipCounter
+
+
+def to_plain(cfg: Any) -> dict[str, Any]:
+    """An OmegaConf node or mapping as a plain dict (interpolations resolved)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # omegaconf is a dependency, but plain dicts must work without it
+        pass
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"data config must be a mapping, found {type(cfg).__name__}")
+    return dict(cfg)
+
+
+@dataclass
+class DataConfig:
+    """Keys shared by every format; format-specific keys go to `extra` and are read with `option()`."""
+
+    name: str
+    path: str | list[str] | None = None  # json/jsonl file(s), or shard URLs for webdataset
+    val_path: str | list[str] | None = None
+    root: str | None = None  # media root; default: the folder of each data file
+    template: str | None = None  # None: the format's default template
+    system_prompt: str | None = None  # None: template default; "task"; "none"; or literal text
+    max_length: int | None = 2048
+    truncation: str = "right"  # right | skip
+    on_error: str = "raise"  # raise | skip
+    # Read by the training DataModule, not by the datasets themselves.
+    batch_size: int = 8
+    num_workers: int = 0
+    shuffle: bool = True
+    seed: int = 0
+    pad_side: str = "right"
+    extra: dict[str, Any] = field(default_factory=dict)
+    _consumed: set[str] = field(default_factory=set, repr=False)
+
+    @classmethod
+    def from_any(cls, cfg: Any) -> "DataConfig":
+        """Build from an OmegaConf node or dict; keys the dataclass lacks go to `extra`."""
+        plain = to_plain(cfg)
+        if "name" not in plain:
+            raise ValueError("data config has no 'name' (the dataset format, e.g. lamm, llava, mmgpt, "
+                             "interleaved, webdataset, mixture)")
+        known = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_") and f.name != "extra"}
+        extra = {k: v for k, v in plain.items() if k not in known}
+        return cls(**{k: v for k, v in plain.items() if k in known}, extra=extra)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A format-specific key (marks it as used so leftover keys can be reported as typos)."""
+        self._consumed.add(key)
+        return self.extra.get(key, default)
+
+    def unused_keys(self) -> list[str]:
+        return sorted(set(self.extra) - self._consumed)
+
+    def check_all_used(self) -> None:
+        """Fail on config keys no component read (typos), with a did-you-mean."""
+        unused = self.unused_keys()
+        if not unused:
+            return
+        candidates = [f.name for f in dataclasses.fields(self) if not f.name.startswith("_")] + sorted(self._consumed)
+        parts = []
+        for key in unused:
+            close = difflib.get_close_matches(key, candidates, n=1)
+            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown key(s) in data config for dataset {self.name!r}: {', '.join(parts)}")
+
+    def paths(self, split: str) -> list[str]:
+        """The data files of a split ("train" -> path, "val" -> val_path)."""
+        value = self.path if split == "train" else self.val_path if split == "val" else None
+        if split not in ("train", "val"):
+            raise ValueError(f"unknown split {split!r}; expected train or val")
+        if value is None:
+            key = "path" if split == "train" else "val_path"
+            raise ValueError(f"data config for dataset {self.name!r} has no {key!r}")
+        items = [value] if isinstance(value, str) else list(value)
+        return [os.path.expanduser(p) for p in items]
+
+
+@dataclass
+class BuildContext:
+    """What a dataset factory needs from the model: media specs, tokenizer, fusion; plus the shared counter."""
+
+    media_specs: dict[str, MediaSpec]
+    tokenizer: Any
+    fusion: str
+    counter: SkipCounter
+    split: str = "train"
+    training: bool = True

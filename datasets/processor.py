@@ -1,0 +1,201 @@
+"""Sample -> token ids with media placeholder blocks, loss labels and transformed media tensors.
+
+Text is tokenised segment by segment (so label boundaries are exact without offsets); each medium
+becomes a block of placeholder ids: `num_tokens` copies under prefix fusion, one placeholder under
+gated cross-attention, where END_OF_CHUNK also closes the text chunk that follows each medium
+(inserted before the next medium and at the end of a training sequence, as OpenFlamingo does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lamm.batch import MediaSpec
+from lamm.datasets.errors import DataError, SampleSkipped
+from lamm.datasets.media import load_media
+from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, MediaRef, Sample
+from lamm.datasets.templates import Template
+from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
+
+IGNORE_INDEX = -100
+FUSIONS = ("prefix", "gated_xattn")
+TRUNCATION_POLICIES = ("right", "skip")
+
+
+@dataclass
+class ProcessedSample:
+    """One tokenised sample ready for the collator."""
+
+    id: str
+    input_ids: torch.Tensor  # [T] long
+    labels: torch.Tensor  # [T] long, IGNORE_INDEX where there is no loss
+    media: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # per modality, in text order
+    truncated: bool = False
+
+
+@dataclass
+class TokenizedSample:
+    """Ids and labels before media are loaded; `media` are the references whose blocks survived truncation."""
+
+    input_ids: list[int]
+    labels: list[int]
+    media: list[MediaRef]
+    truncated: bool = False
+
+
+@dataclass
+class _Piece:
+    ids: list[int]
+    labels: list[int]
+    medium: MediaRef | None = None  # set for a placeholder block, which is never cut
+
+
+class Processor:
+    """Render, tokenise, mask, truncate and load media for one sample."""
+
+    def __init__(
+        self,
+        tokenizer,
+        template: Template,
+        media_specs: dict[str, MediaSpec],
+        fusion: str = "prefix",
+        max_length: int | None = 2048,
+        truncation: str = "right",
+        training: bool = True,
+    ) -> None:
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+        if truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"unknown truncation policy {truncation!r}; expected one of {', '.join(TRUNCATION_POLICIES)}")
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in (*PLACEHOLDERS.values(), END_OF_CHUNK) if t not in vocab]
+        if missing:
+            raise ValueError(f"tokenizer lacks media tokens {missing}; call lamm.tokens.add_media_tokens(tokenizer) first")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.media_specs = dict(media_specs)
+        self.fusion = fusion
+        self.max_length = max_length
+        self.truncation = truncation
+        self.training = training
+        self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(t) for m, t in PLACEHOLDERS.items()}
+        self.eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK)
+        self.bos_id = self._bos_id(tokenizer)
+
+    @staticmethod
+    def _bos_id(tokenizer) -> int | None:
+        # Prepend BOS only when the tokenizer itself would (Llama yes, GPT-2/SmolLM no).
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        if len(with_special) > len(plain) and with_special[0] == tokenizer.bos_token_id:
+            return tokenizer.bos_token_id
+        return None
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _check_media(self, sample: Sample, markers: list[str]) -> None:
+        for ref in sample.media:
+            if ref.modality not in self.media_specs:
+                raise DataError(
+                    f"sample has {ref.modality} media but the model has no {ref.modality} encoder "
+                    f"(configured modalities: {', '.join(sorted(self.media_specs)) or 'none'})",
+                    file=sample.source, sample_id=sample.id, field=ref.field, reason="unsupported_modality")
+        for modality in PLACEHOLDERS:
+            found = sum(MODALITY_OF_MARKER[m] == modality for m in markers)
+            expected = len(sample.media_of(modality))
+            if found != expected:
+                raise DataError(
+                    f"text marks {found} {PLACEHOLDERS[modality]} but the sample has {expected} {modality} media",
+                    file=sample.source, sample_id=sample.id, field="conversations", reason="marker_mismatch")
+
+    def _pieces(self, sample: Sample) -> list[_Piece]:
+        segments = self.template.render(sample, self.tokenizer)
+        self._check_media(sample, [m for s in segments for m in MARKER_RE.findall(s.text)])
+        next_of = {m: iter(sample.media_of(m)) for m in PLACEHOLDERS}
+        pieces: list[_Piece] = []
+        if self.bos_id is not None and not self.template.renders_bos:
+            pieces.append(_Piece([self.bos_id], [IGNORE_INDEX]))
+        seen_media = False
+        for seg in segments:
+            pos = 0
+            for match in (*MARKER_RE.finditer(seg.text), None):
+                end = match.start() if match else len(seg.text)
+                ids = self._encode(seg.text[pos:end])
+                if ids:
+                    pieces.append(_Piece(ids, list(ids) if seg.train else [IGNORE_INDEX] * len(ids)))
+                if match is None:
+                    break
+                pos = match.end()
+                modality = MODALITY_OF_MARKER[match.group()]
+                if self.fusion == "gated_xattn" and seen_media:
+                    pieces.append(self._end_of_chunk(pieces))
+                seen_media = True
+                k = self.media_specs[modality].num_tokens if self.fusion == "prefix" else 1
+                pieces.append(_Piece([self.placeholder_ids[modality]] * k, [IGNORE_INDEX] * k, next(next_of[modality])))
+        if self.fusion == "gated_xattn" and seen_media and self.training:
+            pieces.append(self._end_of_chunk(pieces))
+        return pieces
+
+    def _end_of_chunk(self, pieces: list[_Piece]) -> _Piece:
+        # The chunk end is learned where the text before it is learned (documents, after a response).
+        last = pieces[-1].labels[-1] if pieces and pieces[-1].labels else IGNORE_INDEX
+        return _Piece([self.eoc_id], [self.eoc_id if last != IGNORE_INDEX else IGNORE_INDEX])
+
+    def _truncate(self, pieces: list[_Piece]) -> tuple[list[_Piece], bool]:
+        total = sum(len(p.ids) for p in pieces)
+        if self.max_length is None or total <= self.max_length:
+            return pieces, False
+        if self.truncation == "skip":
+            raise SampleSkipped("too_long", f"{total} tokens > max_length {self.max_length}")
+        kept: list[_Piece] = []
+        budget = self.max_length
+        for p in pieces:
+            if len(p.ids) <= budget:
+                kept.append(p)
+                budget -= len(p.ids)
+                continue
+            if p.medium is None and budget > 0:  # cut text; a placeholder block is dropped whole
+                kept.append(_Piece(p.ids[:budget], p.labels[:budget]))
+            break
+        return kept, True
+
+    def tokenize(self, sample: Sample) -> TokenizedSample:
+        """Ids and labels with placeholder blocks (no media loaded); raises DataError or SampleSkipped."""
+        pieces, truncated = self._truncate(self._pieces(sample))
+        ids = [i for p in pieces for i in p.ids]
+        labels = [label for p in pieces for label in p.labels]
+        if self.training and all(label == IGNORE_INDEX for label in labels):
+            if truncated:
+                raise SampleSkipped("too_long", f"truncation to {self.max_length} tokens left no response tokens")
+            raise DataError("no assistant response to train on", file=sample.source, sample_id=sample.id,
+                            field="conversations", reason="no_response")
+        return TokenizedSample(ids, labels, [p.medium for p in pieces if p.medium is not None], truncated)
+
+    def load_media(self, sample: Sample, refs: list[MediaRef]) -> dict[str, list[torch.Tensor]]:
+        """Load and transform media with each modality's encoder transform."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for ref in refs:
+            try:
+                raw = load_media(ref)
+            except DataError as err:
+                raise err.with_context(file=sample.source, sample_id=sample.id, field=ref.field) from None
+            try:
+                tensor = self.media_specs[ref.modality].transform(raw)
+            except Exception as exc:  # a transform bug, not bad data: keep the traceback, add where
+                exc.add_note(f"while transforming {ref.modality} {ref.path} of sample {sample.id!r} in {sample.source}")
+                raise
+            out.setdefault(ref.modality, []).append(torch.as_tensor(tensor))
+        return out
+
+    def __call__(self, sample: Sample) -> ProcessedSample:
+        """Tokenise and load media."""
+        tok = self.tokenize(sample)
+        return ProcessedSample(
+            id=sample.id,
+            input_ids=torch.tensor(tok.input_ids, dtype=torch.long),
+            labels=torch.tensor(tok.labels, dtype=torch.long),
+            media=self.load_media(sample, tok.media),
+            truncated=tok.truncated,
+        )

@@ -1,0 +1,66 @@
+"""The umbrella `lamm` command: `lamm registry`, `lamm synth`, `lamm demo`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lamm.registry import ALL_REGISTRIES
+
+    table = Table(title="lamm registry")
+    table.add_column("kind")
+    table.add_column("names")
+    for kind, registry in ALL_REGISTRIES.items():
+        if args.kind and kind != args.kind:
+            continue
+        table.add_row(kind, ", ".join(registry.names()) or "-")
+    Console().print(table)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lamm.cli.demo import run_demo
+
+    return run_demo(args.overrides)
+
+
+def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("synth", help="write the built-in offline datasets (LAMM format)")
+    try:
+        from lamm.datasets.synth.cli import add_arguments, run
+    except ImportError:  # the generator is optional until the data package ships it
+        return
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    reg = sub.add_parser("registry", help="list every registered component name per kind")
+    reg.add_argument("kind", nargs="?", help="only this kind (encoder, projector, fusion, llm, ...)")
+    reg.set_defaults(func=_registry)
+    demo = sub.add_parser("demo", help="compose the default model, run a forward pass and generate")
+    demo.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model/fusion=gated_xattn")
+    demo.set_defaults(func=_demo)
+    _synth_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lamm` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        print(f"lamm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

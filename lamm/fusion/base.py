@@ -1,0 +1,80 @@
+"""The fusion contract: how projected media tokens enter the LLM."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lamm.tokens import PLACEHOLDERS
+
+
+@dataclass
+class MediaTokens:
+    """Projected tokens of one modality: `tokens[m]` is [K, D] for medium m, owned by `sample_index[m]`."""
+
+    tokens: torch.Tensor
+    sample_index: torch.Tensor
+
+
+class MediaCountError(ValueError):
+    """The text's placeholders do not match the media given with it."""
+
+
+class Fusion(nn.Module, ABC):
+    """Prefix fusion rewrites input embeddings; cross-attention fusion conditions decoder layers.
+
+    `layout` tells the data processor which placeholders to insert ("prefix": K per medium;
+    "gated_xattn": one per medium plus an end-of-chunk token).
+    """
+
+    layout: str
+
+    def attach(self, llm: Any) -> None:
+        """Hook into the LLM once, after it is loaded and before LoRA is applied."""
+
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor, embeds: torch.Tensor, media: dict[str, MediaTokens]) -> torch.Tensor:
+        """Input embeddings with media applied (identity for cross-attention fusion)."""
+
+    def begin(self, input_ids: torch.Tensor, media: dict[str, MediaTokens]) -> Any:
+        """Per-call conditioning state (None when the fusion needs none)."""
+        return None
+
+    def layer_kwargs(self, state: Any, input_ids: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments passed explicitly to the decoder layers for the tokens `input_ids`."""
+        return {}
+
+    def placeholders_per_medium(self, projector_tokens: int) -> int:
+        """How many placeholder tokens one medium occupies in the text."""
+        return projector_tokens if self.layout == "prefix" else 1
+
+
+def placeholder_masks(input_ids: torch.Tensor, media_token_ids: dict[str, int], modalities) -> dict[str, torch.Tensor]:
+    """Boolean [B, T] masks of each modality's placeholder token."""
+    return {m: input_ids == media_token_ids[PLACEHOLDERS[m]] for m in modalities}
+
+
+def check_media_counts(
+    masks: dict[str, torch.Tensor], media: dict[str, MediaTokens], per_medium: dict[str, int]
+) -> None:
+    """Every sample must have exactly as many placeholders as its media need, per modality."""
+    for modality, mask in masks.items():
+        found = mask.sum(1)
+        expected = torch.zeros_like(found)
+        if modality in media:
+            idx = media[modality].sample_index.to(found.device)
+            expected.index_add_(0, idx, torch.full_like(idx, per_medium[modality]))
+        bad = (found != expected).nonzero().flatten().tolist()
+        if bad:
+            b = bad[0]
+            n = int(expected[b]) // max(per_medium.get(modality, 1), 1)
+            raise MediaCountError(
+                f"sample {b}: {n} {modality} media need {int(expected[b])} {PLACEHOLDERS[modality]} "
+                f"placeholder tokens ({per_medium.get(modality, 1)} each) but the text has {int(found[b])}"
+            )
+    for modality in media:
+        if modality not in masks:
+            raise MediaCountError(f"got {modality} media but the model has no {modality} encoder")

@@ -1,0 +1,199 @@
+"""Gated cross-attention fusion (Flamingo): tanh-gated blocks before every n-th decoder layer.
+
+The blocks live in this module, not inside the LLM: a forward pre-hook on each decoder layer
+applies the block to the layer's input hidden states. Media conditioning travels as an explicit
+keyword argument (`lamm_xattn`) from the decoder's forward down to its layers — HF decoders pass
+their **kwargs on to every layer — and the hook pops it, so nothing is ever left set on a module
+between calls, peft wrapping does not matter, and the layer classes stay untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lamm.fusion.base import Fusion, MediaTokens, check_media_counts, placeholder_masks
+from lamm.registry import FUSIONS
+from lamm.tokens import PLACEHOLDERS
+
+LAYER_KWARG = "lamm_xattn"
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """`x + tanh(a) * xattn(norm(x), media)` then `x + tanh(f) * ffw(norm(x))`; gates start at 0."""
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, ff_mult: int = 4) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ff_norm = nn.LayerNorm(dim)
+        self.ff_in = nn.Linear(dim, dim * ff_mult, bias=False)
+        self.ff_out = nn.Linear(dim * ff_mult, dim, bias=False)
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def keys_values(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L, D] media tokens -> per-head keys and values [B, H, L, dh] (computed once per prompt)."""
+        b, n, _ = media.shape
+        k, v = self.to_kv(media).view(b, n, 2, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        allowed: torch.Tensor,
+        has_media: torch.Tensor,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.to_q(self.norm(x)).view(b, t, self.heads, self.dim_head).transpose(1, 2)
+        k, v = kv
+        # Rows with no visible media would be all -inf (NaN); open them and zero the output instead.
+        mask = (allowed | ~has_media.unsqueeze(-1)).unsqueeze(1)
+        attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        attn = attn.transpose(1, 2).reshape(b, t, -1)
+        attn = self.to_out(attn) * has_media.unsqueeze(-1).to(x.dtype)
+        x = x + torch.tanh(self.attn_gate) * attn
+        return x + torch.tanh(self.ff_gate) * self.ff_out(F.gelu(self.ff_in(self.ff_norm(x))))
+
+
+@dataclass
+class CrossAttentionState:
+    """Media conditioning for one forward or one generation: the media, and per-block K/V caches."""
+
+    media: torch.Tensor | None  # [B, L, D]: media slots flattened, L = slots * tokens per slot
+    key_slot: torch.Tensor | None  # [L]: which media slot each key belongs to
+    key_valid: torch.Tensor | None  # [B, L]: False for padding slots/tokens
+    last_slot: torch.Tensor  # [B]: slot of the most recent media token seen so far (-1: none yet)
+    only_latest: bool
+    kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class CallConditioning:
+    """What the hooks need for one decoder call: the state and each token's current media slot."""
+
+    state: CrossAttentionState
+    token_slot: torch.Tensor  # [B, T]
+    calls: list[int] = field(default_factory=list)  # layers that consumed it (detects dropped kwargs)
+
+
+@FUSIONS.register("gated_xattn")
+class GatedCrossAttentionFusion(Fusion):
+    """Flamingo-style fusion; `every`: a block before every n-th decoder layer."""
+
+    layout = "gated_xattn"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        every: int = 1,
+        heads: int = 8,
+        dim_head: int = 64,
+        ff_mult: int = 4,
+        only_latest_media: bool = True,
+    ) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"model.fusion.every must be >= 1, got {every}")
+        self.every = every
+        self.only_latest_media = only_latest_media
+        # Layer i gets a block when (i + 1) % every == 0 (OpenFlamingo's placement).
+        self.layer_ids = [i for i in range(num_layers) if (i + 1) % every == 0]
+        self.blocks = nn.ModuleDict(
+            {str(i): GatedCrossAttentionBlock(hidden_size, heads, dim_head, ff_mult) for i in self.layer_ids}
+        )
+        self.media_token_ids: dict[str, int] = {}
+        self._hooks: list[Any] = []
+
+    def attach(self, llm: Any) -> None:
+        self.media_token_ids = dict(llm.media_token_ids)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = [
+            layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
+            for i, layer in enumerate(llm.decoder_layers)
+        ]
+
+    def _make_hook(self, layer_id: int):
+        key = str(layer_id)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            cond: CallConditioning | None = kwargs.pop(LAYER_KWARG, None)
+            if cond is None or key not in self.blocks or cond.state.media is None:
+                return args, kwargs
+            cond.calls.append(layer_id)
+            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = self._apply_block(key, hidden, cond)
+            if args:
+                args = (hidden, *args[1:])
+            else:
+                kwargs["hidden_states"] = hidden
+            return args, kwargs
+
+        return hook
+
+    def _apply_block(self, key: str, hidden: torch.Tensor, cond: CallConditioning) -> torch.Tensor:
+        state = cond.state
+        block = self.blocks[key]
+        if key not in state.kv_cache:
+            state.kv_cache[key] = block.keys_values(state.media.to(hidden.dtype))
+        slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
+        key_slot = state.key_slot.view(1, 1, -1)
+        visible = key_slot == slot if state.only_latest else key_slot <= slot
+        allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
+        return block(hidden, state.kv_cache[key], allowed, allowed.any(-1))
+
+    # -- per-call conditioning ---------------------------------------------------------------
+
+    def embed(self, input_ids: torch.Tensor, embeds: torch.Tensor, media: dict[str, MediaTokens]) -> torch.Tensor:
+        return embeds
+
+    def begin(self, input_ids: torch.Tensor, media: dict[str, MediaTokens]) -> CrossAttentionState:
+        """Lay the media out per sample in text order (slot s = the s-th media token of the row)."""
+        masks = placeholder_masks(input_ids, self.media_token_ids, PLACEHOLDERS)
+        check_media_counts(masks, media, {m: 1 for m in media})
+        batch = input_ids.shape[0]
+        last = torch.full((batch,), -1, dtype=torch.long, device=input_ids.device)
+        present = {m: t for m, t in media.items() if len(t.tokens)}
+        if not present:
+            return CrossAttentionState(None, None, None, last, self.only_latest_media)
+        any_media = torch.stack(list(masks.values())).any(0)
+        slot_of_position = any_media.long().cumsum(1) - 1
+        num_slots = int(any_media.sum(1).max())
+        max_tokens = max(int(t.tokens.shape[1]) for t in present.values())
+        dim = next(iter(present.values())).tokens.shape[-1]
+        ref = next(iter(present.values())).tokens
+        slots = ref.new_zeros(batch, num_slots, max_tokens, dim)
+        valid = torch.zeros(batch, num_slots, max_tokens, dtype=torch.bool, device=ref.device)
+        for modality, item in present.items():
+            rows, cols = masks[modality].nonzero(as_tuple=True)  # row-major = media order
+            order = torch.argsort(item.sample_index, stable=True)
+            k = item.tokens.shape[1]
+            slots[rows, slot_of_position[rows, cols], :k] = item.tokens[order]
+            valid[rows, slot_of_position[rows, cols], :k] = True
+        key_slot = torch.arange(num_slots, device=ref.device).repeat_interleave(max_tokens)
+        return CrossAttentionState(
+            media=slots.flatten(1, 2),
+            key_slot=key_slot,
+            key_valid=valid.flatten(1, 2),
+            last_slot=last,
+            only_latest=self.only_latest_media,
+        )
+
+    def layer_kwargs(self, state: CrossAttentionState, input_ids: torch.Tensor) -> dict[str, Any]:
+        """Conditioning for the next tokens; advances the state's most-recent-media pointer."""
+        is_media = torch.zeros_like(input_ids, dtype=torch.bool)
+        for modality in PLACEHOLDERS:
+            is_media |= input_ids == self.media_token_ids[PLACEHOLDERS[modality]]
+        token_slot = state.last_slot.unsqueeze(1) + is_media.long().cumsum(1)
+        state.last_slot = token_slot[:, -1]
+        return {LAYER_KWARG: CallConditioning(state, token_slot)}

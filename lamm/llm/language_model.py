@@ -1,0 +1,147 @@
+"""`LanguageModel`: a Hugging Face causal LM seen through the few operations the framework needs."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from lamm.tokens import MEDIA_TOKENS, add_media_tokens
+
+
+def find_decoder_layers(model: nn.Module, num_layers: int | None = None) -> nn.ModuleList:
+    """The decoder's layer list, found generically: the longest ModuleList of same-class blocks.
+
+    Works for any HF causal LM (Llama `model.layers`, GPT-2 `transformer.h`, GPT-NeoX
+    `gpt_neox.layers`, ...) and through peft wrappers, without a per-family table.
+    """
+    best: nn.ModuleList | None = None
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        if num_layers is not None and len(module) != num_layers:
+            continue
+        if best is None or len(module) > len(best):
+            best = module
+    if best is None:
+        raise ValueError(
+            f"could not find the decoder layers of {type(model).__name__}: no ModuleList of "
+            f"{num_layers or 'same-class'} blocks"
+        )
+    return best
+
+
+class LanguageModel(nn.Module):
+    """A causal LM plus its tokenizer, with the media tokens added and their embeddings trainable.
+
+    The original vocabulary stays in the (usually frozen) input embedding; the media tokens get
+    their own small embedding table so they can train while the rest of the LLM stays frozen
+    (and weight decay never touches frozen rows).
+    """
+
+    def __init__(self, causal_lm: nn.Module, tokenizer: Any, name: str = "llm") -> None:
+        super().__init__()
+        self.name = name
+        self.tokenizer = tokenizer
+        self.media_token_ids = add_media_tokens(tokenizer)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if causal_lm.get_input_embeddings().num_embeddings < len(tokenizer):
+            causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        self.causal_lm = causal_lm
+        config = causal_lm.config.get_text_config()
+        self.hidden_size: int = config.hidden_size
+        self.num_layers: int = config.num_hidden_layers
+        self.decoder_layers = find_decoder_layers(causal_lm, self.num_layers)
+
+        ids = [self.media_token_ids[t] for t in MEDIA_TOKENS]
+        table = torch.full((causal_lm.get_input_embeddings().num_embeddings,), -1, dtype=torch.long)
+        table[ids] = torch.arange(len(ids))
+        self.register_buffer("_media_row", table, persistent=False)
+        base = causal_lm.get_input_embeddings().weight
+        with torch.no_grad():
+            # New rows start at the mean embedding, in the HF table too, so a bare forward of the
+            # HF model and ours agree until the media tokens train.
+            others = torch.ones(base.shape[0], dtype=torch.bool)
+            others[ids] = False
+            base[ids] = base[others].mean(0, keepdim=True).to(base.dtype)
+        self.media_token_embedding = nn.Parameter(base[ids].detach().clone().float())
+
+    # -- the operations the rest of the framework uses -------------------------------------
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The decoder stack without the LM head (peft injects LoRA into it in place)."""
+        return self.causal_lm.base_model
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings, with the media tokens taken from their own trainable table."""
+        embeds = self.causal_lm.get_input_embeddings()(input_ids)
+        rows = self._media_row[input_ids]
+        is_media = rows >= 0
+        if bool(is_media.any()):
+            media = self.media_token_embedding.to(embeds.dtype)[rows.clamp(min=0)]
+            embeds = torch.where(is_media.unsqueeze(-1), media, embeds)
+        return embeds
+
+    def hidden_states(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        **layer_kwargs: Any,
+    ) -> tuple[torch.Tensor, Any]:
+        """Run the decoder; `layer_kwargs` travel explicitly to every decoder layer."""
+        out = self.backbone(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **layer_kwargs,
+        )
+        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits for the given hidden states (call it only where logits are needed)."""
+        return self.causal_lm.get_output_embeddings()(hidden)
+
+    # -- LoRA ------------------------------------------------------------------------------
+
+    def apply_lora(
+        self,
+        r: int,
+        alpha: float,
+        dropout: float,
+        targets: Sequence[str],
+        **extra: Any,
+    ) -> None:
+        """Inject peft LoRA adapters into the LLM in place (the peft wrapper is kept for export)."""
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(targets),
+            task_type="CAUSAL_LM",
+            **extra,
+        )
+        # peft replaces the target Linear layers inside `causal_lm` itself, so `backbone` and
+        # `decoder_layers` keep pointing at the adapted modules. The wrapper is kept outside the
+        # module tree so its parameters are not listed (or saved) twice.
+        object.__setattr__(self, "peft_model", get_peft_model(self.causal_lm, config))
+
+    @property
+    def has_lora(self) -> bool:
+        return getattr(self, "peft_model", None) is not None
+
+    def chat_prompt(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render messages with the tokenizer's chat template."""
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )

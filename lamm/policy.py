@@ -1,0 +1,74 @@
+"""Which parts of a MultimodalLM train: a declared mode per part, applied in one place."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import nn
+
+MODES = {
+    "encoder": ("frozen", "full"),
+    "projector": ("frozen", "full"),
+    "fusion": ("frozen", "full", "lora"),
+    "llm": ("frozen", "lora", "full"),
+    "media_tokens": ("frozen", "full"),
+}
+
+
+@dataclass(frozen=True)
+class TrainablePolicy:
+    """Mode per part; `lora` trains only peft adapters of that part."""
+
+    encoder: str = "frozen"
+    projector: str = "full"
+    fusion: str = "full"
+    llm: str = "lora"
+    media_tokens: str = "full"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value not in MODES[f.name]:
+                raise ValueError(f"model.policy.{f.name}: {value!r} is not one of {list(MODES[f.name])}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TrainablePolicy":
+        data = dict(cfg or {})
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"model.policy: unknown part(s) {sorted(unknown)}; parts are {list(MODES)}")
+        return cls(**data)
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def part_of(name: str) -> str:
+    """The policy part a MultimodalLM parameter name belongs to."""
+    if name.startswith("encoders."):
+        return "encoder"
+    if name.startswith("projectors."):
+        return "projector"
+    if name.startswith("fusion."):
+        return "fusion"
+    if name == "llm.media_token_embedding":
+        return "media_tokens"
+    return "llm"
+
+
+def apply_policy(model: nn.Module, policy: TrainablePolicy) -> None:
+    """Set requires_grad on every parameter from the policy (and only from it)."""
+    modes = policy.as_dict()
+    for name, param in model.named_parameters():
+        mode = modes[part_of(name)]
+        param.requires_grad_(mode == "full" or (mode == "lora" and "lora_" in name))
+
+
+def parameter_report(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameter counts per part."""
+    report = {part: [0, 0] for part in MODES}
+    for name, param in model.named_parameters():
+        counts = report[part_of(name)]
+        counts[1] += param.numel()
+        counts[0] += param.numel() if param.requires_grad else 0
+    return {part: (t, n) for part, (t, n) in report.items()}
