@@ -130,18 +130,19 @@ class Processor:
                 pos = match.end()
                 modality = MODALITY_OF_MARKER[match.group()]
                 if self.fusion == "gated_xattn" and seen_media:
-                    pieces.append(self._end_of_chunk(pieces))
+                    pieces.append(self._end_of_chunk(sample))
                 seen_media = True
                 k = self.media_specs[modality].num_tokens if self.fusion == "prefix" else 1
                 pieces.append(_Piece([self.placeholder_ids[modality]] * k, [IGNORE_INDEX] * k, next(next_of[modality])))
         if self.fusion == "gated_xattn" and seen_media and self.training:
-            pieces.append(self._end_of_chunk(pieces))
+            pieces.append(self._end_of_chunk(sample))
         return pieces
 
-    def _end_of_chunk(self, pieces: list[_Piece]) -> _Piece:
-        # The chunk end is learned where the text before it is learned (documents, after a response).
-        last = pieces[-1].labels[-1] if pieces and pieces[-1].labels else IGNORE_INDEX
-        return _Piece([self.eoc_id], [self.eoc_id if last != IGNORE_INDEX else IGNORE_INDEX])
+    def _end_of_chunk(self, sample: Sample) -> _Piece:
+        # Documents learn where chunks end (OpenFlamingo trains it on MMC4); conversations stop on the
+        # end-of-turn token instead, so there the chunk end is structure only and carries no loss.
+        label = self.eoc_id if sample.kind == "document" else IGNORE_INDEX
+        return _Piece([self.eoc_id], [label])
 
     def _truncate(self, pieces: list[_Piece]) -> tuple[list[_Piece], bool]:
         total = sum(len(p.ids) for p in pieces)

@@ -1,0 +1,91 @@
+"""Tiny, random, offline configurations and batches: for lamm's tests and for plug-in authors' tests."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from lamm.batch import Batch, MediaBatch
+from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
+
+TINY_LLM = {"name": "tiny_random", "hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2}
+TINY_ENCODERS = {
+    "small_cnn": {"name": "small_cnn", "image_size": 32, "width": 32, "base_channels": 8, "num_stages": 3},
+    "small_vit": {"name": "small_vit", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1, "heads": 2},
+    "open_clip": {
+        "name": "open_clip",
+        "model_cfg": {"vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32}},
+        "layer": -2,
+    },
+    "timm": {"name": "timm", "model_name": "vit_tiny_patch16_224", "img_size": 32},
+    "video": {
+        "name": "video",
+        "num_frames": 3,
+        "image_encoder": {"name": "small_cnn", "image_size": 32, "width": 32, "base_channels": 8, "num_stages": 3},
+    },
+    "point_bert": {
+        "name": "point_bert", "num_points": 128, "num_groups": 8, "group_size": 8, "width": 32, "depth": 1,
+        "heads": 2, "pointnet_dims": [16, 32, 64],
+    },
+}
+TINY_PROJECTORS = {
+    "linear": {"name": "linear"},
+    "mlp": {"name": "mlp"},
+    "perceiver": {"name": "perceiver", "num_latents": 4, "depth": 1, "heads": 2, "dim_head": 16, "ff_mult": 2},
+}
+TINY_FUSIONS = {
+    "prefix": {"name": "prefix"},
+    "gated_xattn": {"name": "gated_xattn", "every": 2, "heads": 2, "dim_head": 16, "ff_mult": 2},
+}
+TINY_LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
+
+
+def tiny_model_config(
+    encoder: str = "small_cnn", projector: str = "mlp", fusion: str = "prefix", policy: dict | None = None
+) -> dict:
+    """A `model` config of tiny parts; `policy` overrides parts of the default (everything but the LLM trains, LLM by LoRA)."""
+    return copy.deepcopy(
+        {
+            "llm": TINY_LLM,
+            "encoder": TINY_ENCODERS[encoder],
+            "projector": TINY_PROJECTORS[projector],
+            "fusion": TINY_FUSIONS[fusion],
+            "lora": TINY_LORA,
+            "policy": {"encoder": "full", "projector": "full", "fusion": "full", "llm": "lora", **(policy or {})},
+        }
+    )
+
+
+
+
+def media_text(model, modality: str) -> str:
+    """The placeholder text one medium occupies in this model's prompts."""
+    n = model.media_specs()[modality].num_tokens
+    return PLACEHOLDERS[modality] * n + ("" if model.fusion.layout == "prefix" else END_OF_CHUNK)
+
+
+def random_media(model, modality: str, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` random raw media of `modality`, put through the model's own transform and stacked."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    transform = model.media_specs()[modality].transform
+
+    def raw():
+        if modality == "image":
+            return Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        if modality == "video":
+            return rng.integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+        return rng.normal(size=(300, 3)).astype(np.float32)
+
+    return torch.stack([transform(raw()) for _ in range(count)])
+
+
+def text_batch(model, texts: list[str], media: dict[str, tuple[torch.Tensor, list[int]]] | None = None,
+               padding_side: str = "left", labels: bool = True) -> Batch:
+    """Tokenise `texts` (placeholders already in them) into a Batch with the given media."""
+    enc = model.tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side)
+    lab = enc.input_ids.masked_fill(enc.attention_mask == 0, -100) if labels else None
+    mb = {m: MediaBatch(data, torch.tensor(owners)) for m, (data, owners) in (media or {}).items()}
+    return Batch(enc.input_ids, enc.attention_mask, lab, mb, [str(i) for i in range(len(texts))])

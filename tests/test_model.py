@@ -1,0 +1,251 @@
+"""MultimodalLM: fusion equivalences at init, media masking, cached generation, policy, combinations."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lamm.build import build_model
+from lamm.fusion.base import MediaCountError
+from lamm.testing import (
+    TINY_ENCODERS,
+    TINY_FUSIONS,
+    TINY_PROJECTORS,
+    media_text,
+    random_media,
+    text_batch,
+    tiny_model_config,
+)
+
+ENCODER_MODALITY = {"small_cnn": "image", "small_vit": "image", "open_clip": "image", "timm": "image",
+                    "video": "video", "point_bert": "pointcloud"}
+
+
+def open_gates(model, value: float = 0.8) -> None:
+    """Give the cross-attention blocks non-zero gates so media actually change the output."""
+    for block in model.fusion.blocks.values():
+        nn.init.constant_(block.attn_gate, value)
+        nn.init.constant_(block.ff_gate, value / 2)
+
+
+def bare_logits(model, batch) -> torch.Tensor:
+    """The underlying HF model on the same tokens, no lamm code in the way."""
+    mask = batch.attention_mask
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return model.llm.causal_lm(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions).logits
+
+
+@pytest.fixture(scope="module")
+def xattn_model():
+    return build_model(tiny_model_config(fusion="gated_xattn")).eval()
+
+
+@pytest.fixture(scope="module")
+def prefix_model():
+    return build_model(tiny_model_config(fusion="prefix")).eval()
+
+
+def two_image_batch(model, first: torch.Tensor, second: torch.Tensor):
+    ph = media_text(model, "image")
+    texts = [f"Look at this {ph} then this {ph} and say which colour", f"One {ph} shape here"]
+    return text_batch(model, texts, {"image": (torch.cat([first, second, second]), [0, 0, 1])})
+
+
+def test_gated_xattn_at_init_equals_bare_llm(xattn_model) -> None:
+    images = random_media(xattn_model, "image", 2)
+    batch = two_image_batch(xattn_model, images[:1], images[1:])
+    ours = xattn_model(batch, logits="all").logits
+    assert torch.allclose(ours, bare_logits(xattn_model, batch), atol=1e-5)
+
+
+def test_prefix_without_media_equals_bare_llm(prefix_model) -> None:
+    batch = text_batch(prefix_model, ["What colour is the sky?", "Hello there, assistant"])
+    ours = prefix_model(batch, logits="all").logits
+    assert torch.allclose(ours, bare_logits(prefix_model, batch), atol=1e-5)
+
+
+def _positions(batch, token_id: int, row: int = 0) -> list[int]:
+    return (batch.input_ids[row] == token_id).nonzero().flatten().tolist()
+
+
+def conditioned_hidden(model, batch) -> torch.Tensor:
+    """Hidden states right after the first cross-attention block, before any self-attention mixes them.
+
+    The LLM's own self-attention legitimately carries what earlier tokens saw to later tokens, so
+    the media mask is checked where it acts: on the block's output.
+    """
+    first = model.fusion.layer_ids[0]
+    seen = []
+    handle = model.llm.decoder_layers[first].register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).detach()),
+        with_kwargs=True,
+    )
+    try:
+        model(batch)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("only_latest", [True, False])
+def test_xattn_media_mask(only_latest: bool) -> None:
+    cfg = tiny_model_config(fusion="gated_xattn")
+    cfg["fusion"]["only_latest_media"] = only_latest
+    model = build_model(cfg).eval()
+    open_gates(model)
+    images = random_media(model, "image", 3)
+    a = two_image_batch(model, images[:1], images[2:])
+    b = two_image_batch(model, images[1:2], images[2:])  # only the first image differs
+    ha, hb = conditioned_hidden(model, a), conditioned_hidden(model, b)
+    first, second = _positions(a, model.llm.media_token_ids["<image>"])
+    assert torch.equal(ha[0, :first], hb[0, :first])  # before any media: nothing seen
+    assert not torch.allclose(ha[0, first:second], hb[0, first:second], atol=1e-4)
+    after_second_same = torch.allclose(ha[0, second:], hb[0, second:], atol=1e-6)
+    assert after_second_same == only_latest  # immediate mode: only the most recent medium counts
+    assert torch.equal(ha[1], hb[1])  # another sample is never affected
+
+
+def test_text_before_first_media_sees_nothing(xattn_model, prefix_model) -> None:
+    for model in (xattn_model, prefix_model):
+        if model is xattn_model:
+            open_gates(model)
+        images = random_media(model, "image", 3)
+        a, b = two_image_batch(model, images[:1], images[2:]), two_image_batch(model, images[1:2], images[1:2])
+        la, lb = model(a, logits="all").logits, model(b, logits="all").logits
+        first = _positions(a, model.llm.media_token_ids["<image>"])[0]
+        assert torch.allclose(la[0, :first], lb[0, :first], atol=1e-5)
+        assert not torch.allclose(la[0, first:], lb[0, first:], atol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_cached_generation_equals_uncached(fusion: str, xattn_model, prefix_model) -> None:
+    model = xattn_model if fusion == "gated_xattn" else prefix_model
+    if fusion == "gated_xattn":
+        open_gates(model)
+    images = random_media(model, "image", 2)
+    batch = two_image_batch(model, images[:1], images[1:])
+    cached = model.generate(batch, max_new_tokens=10, eos_token_id=-1)
+    uncached = model.generate(batch, max_new_tokens=10, eos_token_id=-1, use_cache=False)
+    assert cached.shape == (2, 10)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_batched_generation_equals_one_by_one(fusion: str, xattn_model, prefix_model) -> None:
+    model = xattn_model if fusion == "gated_xattn" else prefix_model
+    if fusion == "gated_xattn":
+        open_gates(model)
+    images = random_media(model, "image", 3)
+    batch = two_image_batch(model, images[:1], images[1:2])
+    together = model.generate(batch, max_new_tokens=6, eos_token_id=-1)
+    ph = media_text(model, "image")
+    alone = text_batch(model, [f"One {ph} shape here"], {"image": (images[1:2], [0])})
+    assert torch.equal(together[1], model.generate(alone, max_new_tokens=6, eos_token_id=-1)[0])
+
+
+def test_xattn_keys_values_computed_once_per_prompt(xattn_model, monkeypatch) -> None:
+    calls = []
+    for block in xattn_model.fusion.blocks.values():
+        original = block.keys_values
+        monkeypatch.setattr(block, "keys_values", lambda media, f=original: calls.append(1) or f(media))
+    images = random_media(xattn_model, "image", 2)
+    xattn_model.generate(two_image_batch(xattn_model, images[:1], images[1:]), max_new_tokens=5, eos_token_id=-1)
+    assert len(calls) == len(xattn_model.fusion.blocks)
+
+
+def test_generation_stops_at_eos(prefix_model) -> None:
+    batch = text_batch(prefix_model, ["Hello", "What is it"])
+    first = prefix_model.generate(batch, max_new_tokens=3, eos_token_id=-1)
+    stopped = prefix_model.generate(batch, max_new_tokens=8, eos_token_id=int(first[0, 0]))
+    assert stopped[0, 0] == first[0, 0]
+    assert stopped.shape[1] <= 8
+
+
+def test_policy_marks_and_steps_only_declared_parameters() -> None:
+    model = build_model(tiny_model_config(fusion="gated_xattn", policy={"encoder": "frozen"}))
+    trainable = model.trainable_parameters()
+    assert trainable and not any(n.startswith("encoders.") for n in trainable)
+    assert any(n.startswith("projectors.") for n in trainable)
+    assert any(n.startswith("fusion.") for n in trainable)
+    assert "llm.media_token_embedding" in trainable
+    llm_trainable = [n for n in trainable if n.startswith("llm.") and n != "llm.media_token_embedding"]
+    assert llm_trainable and all("lora_" in n for n in llm_trainable)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    images = random_media(model, "image", 1)
+    batch = text_batch(model, [f"A {media_text(model, 'image')} red circle"], {"image": (images, [0])})
+    opt = torch.optim.AdamW(trainable.values(), lr=1e-2)
+    model(batch).loss.backward()
+    opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(trainable)
+    frozen_with_grad = [n for n, p in model.named_parameters() if n not in trainable and p.grad is not None]
+    assert not frozen_with_grad
+
+
+COMBINATIONS = [(e, p, f) for e in TINY_ENCODERS for p in TINY_PROJECTORS for f in TINY_FUSIONS]
+
+
+@pytest.mark.parametrize("encoder,projector,fusion", COMBINATIONS)
+def test_forward_backward_every_combination(encoder: str, projector: str, fusion: str) -> None:
+    model = build_model(tiny_model_config(encoder, projector, fusion))
+    if fusion == "gated_xattn":
+        open_gates(model)  # at 0 the gates (rightly) block every gradient to the media path
+    modality = ENCODER_MODALITY[encoder]
+    ph = media_text(model, modality)
+    batch = text_batch(model, [f"Look {ph} here", f"{ph} and {ph} there"],
+                       {modality: (random_media(model, modality, 3), [0, 1, 1])}, padding_side="right")
+    loss = model(batch).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    projector_grads = [p.grad for p in model.projectors.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in projector_grads)
+    assert any(g.abs().sum() > 0 for g in projector_grads)
+
+
+def test_mixed_modalities_in_one_batch() -> None:
+    cfg = tiny_model_config()
+    cfg["encoder"] = {"image": TINY_ENCODERS["small_cnn"], "video": TINY_ENCODERS["video"],
+                      "pointcloud": TINY_ENCODERS["point_bert"]}
+    cfg["projector"] = TINY_PROJECTORS["perceiver"]
+    for fusion in TINY_FUSIONS.values():
+        cfg["fusion"] = fusion
+        model = build_model(cfg)
+        if fusion["name"] == "gated_xattn":
+            open_gates(model)
+        i, v, p = (media_text(model, m) for m in ("image", "video", "pointcloud"))
+        batch = text_batch(model, [f"{i} then {v}", "no media at all", f"{p} cloud {i}"], {
+            "image": (random_media(model, "image", 2), [0, 2]),
+            "video": (random_media(model, "video", 1), [0]),
+            "pointcloud": (random_media(model, "pointcloud", 1), [2]),
+        })
+        loss = model(batch).loss
+        loss.backward()
+        assert torch.isfinite(loss)
+        for modality, projector in model.projectors.items():
+            assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in projector.parameters()), modality
+
+
+def test_media_count_mismatch_is_one_clear_error(prefix_model, xattn_model) -> None:
+    for model in (prefix_model, xattn_model):
+        ph = media_text(model, "image")
+        images = random_media(model, "image", 2)
+        too_many = text_batch(model, [f"one {ph} only"], {"image": (images, [0, 0])})
+        with pytest.raises(MediaCountError, match=r"sample 0: 2 image media need .* but the text has"):
+            model(too_many)
+        too_few = text_batch(model, [f"{ph} and {ph}"], {"image": (images[:1], [0])})
+        with pytest.raises(MediaCountError, match="sample 0"):
+            model(too_few)
+
+
+def test_wrong_media_shape_names_expected_and_got(prefix_model) -> None:
+    ph = media_text(prefix_model, "image")
+    batch = text_batch(prefix_model, [f"a {ph}"], {"image": (torch.randn(1, 1, 32, 32), [0])})
+    with pytest.raises(ValueError, match=r"expects .*got \[1, 1, 32, 32\]"):
+        prefix_model(batch)
+
+
+def test_media_for_a_modality_without_encoder(prefix_model) -> None:
+    batch = text_batch(prefix_model, ["no placeholders"], {"video": (torch.randn(1, 2, 3, 32, 32), [0])})
+    with pytest.raises(ValueError, match="no video encoder"):
+        prefix_model(batch)
