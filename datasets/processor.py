@@ -14,7 +14,7 @@ import torch
 from lamm.batch import MediaSpec
 from lamm.datasets.errors import DataError, SampleSkipped
 from lamm.datasets.media import load_media
-from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, MediaRef, Sample
+from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, MediaRef, Sample, with_media_first
 from lamm.datasets.templates import Template
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
 
@@ -111,6 +111,7 @@ class Processor:
                     file=sample.source, sample_id=sample.id, field="conversations", reason="marker_mismatch")
 
     def _pieces(self, sample: Sample) -> list[_Piece]:
+        sample = with_media_first(sample)  # parsers already did this; samples built in code may not have
         segments = self.template.render(sample, self.tokenizer)
         self._check_media(sample, [m for s in segments for m in MARKER_RE.findall(s.text)])
         next_of = {m: iter(sample.media_of(m)) for m in PLACEHOLDERS}

@@ -1,6 +1,7 @@
 """The parsed, format-independent sample: turns of text with media markers, plus media references."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,3 +57,18 @@ class Sample:
     @property
     def modalities(self) -> set[str]:
         return {m.modality for m in self.media}
+
+
+def with_media_first(sample: Sample) -> Sample:
+    """A copy where each modality whose media have no marker in the text gets them at the start of the
+    first user (or document) turn, LLaVA's convention for text that does not say where the media go."""
+    from lamm.tokens import PLACEHOLDERS
+
+    present = {MODALITY_OF_MARKER[m] for t in sample.turns for m in MARKER_RE.findall(t.text)}
+    prefix = "".join(PLACEHOLDERS[r.modality] for r in sample.media if r.modality not in present)
+    if not prefix or not sample.turns:
+        return sample
+    turns = [Turn(t.role, t.text, t.input) for t in sample.turns]
+    first = next((t for t in turns if t.role != "assistant"), turns[0])
+    first.text = f"{prefix}\n{first.text}" if sample.kind == "chat" else prefix + first.text
+    return dataclasses.replace(sample, turns=turns)

@@ -23,6 +23,22 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    """Where things come from: the facts to paste into a bug report."""
+    import importlib.util
+    import platform
+
+    import lamm
+    from lamm.llm.loaders import cache_dir
+
+    hf_datasets = importlib.util.find_spec("datasets")
+    print(f"python       {platform.python_version()} ({sys.executable})")
+    print(f"lamm         {lamm.__version__} ({lamm.__file__})")
+    print(f"lamm cache   {cache_dir()}")
+    print(f"datasets     {hf_datasets.origin if hf_datasets else '(not installed)'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from lamm.cli.demo import run_demo
 
@@ -45,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg = sub.add_parser("registry", help="list every registered component name per kind")
     reg.add_argument("kind", nargs="?", help="only this kind (encoder, projector, fusion, llm, ...)")
     reg.set_defaults(func=_registry)
+    sub.add_parser("env", help="print versions and where packages resolve").set_defaults(func=_env)
     demo = sub.add_parser("demo", help="compose the default model, run a forward pass and generate")
     demo.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model/fusion=gated_xattn")
     demo.set_defaults(func=_demo)
