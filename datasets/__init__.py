@@ -1,12 +1,27 @@
 """Instruction-data formats, processors, collate and the built-in offline data generators.
 
-Importing this package registers every built-in format in `lamm.registry.DATASETS`
-(lamm, llava, mmgpt, interleaved, webdataset, mixture). The training code calls
+The built-in formats (lamm, llava, mmgpt, interleaved, webdataset, mixture) register in
+`lamm.registry.DATASETS` on first lookup. The training code calls
 `build_dataset(cfg, media_specs, tokenizer, fusion)` and `build_collator(tokenizer, pad_side)`.
+Attributes load lazily so that light users (`lamm synth --help`) do not import torch.
 """
-from lamm.datasets.build import build_collator, build_dataset
-from lamm.datasets.errors import DataError, SkipCounter
-from lamm.datasets.processor import ProcessedSample, Processor
-from lamm.datasets import formats, mixture  # noqa: F401,E402  (registration)
+from __future__ import annotations
 
-__all__ = ["DataError", "ProcessedSample", "Processor", "SkipCounter", "build_collator", "build_dataset"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_collator": "lamm.datasets.build",
+    "build_dataset": "lamm.datasets.build",
+    "DataError": "lamm.datasets.errors",
+    "SkipCounter": "lamm.datasets.errors",
+    "ProcessedSample": "lamm.datasets.processor",
+    "Processor": "lamm.datasets.processor",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lamm.datasets' has no attribute {name!r}")

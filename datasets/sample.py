@@ -62,8 +62,6 @@ class Sample:
 def with_media_first(sample: Sample) -> Sample:
     """A copy where each modality whose media have no marker in the text gets them at the start of the
     first user (or document) turn, LLaVA's convention for text that does not say where the media go."""
-    from lamm.tokens import PLACEHOLDERS
-
     present = {MODALITY_OF_MARKER[m] for t in sample.turns for m in MARKER_RE.findall(t.text)}
     prefix = "".join(PLACEHOLDERS[r.modality] for r in sample.media if r.modality not in present)
     if not prefix or not sample.turns:

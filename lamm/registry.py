@@ -24,7 +24,7 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "projector": ("lamm.projectors",),
     "fusion": ("lamm.fusion",),
     "llm": ("lamm.llm",),
-    "dataset": ("lamm.datasets",),
+    "dataset": ("lamm.datasets.formats", "lamm.datasets.mixture"),
     "scenario": ("lamm.benchmarks",),
     "instruction": ("lamm.benchmarks",),
     "inferencer": ("lamm.benchmarks",),

@@ -186,8 +186,12 @@ def test_raise_in_worker_propagates(tok, media, tmp_path):
     path = _write(tmp_path, media, [GOOD, CASES["corrupt_image"][0]])
     ds = build_dataset(_cfg(path, media), SPECS, tok, "prefix")
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=build_collator(tok))
-    with pytest.raises(DataError, match="sample 'bad' field 'image': cannot read image"):
-        list(loader)
+    batches = iter(loader)
+    try:
+        with pytest.raises(DataError, match="sample 'bad' field 'image': cannot read image"):
+            next(batches)
+    finally:
+        batches._shutdown_workers()  # else the worker is reaped at exit after a 5 s join timeout
 
 
 def test_webdataset_bad_member_skipped(tok, media, tmp_path):

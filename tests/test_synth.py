@@ -134,6 +134,16 @@ def test_json_is_valid_lamm_format(data, kind):
     assert tasks == expected
 
 
+@pytest.mark.parametrize("kind", ["shapes", "video", "points"])
+def test_answers_are_balanced_per_task(runs, kind):
+    for split in ("train", "test"):
+        rows = json.loads((runs["a"] / kind / f"{split}.json").read_text())
+        for task in {r["task"] for r in rows if r["options"]}:
+            answers = [r["answer"] for r in rows if r["task"] == task]
+            counts = [answers.count(o) for o in rows[[r["task"] for r in rows].index(task)]["options"]]
+            assert max(counts) - min(counts) <= 1, (kind, split, task, counts)
+
+
 # ---------------------------------------------------------------- answers from the media
 
 

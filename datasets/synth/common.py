@@ -96,3 +96,20 @@ class KindResult:
     media: str
     tasks: dict[str, dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def balanced_answer(seed: int, kind: str, split: str, index: int, schedule: Sequence[TaskSpec]) -> str | None:
+    """The answer sample `index` must have so every task's answers are balanced (None if open-ended).
+
+    The k-th sample of a task gets option perm_c[k % n] with a fresh seeded permutation per block
+    c = k // n of n samples: classes stay balanced to within one per split, in no fixed order.
+    """
+    spec = schedule[index % len(schedule)]
+    if not spec.options:
+        return None
+    slots = [p for p, s in enumerate(schedule) if s.task == spec.task]
+    k = (index // len(schedule)) * len(slots) + slots.index(index % len(schedule))
+    n = len(spec.options)
+    task_code = sorted({s.task for s in schedule}).index(spec.task)
+    perm = np.random.default_rng([seed, KIND_CODES[kind], SPLIT_CODES[split], 1000 + task_code, k // n]).permutation(n)
+    return spec.options[int(perm[k % n])]

@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from lamm.datasets.synth.common import KindResult, TaskSpec, make_sample, sample_rng, task_schedule
+from lamm.datasets.synth.common import (
+    KindResult,
+    TaskSpec,
+    balanced_answer,
+    make_sample,
+    sample_rng,
+    task_schedule,
+)
 
 KIND = "points"
 PRIMITIVES = ("sphere", "box", "cylinder", "cone", "torus")
@@ -51,21 +58,23 @@ def _object(rng: np.random.Generator, kind: str, scale: float, centre: list[floa
     return {"type": kind, "scale": round(scale, 4), "centre": [round(c, 4) for c in centre], "rotation_xyz": angles}
 
 
-def _scene(rng: np.random.Generator, task: str) -> list[dict[str, Any]]:
+def _scene(rng: np.random.Generator, task: str, target: str | None = None) -> list[dict[str, Any]]:
+    """The objects of one cloud; `target` fixes the answer to `task`."""
     if task == "class3d":
-        return [_object(rng, PRIMITIVES[rng.integers(len(PRIMITIVES))], float(rng.uniform(0.7, 1.0)), [0.0, 0.0, 0.0])]
+        kind = target or PRIMITIVES[rng.integers(len(PRIMITIVES))]
+        return [_object(rng, kind, float(rng.uniform(0.7, 1.0)), [0.0, 0.0, 0.0])]
     if task == "size3d":
         kind = PRIMITIVES[rng.integers(len(PRIMITIVES))]
         small = float(rng.uniform(0.4, 0.6))
         large = small * float(rng.uniform(1.6, 2.0))
-        left_large = bool(rng.random() < 0.5)
+        left_large = target == "left" if target else bool(rng.random() < 0.5)
         s_left, s_right = (large, small) if left_large else (small, large)
         jitter = rng.uniform(-0.3, 0.3, size=4)
         return [
             _object(rng, kind, s_left, [-(s_left + GAP / 2), float(jitter[0]), float(jitter[1])]),
             _object(rng, kind, s_right, [s_right + GAP / 2, float(jitter[2]), float(jitter[3])]),
         ]
-    n = int(rng.integers(1, len(COUNTS) + 1))
+    n = int(target or rng.integers(1, len(COUNTS) + 1))
     for _ in range(1000):
         objs: list[dict[str, Any]] = []
         for _ in range(n):
@@ -116,7 +125,7 @@ def generate(root: Path, seed: int, sizes: dict[str, int], num_points: int = 102
         for i in range(n):
             rng = sample_rng(seed, KIND, split, i)
             spec = schedule[i % len(schedule)]
-            objects = _scene(rng, spec.task)
+            objects = _scene(rng, spec.task, balanced_answer(seed, KIND, split, i, schedule))
             cloud = sample_cloud(objects, num_points, int(rng.integers(2**31 - 1)))
             cloud = cloud[rng.permutation(num_points)]  # no object-by-object order for a model to exploit
             rel = f"pcl/{split}/{i:06d}.npy"

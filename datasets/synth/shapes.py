@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lamm.datasets.synth.common import KindResult, TaskSpec, make_sample, sample_rng, task_schedule
+from lamm.datasets.synth.common import (
+    KindResult,
+    TaskSpec,
+    balanced_answer,
+    make_sample,
+    sample_rng,
+    task_schedule,
+)
 
 KIND = "shapes"
 
@@ -106,21 +113,31 @@ def render(objects: list[dict[str, Any]], size: int, background: tuple[int, int,
     return np.clip(img, 0, 255).astype(np.uint8), out
 
 
-def _scene(rng: np.random.Generator, task: str, size: int) -> list[dict[str, Any]]:
+def _targets(task: str, answer: str | None) -> dict[str, Any]:
+    """The scene attributes a task's balanced answer fixes."""
+    if answer is None:
+        return {}
+    if task == "caption":
+        colour, shape, _, _, side = answer.split(" ")[1:]
+        return {"colour": colour, "shape": shape, "side": side}
+    return {{"colour": "colour", "shape": "shape", "count": "n", "position": "side"}[task]: answer}
+
+
+def _scene(rng: np.random.Generator, task: str, size: int, fixed: dict[str, Any]) -> list[dict[str, Any]]:
     k = size / 64
+    shape = fixed.get("shape") or SHAPES[rng.integers(len(SHAPES))]
+    colour = fixed.get("colour") or list(COLOURS)[rng.integers(len(COLOURS))]
     if task == "count":
-        n = int(rng.integers(1, len(COUNTS) + 1))
-        shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
+        n = int(fixed.get("n") or rng.integers(1, len(COUNTS) + 1))
         discs = _place(rng, n, round(8 * k), round(12 * k), size, gap=max(3, round(3 * k)))
         return [{"shape": shape, "colour": colour, "centre": [cx, cy], "radius": r} for cx, cy, r in discs]
     r = int(rng.integers(round(10 * k), round(18 * k) + 1))
     # Keep the centre clearly off the vertical midline so "left"/"right" is never ambiguous.
     band = max(4, round(6 * k))
-    side = SIDES[rng.integers(2)]
+    side = fixed.get("side") or SIDES[rng.integers(2)]
     lo, hi = (r + 1, size // 2 - band) if side == "left" else (size // 2 + band, size - r - 1)
     cx = int(rng.integers(lo, hi + 1))
     cy = int(rng.integers(r + 1, size - r - 1))
-    shape, colour = SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))]
     return [{"shape": shape, "colour": colour, "centre": [cx, cy], "radius": r, "side": side}]
 
 
@@ -154,7 +171,8 @@ def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64)
         for i in range(n):
             rng = sample_rng(seed, KIND, split, i)
             spec = schedule[i % len(schedule)]
-            objects = _scene(rng, spec.task, image_size)
+            target = balanced_answer(seed, KIND, split, i, schedule)
+            objects = _scene(rng, spec.task, image_size, _targets(spec.task, target))
             background = tuple(int(v) for v in rng.integers(0, BACKGROUND_MAX + 1, size=3))
             noise = NOISE if rng.random() < 0.5 else 0
             pixels, objects = render(objects, image_size, background, noise, rng)

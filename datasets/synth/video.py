@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lamm.datasets.synth.common import KindResult, TaskSpec, make_sample, sample_rng, task_schedule
+from lamm.datasets.synth.common import (
+    KindResult,
+    TaskSpec,
+    balanced_answer,
+    make_sample,
+    sample_rng,
+    task_schedule,
+)
 from lamm.datasets.synth.shapes import BACKGROUND_MAX, COLOURS, SHAPES, shape_mask
 
 KIND = "video"
@@ -75,13 +82,21 @@ def read_video(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
-def _clip(rng: np.random.Generator, size: int, num_frames: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+def _clip(
+    rng: np.random.Generator, size: int, num_frames: int, task: str = "", target: str | None = None
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """One clip's RGB frames and ground truth; `target` fixes the answer to `task`."""
     k = size / 64
     shape = SHAPES[rng.integers(len(SHAPES))]
     names = list(COLOURS)
     colour = names[rng.integers(len(names))]
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
     speed_name = list(SPEEDS)[rng.integers(len(SPEEDS))]
+    changes = bool(rng.random() < 0.5)
+    if target is not None:
+        direction = target if task == "direction" else direction
+        speed_name = target if task == "speed" else speed_name
+        changes = target == "yes" if task == "colour_change" else changes
     lo, hi = SPEEDS[speed_name]
     rmax = round(11 * k)
     r = int(rng.integers(round(8 * k), rmax + 1))
@@ -97,7 +112,6 @@ def _clip(rng: np.random.Generator, size: int, num_frames: int) -> tuple[list[np
         x0, y0 = (along if dx > 0 else size - 1 - along), across
     else:
         x0, y0 = across, (along if dy > 0 else size - 1 - along)
-    changes = bool(rng.random() < 0.5)
     change_frame = int(rng.integers(2, num_frames - 1)) if changes else None
     new_colour = names[(names.index(colour) + 1 + rng.integers(len(names) - 1)) % len(names)] if changes else colour
     background = tuple(int(v) for v in rng.integers(0, BACKGROUND_MAX + 1, size=3))
@@ -143,7 +157,7 @@ def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64,
         for i in range(n):
             rng = sample_rng(seed, KIND, split, i)
             spec = schedule[i % len(schedule)]
-            frames, meta = _clip(rng, image_size, num_frames)
+            frames, meta = _clip(rng, image_size, num_frames, spec.task, balanced_answer(seed, KIND, split, i, schedule))
             if codec is None:
                 rel = f"videos/{split}/{i:06d}"
                 (root / rel).mkdir()

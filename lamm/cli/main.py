@@ -46,11 +46,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    from lamm.datasets.synth.cli import add_arguments, run  # light: heavy imports happen in run()
+
     parser = sub.add_parser("synth", help="write the built-in offline datasets (LAMM format)")
-    try:
-        from lamm.datasets.synth.cli import add_arguments, run
-    except ImportError:  # the generator is optional until the data package ships it
-        return
     add_arguments(parser)
     parser.set_defaults(func=run)
 
