@@ -83,7 +83,7 @@ def build_model(cfg: Any) -> MultimodalLM:
             _lora_on_fusion(model, lora, fusion_targets)
     apply_policy(model, policy)
     model.policy = policy
-    return model
+    return model.train(model.training)  # re-apply so frozen parts sit in eval mode
 
 
 def _lora_on_fusion(model: MultimodalLM, lora: dict, targets: list[str]) -> None:

@@ -174,6 +174,17 @@ class MultimodalLM(nn.Module):
 
     # -- parameters ----------------------------------------------------------------------------
 
+    def train(self, mode: bool = True) -> "MultimodalLM":
+        """Train mode for the parts that train; frozen parts stay in eval (BatchNorm stats, dropout)."""
+        super().train(mode)
+        policy = getattr(self, "policy", None)
+        if mode and policy is not None:
+            if policy.encoder == "frozen":
+                self.encoders.eval()
+            if policy.projector == "frozen":
+                self.projectors.eval()
+        return self
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Every parameter that requires grad, by name (the policy decides which)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}

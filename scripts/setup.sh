@@ -8,10 +8,13 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
-    echo "setup: installing Debian's libusb-1.0-0 (open3d needs it)"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libusb-1.0-0 >/dev/null
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+debs=()
+ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || debs+=(libusb-1.0-0)  # open3d needs it
+"$PYTHON" -c 'import ensurepip' 2>/dev/null || debs+=("python3-venv")          # Debian's Python splits venv out
+if [ ${#debs[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${debs[*]}"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
 stamp=.venv/.lamm-setup-stamp

@@ -110,6 +110,18 @@ def test_missing_gguf_package_names_the_install_command(monkeypatch) -> None:
         LLMS.build("smollm2_135m")
 
 
+def test_missing_gguf_library_names_the_install_command(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    from lamm.llm import loaders
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(loaders.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(LLMLoadError, match="needs the `gguf` package: pip install gguf"):
+        LLMS.build("gguf", path=str(tmp_path / "m.gguf"))
+
+
 def test_hf_folder_round_trip(tmp_path) -> None:
     """A saved HF folder loads through `hf` and gives the same logits."""
     tiny = LLMS.build("tiny_random")

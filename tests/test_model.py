@@ -35,7 +35,7 @@ def bare_logits(model, batch) -> torch.Tensor:
     return model.llm.causal_lm(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions).logits
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()  # function scope: tests open its gates
 def xattn_model():
     return build_model(tiny_model_config(fusion="gated_xattn")).eval()
 
@@ -117,17 +117,23 @@ def test_text_before_first_media_sees_nothing(xattn_model, prefix_model) -> None
         assert not torch.allclose(la[0, first:], lb[0, first:], atol=1e-4)
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
-def test_cached_generation_equals_uncached(fusion: str, xattn_model, prefix_model) -> None:
+def test_cached_generation_equals_uncached(fusion: str, padding_side: str, xattn_model, prefix_model) -> None:
     model = xattn_model if fusion == "gated_xattn" else prefix_model
     if fusion == "gated_xattn":
         open_gates(model)
     images = random_media(model, "image", 2)
-    batch = two_image_batch(model, images[:1], images[1:])
+    ph = media_text(model, "image")
+    texts = [f"Look at this {ph} then this {ph} and say which colour", f"One {ph} shape here"]
+    batch = text_batch(model, texts, {"image": (torch.cat([images, images[1:]]), [0, 0, 1])}, padding_side)
     cached = model.generate(batch, max_new_tokens=10, eos_token_id=-1)
     uncached = model.generate(batch, max_new_tokens=10, eos_token_id=-1, use_cache=False)
     assert cached.shape == (2, 10)
     assert torch.equal(cached, uncached)
+    if padding_side == "right":  # and padding never changes what a row generates
+        left = text_batch(model, texts, {"image": (torch.cat([images, images[1:]]), [0, 0, 1])}, "left")
+        assert torch.equal(cached, model.generate(left, max_new_tokens=10, eos_token_id=-1))
 
 
 @pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
@@ -172,6 +178,10 @@ def test_policy_marks_and_steps_only_declared_parameters() -> None:
     assert llm_trainable and all("lora_" in n for n in llm_trainable)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers_before = {n: b.clone() for n, b in model.encoders.named_buffers()}
+    assert buffers_before  # small_cnn has BatchNorm running statistics
+    model.train()
+    assert not model.encoders.training and model.projectors.training
     images = random_media(model, "image", 1)
     batch = text_batch(model, [f"A {media_text(model, 'image')} red circle"], {"image": (images, [0])})
     opt = torch.optim.AdamW(trainable.values(), lr=1e-2)
@@ -179,6 +189,8 @@ def test_policy_marks_and_steps_only_declared_parameters() -> None:
     opt.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(trainable)
+    buffers_after = dict(model.encoders.named_buffers())
+    assert all(torch.equal(b, buffers_before[n]) for n, b in buffers_after.items())  # frozen BatchNorm stats too
     frozen_with_grad = [n for n, p in model.named_parameters() if n not in trainable and p.grad is not None]
     assert not frozen_with_grad
 
@@ -249,3 +261,10 @@ def test_media_for_a_modality_without_encoder(prefix_model) -> None:
     batch = text_batch(prefix_model, ["no placeholders"], {"video": (torch.randn(1, 2, 3, 32, 32), [0])})
     with pytest.raises(ValueError, match="no video encoder"):
         prefix_model(batch)
+
+
+def test_xattn_every_beyond_the_llm_depth_is_refused() -> None:
+    cfg = tiny_model_config(fusion="gated_xattn")
+    cfg["fusion"]["every"] = 5
+    with pytest.raises(ValueError, match="model.fusion.every must be between 1 and the LLM's 4 layers, got 5"):
+        build_model(cfg)

@@ -102,8 +102,8 @@ class GatedCrossAttentionFusion(Fusion):
         only_latest_media: bool = True,
     ) -> None:
         super().__init__()
-        if every < 1:
-            raise ValueError(f"model.fusion.every must be >= 1, got {every}")
+        if not 1 <= every <= num_layers:
+            raise ValueError(f"model.fusion.every must be between 1 and the LLM's {num_layers} layers, got {every}")
         self.every = every
         self.only_latest_media = only_latest_media
         # Layer i gets a block when (i + 1) % every == 0 (OpenFlamingo's placement).
@@ -144,13 +144,20 @@ class GatedCrossAttentionFusion(Fusion):
     def _apply_block(self, key: str, hidden: torch.Tensor, cond: CallConditioning) -> torch.Tensor:
         state = cond.state
         block = self.blocks[key]
-        if key not in state.kv_cache:
-            state.kv_cache[key] = block.keys_values(state.media.to(hidden.dtype))
+        if not torch.is_grad_enabled():
+            # Generation: keys/values once per prompt, reused at every decoding step.
+            if key not in state.kv_cache:
+                state.kv_cache[key] = block.keys_values(state.media.to(hidden.dtype))
+            kv = state.kv_cache[key]
+        else:
+            # Training: each block runs once per forward anyway, and a cache would hand
+            # gradient-less tensors to a reentrant activation-checkpointing recompute.
+            kv = block.keys_values(state.media.to(hidden.dtype))
         slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
         key_slot = state.key_slot.view(1, 1, -1)
         visible = key_slot == slot if state.only_latest else key_slot <= slot
         allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
-        return block(hidden, state.kv_cache[key], allowed, allowed.any(-1))
+        return block(hidden, kv, allowed, allowed.any(-1))
 
     # -- per-call conditioning ---------------------------------------------------------------
 
