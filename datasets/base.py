@@ -5,6 +5,11 @@ dataset is built, in the main process, so those skips are counted exactly once; 
 (missing, corrupt, unreadable files) and truncation are found lazily in `__getitem__`, which returns
 None for a skipped sample (the collator drops it). Lazy counts are made in shared memory
 (`SkipCounter`), so they survive DataLoader workers.
+
+With `on_error: raise` inside a DataLoader worker, `__getitem__` returns a `WorkerDataError` sentinel
+instead of raising (torch would wrap the error in a multi-line "Caught ... in DataLoader worker"
+message); the collator passes it on and the DataLoader re-raises the one-line DataError in the main
+process. Outside workers the DataError is raised directly.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Callable, Iterable
 
 from torch.utils.data import Dataset
 
-from lamm.datasets.errors import DataError, SampleSkipped, SkipCounter
+from lamm.datasets.errors import DataError, SampleSkipped, SkipCounter, WorkerDataError, in_worker
 from lamm.datasets.processor import ProcessedSample, Processor
 from lamm.datasets.readers import Record, read_records
 from lamm.datasets.sample import Sample
@@ -81,8 +86,13 @@ class SampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> ProcessedSample | None:
-        return process_or_skip(self.samples[index], self.processor, self.policy)
+    def __getitem__(self, index: int) -> ProcessedSample | WorkerDataError | None:
+        try:
+            return process_or_skip(self.samples[index], self.processor, self.policy)
+        except DataError as err:  # only on_error: raise gets here
+            if in_worker():
+                return WorkerDataError(err)
+            raise
 
 
 def process_or_skip(sample: Sample, processor: Processor, policy: ErrorPolicy) -> ProcessedSample | None:

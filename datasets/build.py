@@ -60,8 +60,9 @@ def build_dataset(
 ) -> Dataset:
     """Build the dataset the `data` config names (OmegaConf node or dict) for a model's media and tokenizer.
 
-    `training=False` builds for generation/evaluation: samples may end with a user turn (rendered
-    with the assistant prompt) and gated_xattn does not close the last chunk.
+    `training=False` builds for generation/evaluation: every conversation ends with the assistant's
+    generation prompt (a final assistant turn is left out of the prompt and kept as
+    `ProcessedSample.target`), and gated_xattn does not close the last chunk.
     """
     config = DataConfig.from_any(cfg)
     ctx = BuildContext(dict(media_specs), tokenizer, fusion, counter or SkipCounter(), split, training)

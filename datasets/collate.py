@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 
 from lamm.batch import Batch, MediaBatch
+from lamm.datasets.errors import WorkerDataError, in_worker
 from lamm.datasets.processor import IGNORE_INDEX, ProcessedSample
 
 PAD_SIDES = ("right", "left")
@@ -15,6 +16,9 @@ class Collator:
     """Pads ids/labels/mask (right for training, left for generation) and drops skipped (None) samples.
 
     Returns None when every sample of the batch was skipped; the training step skips a None batch.
+    A `WorkerDataError` item (a DataError met in a DataLoader worker under `on_error: raise`) is
+    returned as is inside a worker, so the DataLoader re-raises it in the main process as the same
+    one-line DataError; outside a worker the collator raises that DataError itself.
     """
 
     def __init__(self, pad_token_id: int, pad_side: str = "right", pad_to_multiple_of: int | None = None) -> None:
@@ -42,7 +46,12 @@ class Collator:
                              "the encoder transform must return a fixed shape")
         return torch.stack(tensors)
 
-    def __call__(self, items: Sequence[ProcessedSample | None]) -> Batch | None:
+    def __call__(self, items: Sequence[ProcessedSample | WorkerDataError | None]) -> Batch | WorkerDataError | None:
+        for item in items:
+            if isinstance(item, WorkerDataError):
+                if in_worker():
+                    return item
+                raise item.error()
         samples = [s for s in items if s is not None]
         if not samples:
             return None

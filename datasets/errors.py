@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch._utils import ExceptionWrapper
 
 # Fixed reason codes: the counter keeps one shared-memory column per reason so DataLoader workers
 # can count into it (a dict in a worker would be lost with the worker).
@@ -18,6 +19,7 @@ REASONS: tuple[str, ...] = (
     "corrupt_image",
     "unreadable_video",
     "bad_pointcloud",
+    "bad_media",  # the encoder transform rejected a loaded medium (wrong shape, too few columns, ...)
     "unsupported_modality",
     "too_long",
     "no_response",
@@ -75,6 +77,37 @@ class DataError(ValueError):
         if self.field is not None:
             where += f" field {self.field!r}"
         return f"{where}: {self.message}"
+
+
+class WorkerDataError(ExceptionWrapper):
+    """A DataError caught in a DataLoader worker, carried to the main process as data.
+
+    Raising in a worker makes torch re-raise `DataError("Caught DataError in DataLoader worker
+    process 0.\nOriginal Traceback ...")`, many lines long. Instead a worker's dataset returns (and the
+    collator passes on) this picklable sentinel; it is an `ExceptionWrapper`, which the DataLoader's
+    main process re-raises through `reraise()`: the same one-line DataError, fields and reason intact.
+    """
+
+    def __init__(self, err: DataError) -> None:  # no super().__init__: there is no traceback to keep
+        self.exc_type = DataError
+        self.where = "in DataLoader worker process"
+        self.message, self.file, self.sample_id = err.message, err.file, err.sample_id
+        self.field, self.line, self.reason = err.field, err.line, err.reason
+        self.exc_msg = str(err)
+
+    def error(self) -> DataError:
+        if self.file is None and self.sample_id is None and self.field is None and self.line is None:
+            return DataError(self.exc_msg, reason=self.reason)
+        return DataError(self.message, file=self.file, sample_id=self.sample_id, field=self.field, line=self.line,
+                         reason=self.reason)
+
+    def reraise(self):
+        raise self.error() from None
+
+
+def in_worker() -> bool:
+    """True inside a DataLoader worker process."""
+    return torch.utils.data.get_worker_info() is not None
 
 
 class SampleSkipped(Exception):

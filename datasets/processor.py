@@ -4,9 +4,19 @@ Text is tokenised segment by segment (so label boundaries are exact without offs
 becomes a block of placeholder ids: `num_tokens` copies under prefix fusion, one placeholder under
 gated cross-attention, where END_OF_CHUNK also closes the text chunk that follows each medium
 (inserted before the next medium and at the end of a training sequence, as OpenFlamingo does).
+
+With `training=False` (generation/evaluation) a conversation ending with an assistant turn is
+rendered without it, ending with the assistant's generation prompt; the answer is kept as
+`ProcessedSample.target`.
+
+Encoder transforms: a `ValueError` (or `DataError`) from a transform means it cannot take this
+medium (e.g. a point cloud with too few columns) and becomes a one-line DataError naming file, sample
+and field (reason `bad_media`, skippable). Any other exception is treated as a bug in the transform
+and propagates with its traceback, plus a note naming the medium and sample.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +42,8 @@ class ProcessedSample:
     labels: torch.Tensor  # [T] long, IGNORE_INDEX where there is no loss
     media: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # per modality, in text order
     truncated: bool = False
+    # training=False: the final assistant turn the prompt stops before (the reference answer), if any.
+    target: str | None = None
 
 
 @dataclass
@@ -163,8 +175,22 @@ class Processor:
             break
         return kept, True
 
+    def split_target(self, sample: Sample) -> tuple[Sample, str | None]:
+        """For generation (training=False): the sample without its final assistant turn, and that turn's text.
+
+        The prompt then ends with the assistant's generation prompt instead of containing the answer.
+        Training samples, documents and conversations ending with a user turn are returned unchanged.
+        """
+        if self.training or sample.kind != "chat" or not sample.turns or sample.turns[-1].role != "assistant":
+            return sample, None
+        return dataclasses.replace(sample, turns=list(sample.turns[:-1])), sample.turns[-1].text
+
     def tokenize(self, sample: Sample) -> TokenizedSample:
-        """Ids and labels with placeholder blocks (no media loaded); raises DataError or SampleSkipped."""
+        """Ids and labels with placeholder blocks (no media loaded); raises DataError or SampleSkipped.
+
+        With training=False a final assistant turn is left out (see `split_target`).
+        """
+        sample, _ = self.split_target(sample)
         pieces, truncated = self._truncate(self._pieces(sample))
         ids = [i for p in pieces for i in p.ids]
         labels = [label for p in pieces for label in p.labels]
@@ -185,14 +211,21 @@ class Processor:
                 raise err.with_context(file=sample.source, sample_id=sample.id, field=ref.field) from None
             try:
                 tensor = self.media_specs[ref.modality].transform(raw)
-            except Exception as exc:  # a transform bug, not bad data: keep the traceback, add where
+            except DataError as err:
+                raise err.with_context(file=sample.source, sample_id=sample.id, field=ref.field) from None
+            except ValueError as exc:
+                # Encoder transforms raise ValueError for media they cannot take (wrong shape, too few
+                # channels, ...): bad data, so one line naming file, sample and field, skippable.
+                raise DataError(f"{ref.modality} transform rejected {ref.path} ({' '.join(str(exc).split())})",
+                                file=sample.source, sample_id=sample.id, field=ref.field, reason="bad_media") from None
+            except Exception as exc:  # TypeError, AttributeError, ...: a transform bug; keep the traceback, add where
                 exc.add_note(f"while transforming {ref.modality} {ref.path} of sample {sample.id!r} in {sample.source}")
                 raise
             out.setdefault(ref.modality, []).append(torch.as_tensor(tensor))
         return out
 
     def __call__(self, sample: Sample) -> ProcessedSample:
-        """Tokenise and load media."""
+        """Tokenise and load media (training=False: the prompt stops before the answer, kept as `target`)."""
         tok = self.tokenize(sample)
         return ProcessedSample(
             id=sample.id,
@@ -200,4 +233,5 @@ class Processor:
             labels=torch.tensor(tok.labels, dtype=torch.long),
             media=self.load_media(sample, tok.media),
             truncated=tok.truncated,
+            target=self.split_target(sample)[1],
         )

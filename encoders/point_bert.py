@@ -81,7 +81,8 @@ class MiniPointNet(nn.Module):
 
 
 class PointCloudTransform:
-    """Point array [P, 3+C] -> float32 Tensor[num_points, 3+C], centred and scaled into the unit sphere."""
+    """Point array [P, >=3+C] -> float32 Tensor[num_points, 3+C] (the first 3+C columns), centred and scaled
+    into the unit sphere."""
 
     def __init__(self, num_points: int, channels: int, sampling: str = "fps", seed: int = 0) -> None:
         self.num_points = num_points
@@ -91,9 +92,12 @@ class PointCloudTransform:
 
     def __call__(self, points: Any) -> torch.Tensor:
         pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
-        if pts.dim() != 2 or pts.shape[1] != self.channels or len(pts) == 0:
-            raise ValueError(f"point_bert transform expects points [P, {self.channels}], got {list(pts.shape)}")
-        pts = pts.clone()
+        if pts.dim() != 2 or pts.shape[1] < self.channels or len(pts) == 0:
+            raise ValueError(f"point_bert transform expects points [P, >={self.channels}] (xyz + "
+                             f"{self.channels - 3} extra channels), got {list(pts.shape)}")
+        # Keep xyz plus the configured extra channels; further columns (e.g. the RGB of a coloured .ply
+        # or LAMM-3D's [P, 6] .npy with extra_channels=0) are dropped.
+        pts = pts[:, : self.channels].clone()
         xyz = pts[:, :3] - pts[:, :3].mean(dim=0)
         radius = xyz.norm(dim=1).max()
         pts[:, :3] = xyz / radius if radius > 0 else xyz

@@ -213,3 +213,104 @@ def test_webdataset_bad_member_skipped(tok, media, tmp_path):
         list(build_dataset({**cfg, "on_error": "raise"}, SPECS, tok, "prefix"))
     assert str(info.value) == (f"data error in {shard} sample 'bad' field 'png': cannot read image "
                                f"{shard}:bad.png (cannot identify image file)")
+
+
+def _tiny_point_bert(**kw):
+    from lamm.registry import ENCODERS
+
+    return ENCODERS.build("point_bert", num_points=128, num_groups=8, group_size=8, width=32, depth=1, heads=2,
+                          pointnet_dims=[16, 32, 64], **kw)
+
+
+def test_real_point_bert_transform_takes_coloured_clouds(tok, media, tmp_path):
+    from lamm.batch import MediaSpec
+    from lamm.datasets.testing import write_points
+
+    write_points(tmp_path / "rgb.ply", num_points=300, colors=True)
+    write_points(tmp_path / "rgb.npy", num_points=300, colors=True, seed=1)  # LAMM-3D style [P, 6]
+    path = _write(tmp_path, media, [{"id": "ply", "pcl": "rgb.ply", "conversations": conv()},
+                                    {"id": "npy", "pcl": "rgb.npy", "conversations": conv()}])
+    xyz_only, with_rgb = _tiny_point_bert(), _tiny_point_bert(extra_channels=3)
+    for encoder, channels in ((xyz_only, 3), (with_rgb, 6)):
+        specs = {"pointcloud": MediaSpec(encoder.transform, encoder.num_tokens())}
+        ds = build_dataset({**_cfg(path, tmp_path)}, specs, tok, "prefix")
+        batch = build_collator(tok)([ds[0], ds[1]])
+        assert batch.media["pointcloud"].data.shape == (2, 128, channels)
+        assert encoder.eval()(batch.media["pointcloud"].data).shape == (2, 8, 32)
+
+
+def test_real_point_bert_transform_bad_clouds_are_one_line_data_errors(tok, media, tmp_path):
+    from lamm.batch import MediaSpec
+
+    encoder = _tiny_point_bert(extra_channels=3)  # wants xyz + 3 channels; good.npy has only xyz
+    specs = {"pointcloud": MediaSpec(encoder.transform, encoder.num_tokens())}
+    path = _write(tmp_path, media, [{"id": "nan", "pcl": "nan.npy", "conversations": conv()},
+                                    {"id": "xyz", "pointcloud": "good.npy", "conversations": conv()}])
+    ds = build_dataset(_cfg(path, media), specs, tok, "prefix")
+    with pytest.raises(DataError) as info:
+        ds[0]
+    _assert_one_line(info.value, path, "nan", "pcl", "NaN/inf")
+    assert "nan.npy" in str(info.value) and info.value.reason == "bad_pointcloud"
+    with pytest.raises(DataError) as info:
+        ds[1]
+    _assert_one_line(info.value, path, "xyz", "pointcloud", "pointcloud transform rejected")
+    assert "good.npy" in str(info.value) and "[P, >=6]" in str(info.value) and info.value.reason == "bad_media"
+    skipping = build_dataset(_cfg(path, media, "skip"), specs, tok, "prefix")
+    assert [skipping[i] for i in range(2)] == [None, None]
+    assert skipping.skipped.counts() == {"bad_pointcloud": 1, "bad_media": 1}
+
+
+def test_transform_bug_is_not_a_data_error(tok, media, tmp_path):
+    from lamm.batch import MediaSpec
+
+    def buggy(img):
+        return img.no_such_attribute
+
+    path = _write(tmp_path, media, [GOOD])
+    ds = build_dataset(_cfg(path, media, "skip"), {"image": MediaSpec(buggy, 4)}, tok, "prefix")
+    with pytest.raises(AttributeError) as info:  # a programming error is never skipped
+        ds[0]
+    assert any("while transforming image" in note and "'good'" in note for note in info.value.__notes__)
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def test_raise_in_workers_is_one_line(tok, media, tmp_path):
+    records = [dict(GOOD, id=f"g{i}") for i in range(5)] + [CASES["corrupt_image"][0]] + [dict(GOOD, id="g9")]
+    path = _write(tmp_path, media, records)
+    ds = build_dataset(_cfg(path, media), SPECS, tok, "prefix")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=build_collator(tok))
+    batches = iter(loader)
+    try:
+        with pytest.raises(DataError) as info:
+            for _ in batches:
+                pass
+    finally:
+        batches._shutdown_workers()
+    text = str(info.value)
+    assert "\n" not in text and "Caught" not in text and "Traceback" not in text
+    assert text == f"data error in {path} sample 'bad' field 'image': cannot read image {media / 'corrupt.png'} " \
+                   "(cannot identify image file)"
+    assert info.value.reason == "corrupt_image" and info.value.sample_id == "bad" and info.value.field == "image"
+    # The same for a streamed dataset.
+    shard = _tar(tmp_path / "s.tar", [("ok.json", json.dumps({"conversations": conv()}).encode()),
+                                      ("ok.png", (media / "good.png").read_bytes()),
+                                      ("bad.json", json.dumps({"conversations": conv()}).encode()),
+                                      ("bad.png", b"garbage")])
+    stream = build_dataset({"name": "webdataset", "path": str(shard), "shuffle": False}, SPECS, tok, "prefix")
+    batches = iter(torch.utils.data.DataLoader(stream, batch_size=2, num_workers=2, collate_fn=build_collator(tok)))
+    try:
+        with pytest.raises(DataError) as info:
+            for _ in batches:
+                pass
+    finally:
+        batches._shutdown_workers()
+    assert str(info.value) == (f"data error in {shard} sample 'bad' field 'png': cannot read image "
+                               f"{shard}:bad.png (cannot identify image file)")

@@ -312,3 +312,68 @@ def test_unknown_config_key_is_reported(tok, tmp_path):
         build_dataset({"name": "lamm", "path": path, "shuffle_bufer": 3}, SPECS, tok, "prefix")
     with pytest.raises(KeyError, match="Did you mean 'lamm'"):
         build_dataset({"name": "lam", "path": path}, SPECS, tok, "prefix")
+
+
+def _shards(tmp_path: Path, media: Path, sizes: list[int], stem: str = "shard") -> tuple[list[Path], list[str]]:
+    """Tar shards holding sizes[i] image samples each; returns the shard paths and every sample id."""
+    paths, ids = [], []
+    png = (media / "red.png").read_bytes()
+    for s, size in enumerate(sizes):
+        path = tmp_path / f"{stem}-{s}.tar"
+        with tarfile.open(path, "w") as tar:
+            for j in range(size):
+                key = f"s{s}k{j}"
+                _add(tar, f"{key}.json", json.dumps({"conversations": conv("Colour?", "red")}).encode())
+                _add(tar, f"{key}.png", png)
+                ids.append(key)
+        paths.append(path)
+    return paths, ids
+
+
+@pytest.mark.parametrize("sizes", [[5], [3, 4, 2]], ids=["1_shard", "3_shards"])
+def test_webdataset_shipped_config_with_workers_reads_every_sample_once(tok, media, tmp_path, sizes):
+    cfg = OmegaConf.load(CONF_DATA / "webdataset.yaml")
+    assert cfg.num_workers == 2
+    paths, ids = _shards(tmp_path, media, sizes)
+    cfg.path = str(tmp_path / f"shard-{{0..{len(sizes) - 1}}}.tar")  # a brace pattern, expanded
+    ds = build_dataset(cfg, SPECS, tok, "prefix")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=cfg.num_workers, collate_fn=build_collator(tok))
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        seen = [i for batch in loader if batch is not None for i in batch.ids]
+        assert sorted(seen) == sorted(ids)  # every sample exactly once, none lost, none repeated
+    assert ds.skipped.counts() == {}
+
+
+@pytest.mark.parametrize("num_shards", [1, 3, 4, 6])
+def test_webdataset_split_across_ranks_and_workers(tok, media, tmp_path, monkeypatch, caplog, num_shards):
+    from lamm.datasets.formats.webdataset_shards import assign_shards
+
+    paths, ids = _shards(tmp_path, media, [4 + s for s in range(num_shards)])
+    ds = build_dataset({"name": "webdataset", "path": [str(p) for p in paths], "shuffle": True, "seed": 1},
+                       SPECS, tok, "prefix")
+    world, workers = 2, 2
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        per_reader = {}
+        for rank in range(world):
+            for worker in range(workers):
+                for key, value in {"RANK": rank, "WORLD_SIZE": world, "WORKER": worker, "NUM_WORKERS": workers}.items():
+                    monkeypatch.setenv(key, str(value))
+                with caplog.at_level("WARNING"):
+                    per_reader[rank, worker] = [s.id for s in ds]
+        seen = [i for got in per_reader.values() for i in got]
+        assert sorted(seen) == sorted(ids)
+        assert all(per_reader.values())  # no reader (so no rank) is left without samples
+    warnings = [r for r in caplog.records if "shard(s) for 2 rank(s) x 2 DataLoader worker(s)" in r.getMessage()]
+    assert len(warnings) == (1 if num_shards < world * workers else 0)
+    for n in range(1, 9):  # assign_shards is a partition of (shard, sample) for any shard count
+        owners = {}
+        for slot in range(4):
+            shards, member, group = assign_shards(n, slot, 4)
+            for s in shards:
+                for j in range(12):
+                    if j % group == member:
+                        assert (s, j) not in owners
+                        owners[s, j] = slot
+        assert len(owners) == 12 * n

@@ -64,8 +64,63 @@ def test_synthetic_mixed_modalities_through_one_model(synth_dir) -> None:
 
 def test_generation_prompts_from_held_out_split(synth_dir) -> None:
     model = build_model(tiny_model_config(fusion="prefix")).eval()
+    tok = model.tokenizer
     dataset = build_dataset(_data_cfg(synth_dir / "shapes" / "test.json"), model.media_specs(),
-                            model.tokenizer, model.fusion.layout, split="train", training=False)
-    batch = build_collator(model.tokenizer, "left")([dataset[i] for i in range(3)])
+                            tok, model.fusion.layout, split="train", training=False)
+    items = [dataset[i] for i in range(3)]
+    records = json.loads((synth_dir / "shapes" / "test.json").read_text())[:3]
+    batch = build_collator(tok, "left")(items)
+    for row, (item, record) in enumerate(zip(items, records)):
+        prompt = tok.decode(batch.input_ids[row][batch.attention_mask[row] == 1])
+        # The prompt stops at the assistant's generation prompt; the answer is not in it but kept as target.
+        assert prompt.endswith("<|im_start|>assistant\n"), prompt[-80:]
+        assert record["answer"] not in prompt.split("<|im_start|>assistant")[-1]
+        assert f"assistant\n{record['answer']}" not in prompt
+        assert prompt.count("<|im_start|>assistant") == 1
+        assert item.target == record["answer"]
+        assert (item.labels == -100).all()
     out = model.generate(batch, max_new_tokens=4)
     assert out.shape[0] == 3
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_image_video_points_and_text_only_through_processor_and_model(tmp_path, fusion: str) -> None:
+    from lamm.datasets.testing import write_image, write_points, write_video
+    from lamm.testing import TINY_ENCODERS, TINY_PROJECTORS
+    from lamm.tokens import PLACEHOLDERS
+
+    cfg = tiny_model_config(fusion=fusion)
+    cfg["encoder"] = {"image": TINY_ENCODERS["small_cnn"], "video": TINY_ENCODERS["video"],
+                      "pointcloud": TINY_ENCODERS["point_bert"]}
+    cfg["projector"] = TINY_PROJECTORS["perceiver"]
+    model = build_model(cfg)
+    specs = model.media_specs()
+    write_image(tmp_path / "a.png", (200, 30, 30))
+    write_video(tmp_path / "clip.mp4")
+    write_points(tmp_path / "cloud.ply", num_points=300, colors=True)  # [P, 6]: colours are dropped by the transform
+    records = [
+        {"id": "img", "image": "a.png", "conversations": [{"from": "human", "value": "Colour?"},
+                                                          {"from": "gpt", "value": "red"}]},
+        {"id": "vid", "video": "clip.mp4", "conversations": [{"from": "human", "value": "Where does it move?"},
+                                                             {"from": "gpt", "value": "right"}]},
+        {"id": "pts", "pcl": "cloud.ply", "conversations": [{"from": "human", "value": "Shape?"},
+                                                            {"from": "gpt", "value": "blob"}]},
+        {"id": "txt", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]},
+    ]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(records))
+    dataset = build_dataset(_data_cfg(path), specs, model.tokenizer, model.fusion.layout)
+    batch = build_collator(model.tokenizer, "right")([dataset[i] for i in range(len(dataset))])
+    assert batch.ids == ["img", "vid", "pts", "txt"]
+    media_of = {"img": "image", "vid": "video", "pts": "pointcloud", "txt": None}
+    for row, sample_id in enumerate(batch.ids):
+        for modality, placeholder in PLACEHOLDERS.items():
+            count = int((batch.input_ids[row] == model.tokenizer.convert_tokens_to_ids(placeholder)).sum())
+            expected = specs[modality].num_tokens if media_of[sample_id] == modality else 0
+            assert count == expected, (sample_id, modality, count)
+    assert {m: mb.sample_index.tolist() for m, mb in batch.media.items()} == {
+        "image": [0], "video": [1], "pointcloud": [2]}
+    assert batch.media["pointcloud"].data.shape[-1] == 3
+    loss = model(batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -1,0 +1,178 @@
+"""`lamm-train`: the Hydra app that trains a composed model with Lightning.
+
+    lamm-train experiment=quickstart
+    lamm-train -m model/fusion=prefix,gated_xattn      # one run folder per fusion
+    lamm-train --cfg job                                # print the resolved config
+    lamm-train resume=auto                              # continue the newest run of this run_name
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("lamm.train")
+
+
+def _data_config(cfg: DictConfig) -> dict[str, Any]:
+    """The data node without lamm-train's own `synth` key, generating the built-in data if asked."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    synth = data.pop("synth", None)
+    if synth:
+        ensure_synthetic_data(Path(cfg.paths.data_dir) / f"synth-{synth.get('seed', 0)}", synth)
+    return data
+
+
+def ensure_synthetic_data(out_dir: Path, synth: dict[str, Any]) -> None:
+    """Generate the built-in offline data once (kinds missing from the folder's manifest)."""
+    import json
+
+    from lamm.datasets.synth import generate
+
+    manifest = out_dir / "manifest.json"
+    have = set(json.loads(manifest.read_text()).get("kinds", {})) if manifest.exists() else set()
+    missing = [k for k in synth.get("kinds", ["shapes"]) if k not in have]
+    if missing:
+        log.info("generating built-in data %s into %s", missing, out_dir)
+        generate(out_dir, seed=int(synth.get("seed", 0)), sizes=synth.get("sizes"), kinds=tuple(missing))
+
+
+def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: None, the newest run of this run_name (auto), or a path."""
+    from lamm.training.checkpoint_io import resolve_checkpoint
+    from lamm.training.run_folder import find_latest_checkpoint
+
+    if cfg.resume in (None, "", "none"):
+        return None
+    if cfg.resume == "auto":
+        found = find_latest_checkpoint(Path(cfg.paths.runs_dir), cfg.run_name)
+        if found is None or run_dir in found.parents:
+            log.info("resume=auto: no earlier run named %r; starting fresh", cfg.run_name)
+            return None
+        return str(found)
+    resolve_checkpoint(cfg.resume)  # fails early, naming the path, when it is not a checkpoint
+    return str(cfg.resume)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lamm.training.callbacks import LossCurve
+    from lamm.training.checkpoint_io import FolderCheckpointIO
+
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
+        every_n_train_steps=int(cfg.checkpoint.every_n_steps), save_last=True,
+        save_top_k=-1 if cfg.checkpoint.keep_all else 0,
+    )
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=int(t.max_steps), max_epochs=-1,
+        accumulate_grad_batches=int(t.accumulate_grad_batches), gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=int(t.log_every_n_steps), deterministic=t.deterministic,
+        logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")],
+        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir)],
+        plugins=[FolderCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=run_dir,
+    )
+
+
+def train(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train per `cfg` into `run_dir`; returns the run folder."""
+    import lightning as L
+    from rich.console import Console
+
+    from lamm.build import build_model
+    from lamm.policy import parameter_report
+    from lamm.training.datamodule import LammDataModule
+    from lamm.training.export import EXPORT_DIR, export_model
+    from lamm.training.module import LammModule
+    from lamm.training.optim import OptimConfig
+    from lamm.training.run_folder import check_writable, write_run_info
+
+    check_writable(run_dir)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    ckpt_path = resolve_resume(cfg, run_dir)
+    data_cfg = _data_config(cfg)
+    model = build_model(cfg.model)
+    console = Console()
+    counts = parameter_report(model)
+    console.print("trainable parameters: " + ", ".join(f"{k} {t:,}/{n:,}" for k, (t, n) in counts.items() if n))
+    max_steps = int(cfg.trainer.max_steps)
+    module = LammModule(model, OptimConfig(**OmegaConf.to_container(cfg.optim)), max_steps,
+                        gradient_checkpointing=bool(cfg.gradient_checkpointing))
+    datamodule = LammDataModule(data_cfg, model, max_steps, int(cfg.trainer.accumulate_grad_batches))
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        write_run_info(run_dir, cfg, {"resumed_from": ckpt_path, "run_dir": str(run_dir)})
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.is_global_zero:
+        export_model(model, run_dir / EXPORT_DIR)
+        summary = datamodule.skipped_summary()
+        if summary:
+            console.print(summary)
+        console.print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def _hydra_entry() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from lamm.training.module import CheckpointMismatchError, NonFiniteLossError
+
+    @hydra.main(version_base="1.3", config_path="pkg://lamm.conf", config_name="train")
+    def _main(cfg: DictConfig) -> None:
+        try:
+            train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        except (PermissionError, FileNotFoundError, ValueError, NonFiniteLossError, CheckpointMismatchError) as exc:
+            # Bad input gets one line and a non-zero exit, not a traceback.
+            print(f"lamm-train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    _main()
+
+
+def check_override_keys(argv: list[str], config_name: str = "train") -> str | None:
+    """One line naming an overridden key that does not exist, with the valid keys beside it."""
+    from lamm.config import compose, config_dir
+
+    plain = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
+    is_group = {a: (config_dir() / a.split("=", 1)[0]).is_dir() for a in plain}  # e.g. data=..., model/llm=...
+    keys = [a.split("=", 1)[0] for a in plain if not is_group[a]]
+    groups = [a for a in plain if is_group[a]]
+    if not keys:
+        return None
+    try:
+        cfg = compose(config_name, groups)
+    except Exception:  # a bad group choice: Hydra's own message is clear, let it speak
+        return None
+    for key in keys:
+        node: Any = cfg
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig) or part not in node:
+                where = ".".join(parts[:depth]) or "the top level"
+                valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(a value, not a mapping)"
+                return f"unknown config key '{key}': {where} has {valid}"
+            node = node[part]
+    return None
+
+
+def main() -> None:
+    """Entry point of the `lamm-train` console script."""
+    problem = check_override_keys(sys.argv[1:])
+    if problem:
+        print(f"lamm-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: Lightning module and data module, optimisation, checkpoints, run folders, export."""

@@ -1,0 +1,50 @@
+"""Training callbacks: the loss-curve PNG written into the run folder at the end."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+
+
+def plot_loss_curve(metrics_csv: Path, out_png: Path) -> bool:
+    """Plot train/loss against step from Lightning's CSV log; False when there is nothing to plot."""
+    if not metrics_csv.exists():
+        return False
+    steps, losses = [], []
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                steps.append(int(row["step"]))
+                losses.append(float(row["train/loss"]))
+    if not steps:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return True
+
+
+class LossCurve(L.Callback):
+    """Writes `loss.png` next to the CSV log when training ends (rank 0 only)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, L.pytorch.loggers.CSVLogger):
+                    logger.save()
+                    plot_loss_curve(Path(logger.log_dir) / "metrics.csv", self.run_dir / "loss.png")

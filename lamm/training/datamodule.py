@@ -1,0 +1,70 @@
+"""The LightningDataModule: the data config -> datasets, the resumable sampler, the collator."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from lamm.training.sampler import ResumableStreamSampler
+
+
+class LammDataModule(L.LightningDataModule):
+    """Builds the train dataset for a model's media specs and tokenizer; resumes mid-stream."""
+
+    def __init__(self, data_cfg: Any, model: Any, max_steps: int, accumulate: int = 1) -> None:
+        super().__init__()
+        from lamm.datasets.config import DataConfig
+
+        self.data_cfg = data_cfg
+        self.config = DataConfig.from_any(data_cfg)
+        self.media_specs = model.media_specs()
+        self.tokenizer = model.tokenizer
+        self.fusion = model.fusion.layout
+        self.max_steps, self.accumulate = max_steps, accumulate
+        self.consumed = 0  # global samples consumed, restored from a checkpoint
+        self.train_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        from lamm.datasets import build_dataset
+
+        if self.train_set is None:
+            self.train_set = build_dataset(self.data_cfg, self.media_specs, self.tokenizer, self.fusion)
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def samples_per_step(self) -> int:
+        """Global samples one optimizer step consumes."""
+        return self.config.batch_size * self.accumulate * self.world_size
+
+    def train_dataloader(self) -> DataLoader:
+        from lamm.datasets import build_collator
+
+        bs = self.config.batch_size
+        sampler = ResumableStreamSampler(
+            len(self.train_set), self.max_steps * self.accumulate * bs, seed=self.config.seed,
+            shuffle=self.config.shuffle, world_size=self.world_size, rank=self.rank, batch_size=bs,
+        )
+        sampler.start_global = self.consumed
+        return DataLoader(
+            self.train_set, batch_size=bs, sampler=sampler, num_workers=self.config.num_workers,
+            collate_fn=build_collator(self.tokenizer, self.config.pad_side),
+            persistent_workers=False, drop_last=True,
+        )
+
+    def skipped_summary(self) -> str | None:
+        skipped = getattr(self.train_set, "skipped", None)
+        return skipped.summary() if skipped is not None else None
+
+    def state_dict(self) -> dict[str, int]:
+        step = self.trainer.global_step if self.trainer is not None else 0
+        return {"consumed": step * self.samples_per_step()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.consumed = int(state["consumed"])

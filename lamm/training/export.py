@@ -1,0 +1,61 @@
+"""Export a trained model (plain peft adapter + the other trained weights) and load one back."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from lamm.training.checkpoint_io import WEIGHTS, resolve_checkpoint
+from lamm.training.run_folder import CONFIG_FILE
+
+EXPORT_DIR = "export"
+ADAPTER_DIR = "adapter"
+LAMM_WEIGHTS = "lamm_weights.safetensors"
+
+
+def export_model(model: Any, out_dir: Path) -> Path:
+    """`out_dir/adapter/` loads with `PeftModel.from_pretrained` alone; `lamm_weights.safetensors`
+    holds every other trained tensor (encoder, projector, fusion, media-token embeddings)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if model.llm.has_lora:
+        model.llm.peft_model.save_pretrained(str(out_dir / ADAPTER_DIR))
+    others = {n: p.detach().contiguous().cpu() for n, p in model.trainable_parameters().items() if "lora_" not in n}
+    save_file(others, str(out_dir / LAMM_WEIGHTS))
+    return out_dir
+
+
+def _run_folder_of(path: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) for a run folder or a checkpoint inside one."""
+    if (path / CONFIG_FILE).exists():
+        return path, path / "checkpoints" / "last.ckpt"
+    run = path.parent.parent
+    if (run / CONFIG_FILE).exists():
+        return run, path
+    raise FileNotFoundError(f"{path} is neither a lamm run folder (with {CONFIG_FILE}) nor a checkpoint inside one")
+
+
+def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any, DictConfig]:
+    """Rebuild the model of a run folder (or one of its checkpoints) with its trained weights, in eval mode."""
+    from lamm.build import build_model
+
+    run, ckpt = _run_folder_of(Path(path))
+    cfg = OmegaConf.load(run / CONFIG_FILE)
+    model = build_model(cfg.model)
+    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
+    weights = {k.removeprefix("model."): v for k, v in weights.items()}
+    expected = set(model.trainable_parameters())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {ckpt} does not match the config in {run / CONFIG_FILE}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in weights.items():
+            params[name].copy_(value)
+    return model.eval(), cfg

@@ -1,0 +1,65 @@
+"""AdamW parameter groups and the warmup + cosine schedule."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """The `optim` config node."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    gate_lr_multiplier: float = 1.0  # tanh gates start at 0 and need a larger step to open
+    encoder_lr_multiplier: float = 1.0
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Norms, biases, gates, embeddings and learned queries are not weight-decayed."""
+    lowered = name.lower()
+    return param.ndim < 2 or any(k in lowered for k in ("norm", "embed", "emb.", "_emb", "latents", "gate", "pos"))
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Trainable parameters split by (weight decay?, learning-rate multiplier)."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        mult = 1.0
+        if name.endswith(("attn_gate", "ff_gate")):
+            mult = cfg.gate_lr_multiplier
+        elif name.startswith("encoders.") or ".encoders." in name:
+            mult = cfg.encoder_lr_multiplier
+        groups.setdefault((_no_decay(name, param), mult), []).append(param)
+    return [
+        {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult}
+        for (no_decay, mult), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ValueError("model.policy leaves nothing to train: every part is frozen")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warmup, then cosine from 1 to `min_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

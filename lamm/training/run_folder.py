@@ -1,0 +1,95 @@
+"""Run bookkeeping: the resolved config, package versions, git revision, recipe hash; finding runs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = ("lamm", "torch", "torchvision", "lightning", "transformers", "peft", "hydra-core", "omegaconf",
+            "open_clip_torch", "timm", "open3d", "safetensors", "tokenizers", "numpy")
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision(start: Path) -> str | None:
+    """The commit of the lamm checkout (with '+dirty' for local changes), if it is a git checkout."""
+    try:
+        root = Path(__file__).resolve().parents[2]
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved config as YAML: the same recipe and overrides give the same hash."""
+    text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work if the run folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"output folder {folder} is not writable ({exc.strerror or exc})") from None
+
+
+def write_run_info(folder: Path, cfg: DictConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write config.yaml and run.json (versions, git revision, hashes, command line) into the run folder."""
+    (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    info = {
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "git_revision": git_revision(folder),
+        "config_sha256": config_hash(cfg),
+        **(extra or {}),
+    }
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def find_latest_checkpoint(runs_dir: Path, run_name: str | None = None) -> Path | None:
+    """The newest `checkpoints/last.ckpt` under `runs_dir` (optionally only runs named `run_name`)."""
+    candidates = []
+    for last in Path(runs_dir).glob("**/checkpoints/last.ckpt*"):
+        if last.name not in ("last.ckpt", "last.ckpt.old"):
+            continue
+        run = last.parent.parent
+        if run_name is not None and _run_name(run) != run_name:
+            continue
+        candidates.append((last.stat().st_mtime, last.with_name("last.ckpt")))
+    return max(candidates)[1] if candidates else None
+
+
+def _run_name(run: Path) -> str | None:
+    try:
+        return OmegaConf.load(run / CONFIG_FILE).get("run_name")
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,58 @@
+"""A resumable sample stream: seeded per-pass shuffles, sharded across ranks, restartable at any batch."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableStreamSampler(Sampler[int]):
+    """Yields `total` indices per rank: pass p over the data is a permutation seeded by (seed, p).
+
+    Training is one long stream (Lightning sees one epoch bounded by max_steps), so the position
+    is a single number, `consumed` global samples, and a resumed run continues from exactly the
+    next sample. Each global batch of `batch_size * world_size` is split across ranks by stride.
+    """
+
+    def __init__(self, dataset_len: int, total_per_rank: int, seed: int = 0, shuffle: bool = True,
+                 world_size: int = 1, rank: int = 0, batch_size: int = 1) -> None:
+        if dataset_len <= 0:
+            raise ValueError("the training dataset is empty")
+        self.dataset_len = dataset_len
+        self.total_per_rank = total_per_rank
+        self.seed, self.shuffle = seed, shuffle
+        self.world_size, self.rank, self.batch_size = world_size, rank, batch_size
+        self.start_global = 0  # global samples already consumed (set on resume)
+
+    def _global_order(self, start: int) -> Iterator[int]:
+        index = start
+        while True:
+            p, offset = divmod(index, self.dataset_len)
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+                perm = torch.randperm(self.dataset_len, generator=g).tolist()
+            else:
+                perm = list(range(self.dataset_len))
+            for i in perm[offset:]:
+                yield i
+                index += 1
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.batch_size * self.world_size
+        start = self.start_global
+        remaining = self.total_per_rank - start // self.world_size
+        order = self._global_order(start)
+        produced = 0
+        while produced < remaining:
+            block = [next(order) for _ in range(step)]
+            for i in block[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]:
+                if produced >= remaining:
+                    return
+                yield i
+                produced += 1
+
+    def __len__(self) -> int:
+        # The full length, not what is left: Lightning keeps its restored batch counter and
+        # compares it with len(dataloader); the stream itself stops at the right sample.
+        return self.total_per_rank
