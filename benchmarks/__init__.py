@@ -1,1 +1,13 @@
-"""ChEF-style evaluation: scenarios, instructions, inferencers, metrics (filled by the benchmark issue)."""
+"""ChEF-style evaluation: scenarios, instructions, inferencers, metrics, the evaluator and desiderata.
+
+Importing this package registers every built-in part in `lamm.registry` (SCENARIOS, INSTRUCTIONS,
+INFERENCERS, METRICS); `Registry.get` imports it on the first lookup. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+from lamm.benchmarks import adapters, inferencers, instructions, metrics, scenarios  # noqa: F401  (registration)
+from lamm.benchmarks.base import EvalSample, Example, Inferencer, Instruction, Metric, Prediction, Query, Scenario
+from lamm.benchmarks.evaluator import Evaluator, Recipe, evaluate
+
+__all__ = ["EvalSample", "Evaluator", "Example", "Inferencer", "Instruction", "Metric", "Prediction", "Query",
+           "Recipe", "Scenario", "evaluate"]

@@ -244,3 +244,46 @@ class SeedBenchScenario(Scenario):
                                   [MediaRef("image", str(self.image_root / _need(q, "data_id", where)), "data_id")],
                                   task, {"choice_style": "letters"}))
         return out[: self.limit] if self.limit else out
+
+
+@SCENARIOS.register("json_qa")
+class JsonQAScenario(Scenario):
+    """Generic questions from JSON (a list) or JSONL: `{id, question, options?, answer, image|video|pcl?, task?}`.
+
+    Without media keys this is a text-only scenario, the kind a plain HF causal LM can be evaluated on.
+    """
+
+    name = "json_qa"
+
+    def __init__(self, path: str, media_root: str | None = None, limit: int | None = None) -> None:
+        self.path = Path(path)
+        self.media_root = Path(media_root) if media_root else self.path.parent
+        self.limit = limit
+
+    def samples(self) -> list[EvalSample]:
+        if not self.path.is_file():
+            raise ScenarioDataError(f"scenario json_qa: file not found: expected {self.path}")
+        text = self.path.read_text(encoding="utf-8")
+        try:
+            rows = ([json.loads(x) for x in text.splitlines() if x.strip()] if self.path.suffix == ".jsonl"
+                    else json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ScenarioDataError(f"scenario json_qa: malformed JSON in {self.path} ({exc.msg})") from None
+        out = []
+        modalities = set()
+        for i, item in enumerate(rows):
+            where = f"{self.path} sample #{i}"
+            media = []
+            for key, modality in (("image", "image"), ("video", "video"), ("pcl", "pointcloud")):
+                if item.get(key):
+                    media.append(MediaRef(modality, str(self.media_root / item[key]), key))
+                    modalities.add(modality)
+            options = [str(o) for o in item.get("options") or []]
+            answer = _need(item, "answer", where)
+            if options and str(answer) not in options:
+                raise ScenarioDataError(f"{where}: answer {answer!r} is not one of its options {options}")
+            out.append(EvalSample(str(item.get("id", i)), str(_need(item, "question", where)), options,
+                                  str(answer) if options else answer, media, str(item.get("task", "qa")),
+                                  {"choice_style": item["choice_style"]} if "choice_style" in item else {}))
+        self.modality = modalities.pop() if len(modalities) == 1 else None
+        return out[: self.limit] if self.limit else out

@@ -116,18 +116,19 @@ class Inferencer(abc.ABC):
 class Metric(abc.ABC):
     """Aggregates per-sample records (dicts as written to samples.jsonl) into named numbers.
 
+    A record holds `id, task, options, labels, answer, raw, parsed, correct, probs, extra`.
+    `parse(record)` turns the raw text into this metric's answer form (None = unparseable);
     `judge(record)` gives per-sample correctness (True/False) or None when the metric has no
-    per-sample verdict (captions); the evaluator writes the first metric's verdict as `correct`.
-    `parse(sample, query, raw)` turns raw text into this metric's answer form (None = unparseable).
+    per-sample verdict (captions); the evaluator writes the first metric's parse and verdict.
     """
 
     name: str = "metric"
 
-    def parse(self, sample: EvalSample, query: Query, raw: str) -> Any:
-        """The answer in the form this metric compares (default: an option, via the query's labels)."""
+    def parse(self, record: dict[str, Any]) -> Any:
+        """The answer in the form this metric compares (default: one of the options)."""
         from lamm.benchmarks.parsing import parse_option
 
-        return parse_option(raw, sample.options, query.labels or sample.options)
+        return parse_option(record["raw"], record.get("options") or [], record.get("labels") or None)
 
     def judge(self, record: dict[str, Any]) -> bool | None:
         """Whether one record is right; None if this metric cannot say per sample."""

@@ -93,8 +93,9 @@ class PointCloudTransform:
     def __call__(self, points: Any) -> torch.Tensor:
         pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
         if pts.dim() != 2 or pts.shape[1] < self.channels or len(pts) == 0:
-            raise ValueError(f"point_bert transform expects points [P, >={self.channels}] (xyz + "
-                             f"{self.channels - 3} extra channels), got {list(pts.shape)}")
+            raise ValueError(f"point_bert transform expects points [P, {self.channels}], got {list(pts.shape)} "
+                             f"(at least {self.channels} columns: xyz + {self.channels - 3} extra channels; "
+                             "further columns are dropped)")
         # Keep xyz plus the configured extra channels; further columns (e.g. the RGB of a coloured .ply
         # or LAMM-3D's [P, 6] .npy with extra_channels=0) are dropped.
         pts = pts[:, : self.channels].clone()

@@ -254,7 +254,7 @@ def test_real_point_bert_transform_bad_clouds_are_one_line_data_errors(tok, medi
     with pytest.raises(DataError) as info:
         ds[1]
     _assert_one_line(info.value, path, "xyz", "pointcloud", "pointcloud transform rejected")
-    assert "good.npy" in str(info.value) and "[P, >=6]" in str(info.value) and info.value.reason == "bad_media"
+    assert "good.npy" in str(info.value) and "[P, 6], got [50, 3]" in str(info.value) and info.value.reason == "bad_media"
     skipping = build_dataset(_cfg(path, media, "skip"), specs, tok, "prefix")
     assert [skipping[i] for i in range(2)] == [None, None]
     assert skipping.skipped.counts() == {"bad_pointcloud": 1, "bad_media": 1}

@@ -281,8 +281,12 @@ def test_mixture_alternating(tok, tmp_path):
 
 
 def _fill_paths(node, path: str) -> None:
-    if OmegaConf.is_missing(node, "path"):  # `in` is False for "???" values
+    node.pop("synth", None)  # lamm-train's own key, removed before build_dataset (lamm.cli.train._data_config)
+    # `in` is False for "???" values; ${paths...} interpolations point into lamm-train's root config.
+    if OmegaConf.is_missing(node, "path") or OmegaConf.is_interpolation(node, "path"):
         node["path"] = path
+    if "val_path" in node and OmegaConf.is_interpolation(node, "val_path"):
+        node["val_path"] = path
     for child in node.get("datasets", []) or []:
         _fill_paths(child, path)
 
@@ -339,7 +343,8 @@ def test_webdataset_shipped_config_with_workers_reads_every_sample_once(tok, med
     ds = build_dataset(cfg, SPECS, tok, "prefix")
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=cfg.num_workers, collate_fn=build_collator(tok))
     for epoch in range(2):
-        ds.set_epoch(epoch)
+        if epoch:
+            ds.set_epoch(epoch)  # another shard order, still every sample once
         seen = [i for batch in loader if batch is not None for i in batch.ids]
         assert sorted(seen) == sorted(ids)  # every sample exactly once, none lost, none repeated
     assert ds.skipped.counts() == {}
@@ -347,14 +352,13 @@ def test_webdataset_shipped_config_with_workers_reads_every_sample_once(tok, med
 
 @pytest.mark.parametrize("num_shards", [1, 3, 4, 6])
 def test_webdataset_split_across_ranks_and_workers(tok, media, tmp_path, monkeypatch, caplog, num_shards):
-    from lamm.datasets.formats.webdataset_shards import assign_shards
-
     paths, ids = _shards(tmp_path, media, [4 + s for s in range(num_shards)])
     ds = build_dataset({"name": "webdataset", "path": [str(p) for p in paths], "shuffle": True, "seed": 1},
                        SPECS, tok, "prefix")
     world, workers = 2, 2
     for epoch in range(2):
-        ds.set_epoch(epoch)
+        if epoch:
+            ds.set_epoch(epoch)
         per_reader = {}
         for rank in range(world):
             for worker in range(workers):
@@ -367,6 +371,8 @@ def test_webdataset_split_across_ranks_and_workers(tok, media, tmp_path, monkeyp
         assert all(per_reader.values())  # no reader (so no rank) is left without samples
     warnings = [r for r in caplog.records if "shard(s) for 2 rank(s) x 2 DataLoader worker(s)" in r.getMessage()]
     assert len(warnings) == (1 if num_shards < world * workers else 0)
+    from lamm.datasets.formats.webdataset_shards import assign_shards
+
     for n in range(1, 9):  # assign_shards is a partition of (shard, sample) for any shard count
         owners = {}
         for slot in range(4):

@@ -62,7 +62,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from lamm.training.callbacks import LossCurve
+    from lamm.training.callbacks import LossCurve, RankConsistency
     from lamm.training.checkpoint_io import FolderCheckpointIO
 
     t = cfg.trainer
@@ -73,11 +73,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     )
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=int(t.max_steps), max_epochs=-1,
+        precision=t.precision, max_steps=int(t.max_steps), max_epochs=1,  # one epoch: the sampler is one stream
         accumulate_grad_batches=int(t.accumulate_grad_batches), gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=int(t.log_every_n_steps), deterministic=t.deterministic,
         logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")],
-        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir)],
+        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir), RankConsistency()],
         plugins=[FolderCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=run_dir,
     )

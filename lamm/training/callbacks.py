@@ -48,3 +48,20 @@ class LossCurve(L.Callback):
                 if isinstance(logger, L.pytorch.loggers.CSVLogger):
                     logger.save()
                     plot_loss_curve(Path(logger.log_dir) / "metrics.csv", self.run_dir / "loss.png")
+
+
+class RankConsistency(L.Callback):
+    """At the end of a multi-process run, check every rank holds the same trainable weights."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size < 2:
+            return
+        import torch
+
+        with torch.no_grad():
+            checksum = sum(p.double().sum() * (i + 1) for i, p in enumerate(pl_module.model.trainable_parameters().values()))
+        sums = trainer.strategy.all_gather(checksum.float().reshape(1)).flatten().tolist()
+        if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
+            raise RuntimeError(f"ranks hold different trainable weights after training: checksums {sums}")
+        if trainer.is_global_zero:
+            print(f"all {trainer.world_size} ranks hold identical trainable weights (checksum {sums[0]:.6f})")

@@ -1,0 +1,281 @@
+"""Run one recipe (scenario + instruction + inferencer + metrics) on one model and write its outputs.
+
+Order, batching and sharding are fixed by the recipe alone, so results do not depend on resumption
+or on the number of processes:
+- samples keep the scenario's order; batch i is samples [i*B, (i+1)*B); rank r of W runs the batches
+  with i % W == r (whole batches, so a batch's padding -- and its floats -- are the same everywhere);
+- after each batch the new records are appended to the rank's samples file and flushed; a restarted
+  run reads the ids already there and skips them (a batch with some done samples is rerun whole and
+  only the missing records are written);
+- at the end the records of all ranks are merged once with `torch.distributed.all_gather_object`
+  (no file polling), rank 0 rewrites samples.jsonl in scenario order and writes results.json,
+  report.md and chart.png.
+
+Records are rounded (probabilities to 6 digits) before they are used, so metrics computed from fresh
+records and from records read back from disk are identical.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lamm.benchmarks.base import EvalSample, Query
+from lamm.benchmarks.build import build_inferencer, build_instruction, build_metrics, build_scenario, to_plain
+from lamm.benchmarks.render import Renderer
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+RESULTS_FILE = "results.json"
+RECIPE_KEYS = {"name", "scenario", "instruction", "inferencer", "metrics", "description", "batch_size"}
+
+
+@dataclass
+class Recipe:
+    """One evaluation: a scenario, an instruction, an inferencer and metrics, each by registry name."""
+
+    name: str
+    scenario: dict[str, Any]
+    instruction: dict[str, Any] = field(default_factory=lambda: {"name": "standard"})
+    inferencer: dict[str, Any] = field(default_factory=lambda: {"name": "direct"})
+    metrics: list[Any] = field(default_factory=lambda: ["accuracy"])
+    description: str = ""
+    batch_size: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Recipe":
+        """From a recipe config node; unknown keys are errors (a typo must not be silently ignored)."""
+        plain = to_plain(cfg)
+        if not isinstance(plain, dict):
+            raise ValueError(f"benchmark: expected a recipe mapping, found {type(plain).__name__}")
+        unknown = set(plain) - RECIPE_KEYS
+        if unknown:
+            raise ValueError(f"benchmark: unknown recipe keys {sorted(unknown)}; allowed: {', '.join(sorted(RECIPE_KEYS))}")
+        if "scenario" not in plain:
+            raise ValueError("benchmark.scenario: missing (e.g. {name: synth_shapes})")
+        return cls(**{"name": plain.get("name") or "recipe", **{k: v for k, v in plain.items() if k != "name"}})
+
+    def check(self) -> "Recipe":
+        """Fail fast (with did-you-mean) on a registry name nobody registered, before any model work."""
+        from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
+
+        def name_of(node: Any, key: str) -> str:
+            node = to_plain(node)
+            if isinstance(node, str):
+                return node
+            if not isinstance(node, dict) or "name" not in node:
+                raise ValueError(f"{key}: missing `name`")
+            return node["name"]
+
+        scen = to_plain(self.scenario)
+        while True:  # wrapper scenarios (corrupted) name an inner one
+            SCENARIOS.get(name_of(scen, "benchmark.scenario"))
+            if not isinstance(scen.get("scenario"), dict):
+                break
+            scen = scen["scenario"]
+        INSTRUCTIONS.get(name_of(self.instruction, "benchmark.instruction"))
+        INFERENCERS.get(name_of(self.inferencer, "benchmark.inferencer"))
+        metrics = to_plain(self.metrics)
+        for i, m in enumerate(metrics if isinstance(metrics, list) else [metrics]):
+            METRICS.get(name_of(m, f"benchmark.metrics[{i}]"))
+        return self
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) unless torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a samples file; a torn last line (killed mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 6)
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _extra_for_record(sample: EvalSample, query: Query) -> dict[str, Any]:
+    keep = {k: v for k, v in sample.extra.items() if k in ("corruption", "circular_group", "negatives", "source_id", "kind")}
+    keep.update({k: v for k, v in query.extra.items() if k in ("option_map", "examples")})
+    return keep
+
+
+class Evaluator:
+    """Evaluates a model on one recipe into `out_dir` (see the module docstring for the guarantees)."""
+
+    def __init__(self, model: Any, recipe: Recipe, out_dir: str | Path, batch_size: int = 16,
+                 template: str = "auto", model_name: str = "model", resume: bool = True,
+                 max_length: int | None = None, progress: bool = True) -> None:
+        self.model = model.eval()
+        self.recipe = recipe
+        self.out_dir = Path(out_dir)
+        self.batch_size = recipe.batch_size or batch_size
+        self.model_name, self.resume, self.progress = model_name, resume, progress
+        # Build every part first: a misspelt name fails before any model work.
+        self.scenario = build_scenario(recipe.scenario)
+        self.instruction = build_instruction(recipe.instruction)
+        self.inferencer = build_inferencer(recipe.inferencer)
+        self.metrics = build_metrics(recipe.metrics)
+        self.renderer = Renderer(model, template=template, max_length=max_length)
+
+    def _samples(self) -> list[EvalSample]:
+        samples = self.scenario.samples()
+        seen: set[str] = set()
+        for s in samples:
+            if s.id in seen:
+                raise ValueError(f"scenario {self.recipe.scenario.get('name')}: duplicate sample id {s.id!r}")
+            seen.add(s.id)
+            if self.inferencer.needs_options and not s.options:
+                raise ValueError(f"inferencer {self.inferencer.name} needs options; sample {s.id!r} (task {s.task!r}) "
+                                 "is open-ended (use inferencer direct, or restrict scenario.tasks)")
+        return samples
+
+    def _record(self, sample: EvalSample, query: Query, pred: Any) -> dict[str, Any]:
+        rec = {
+            "id": sample.id, "task": sample.task, "prompt": pred.prompt, "raw": pred.raw,
+            "options": list(sample.options), "labels": list(query.labels), "answer": sample.answer,
+        }
+        if pred.probs is not None:
+            rec["probs"] = pred.probs
+        if pred.turns:
+            rec["turns"] = pred.turns
+        rec["extra"] = _extra_for_record(sample, query)
+        rec = _jsonable(rec)
+        primary = self.metrics[0]
+        rec["parsed"] = _jsonable(primary.parse(rec))
+        rec["correct"] = primary.judge(rec)
+        return rec
+
+    def _samples_path(self, rank: int, world: int) -> Path:
+        return self.out_dir / (SAMPLES_FILE if world == 1 else f"samples.rank{rank}.jsonl")
+
+    def _done(self) -> dict[str, dict[str, Any]]:
+        done: dict[str, dict[str, Any]] = {}
+        if not self.resume:
+            return done
+        for path in [self.out_dir / SAMPLES_FILE, *sorted(self.out_dir.glob("samples.rank*.jsonl"))]:
+            for rec in read_records(path):
+                done.setdefault(rec["id"], rec)
+        return done
+
+    @torch.no_grad()
+    def run(self) -> dict[str, Any]:
+        """Evaluate (resuming), merge ranks, write outputs on rank 0; every rank returns the results."""
+        rank, world = dist_info()
+        samples = self._samples()
+        if rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                for p in [self.out_dir / SAMPLES_FILE, *self.out_dir.glob("samples.rank*.jsonl")]:
+                    p.unlink(missing_ok=True)
+        if world > 1:
+            torch.distributed.barrier()
+        self.instruction.prepare(self.scenario, self.model)
+        done = self._done()
+        mine: list[dict[str, Any]] = []
+        batches = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        todo = [b for i, b in enumerate(batches) if i % world == rank and any(s.id not in done for s in b)]
+        start, n_new = time.perf_counter(), 0
+        path = self._samples_path(rank, world)
+        with open(path, "a", encoding="utf-8") as fh:
+            for k, batch in enumerate(todo):
+                queries = [self.instruction.query(s) for s in batch]
+                preds = self.inferencer(self.model, batch, queries, self.renderer)
+                lines = []
+                for s, q, p in zip(batch, queries, preds):
+                    if s.id in done:
+                        continue
+                    rec = self._record(s, q, p)
+                    mine.append(rec)
+                    lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.write("".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+                n_new += len(lines)
+                if self.progress and rank == 0:
+                    log.info("%s: batch %d/%d (%d samples, %.1f samples/s)", self.recipe.name, k + 1, len(todo),
+                             n_new, n_new / max(1e-9, time.perf_counter() - start))
+        merged = self._merge(mine, done, world)
+        results: dict[str, Any] | None = None
+        if rank == 0:
+            order = {s.id: i for i, s in enumerate(samples)}
+            records = sorted((r for r in merged.values() if r["id"] in order), key=lambda r: order[r["id"]])
+            results = self._results(records)
+            from lamm.benchmarks.report import write_outputs
+
+            write_outputs(self.out_dir, records, results)
+            for p in self.out_dir.glob("samples.rank*.jsonl"):
+                p.unlink()
+        if world > 1:
+            box = [results]
+            torch.distributed.broadcast_object_list(box, src=0)
+            results = box[0]
+        return results  # type: ignore[return-value]
+
+    def _merge(self, mine: list[dict], done: dict[str, dict], world: int) -> dict[str, dict]:
+        merged = dict(done)
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, mine)
+            for part in gathered:
+                for rec in part:
+                    merged.setdefault(rec["id"], rec)
+        else:
+            for rec in mine:
+                merged.setdefault(rec["id"], rec)
+        return merged
+
+    def _results(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        metrics: dict[str, float] = {}
+        for m in self.metrics:
+            metrics.update(m.compute(records))
+        per_task: dict[str, dict[str, Any]] = {}
+        for task in sorted({r["task"] for r in records}):
+            rs = [r for r in records if r["task"] == task]
+            judged = [r["correct"] for r in rs if r["correct"] is not None]
+            per_task[task] = {"n": len(rs), "accuracy": (sum(judged) / len(judged)) if judged else None}
+        unparseable = [r["id"] for r in records if r["parsed"] is None]
+        return _jsonable({
+            "recipe": self.recipe.name,
+            "model": self.model_name,
+            "n": len(records),
+            "metrics": metrics,
+            "per_task": per_task,
+            "unparseable": len(unparseable),
+            "config": {"scenario": self.recipe.scenario, "instruction": self.recipe.instruction,
+                       "inferencer": self.recipe.inferencer, "metrics": self.recipe.metrics,
+                       "batch_size": self.batch_size, "template": self.renderer.template.name},
+        })
+
+
+def evaluate(model: Any, recipe: Recipe | dict | Any, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate `model` on `recipe` (a Recipe or its config) into `out_dir`; returns results.json's content."""
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.from_config(recipe)
+    return Evaluator(model, recipe, out_dir, **kwargs).run()

@@ -1,0 +1,367 @@
+"""Metrics over per-sample records.
+
+Decisions where the papers leave room:
+- Unparseable output is wrong: accuracy/POPE/RRM/match ratio count it wrong (POPE: a miss on a yes
+  question, a false alarm on a no question); MAE scores it as a prediction of 0; mAP as no boxes.
+- ECE: confidence = the highest option probability, bins of equal count (10), |acc - conf| weighted
+  by bin size. Needs `probs` (inferencer ppl).
+- Captions: pycocoevalcap's BLEU-4, CIDEr (its CIDEr-D scorer) and ROUGE-L after its PTB tokenizer
+  (Java, found on this machine); `tokenizer: simple` (lower-case, punctuation stripped) skips Java.
+- mAP@0.5: torchmetrics' COCO-style MeanAveragePrecision at IoU 0.5 (101-point interpolation), boxes
+  parsed from `label [x1, y1, x2, y2]` text; text carries no confidence, so the k-th box of an answer
+  scores 1/(1+k) (models list the surest first) and ties across images keep record order.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from lamm.benchmarks.base import Metric
+from lamm.benchmarks.parsing import norm, parse_boxes, parse_number, parse_option, vqa_normalize
+from lamm.registry import METRICS
+
+
+def _refs(answer: Any) -> list[str]:
+    return [answer] if isinstance(answer, str) else [str(a) for a in answer]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is not None and norm(a) == norm(b)
+
+
+@METRICS.register("accuracy")
+class Accuracy(Metric):
+    """Closed set: the parsed option equals the answer. Open answers (OCR words): a reference appears in
+    the output. With `circular_group` in the samples (MMBench), also `circular_accuracy`."""
+
+    name = "accuracy"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        if record.get("options"):
+            return super().parse(record)
+        return norm(record["raw"]) or None
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        parsed = self.parse(record)
+        if parsed is None:
+            return False
+        if record.get("options"):
+            return _same(parsed, record["answer"])
+        return any(re.search(rf"(?<!\w){re.escape(norm(r))}(?!\w)", parsed) for r in _refs(record["answer"]))
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        ok = [self.judge(r) for r in records]
+        out = {"accuracy": float(np.mean(ok)) if ok else float("nan")}
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for r, k in zip(records, ok):
+            g = (r.get("extra") or {}).get("circular_group")
+            if g is not None:
+                groups[str(g)].append(k)
+        if groups:
+            out["circular_accuracy"] = float(np.mean([all(v) for v in groups.values()]))
+        return out
+
+
+@METRICS.register("vqa_accuracy")
+class VQAAccuracy(Metric):
+    """The VQA v2 metric: official answer normalisation, min(#matching humans / 3, 1) averaged over the
+    leave-one-out subsets of the reference answers (one reference: exact match after normalisation)."""
+
+    name = "vqa_accuracy"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        text = record["raw"].strip().split("\n")[0]
+        return vqa_normalize(text) or None
+
+    def score(self, record: dict[str, Any]) -> float:
+        pred = self.parse(record)
+        if pred is None:
+            return 0.0
+        refs = [vqa_normalize(a) for a in _refs(record["answer"])]
+        if len(refs) == 1:
+            return float(pred == refs[0])
+        accs = []
+        for i in range(len(refs)):
+            others = refs[:i] + refs[i + 1:]
+            accs.append(min(1.0, sum(a == pred for a in others) / 3.0))
+        return float(np.mean(accs))
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return self.score(record) > 0.0
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        return {"vqa_accuracy": float(np.mean([self.score(r) for r in records])) if records else float("nan")}
+
+
+def _simple_tokenize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+class _Caption(Metric):
+    """pycocoevalcap scorers over (raw output, reference captions)."""
+
+    key = "caption"
+
+    def __init__(self, tokenizer: str = "ptb") -> None:
+        if tokenizer not in ("ptb", "simple"):
+            raise ValueError(f"metric {self.key}: tokenizer must be ptb or simple, found {tokenizer!r}")
+        self.tokenizer = tokenizer
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        return record["raw"].strip() or None
+
+    def _tokenized(self, records: Sequence[dict[str, Any]]) -> tuple[dict, dict]:
+        gts = {str(i): _refs(r["answer"]) for i, r in enumerate(records)}
+        res = {str(i): [r["raw"].strip() or "<empty>"] for i, r in enumerate(records)}
+        if self.tokenizer == "ptb":
+            from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+            tok = PTBTokenizer()
+            wrap = lambda d: {k: [{"caption": c} for c in v] for k, v in d.items()}  # noqa: E731
+            return tok.tokenize(wrap(gts)), tok.tokenize(wrap(res))
+        return ({k: [_simple_tokenize(c) for c in v] for k, v in gts.items()},
+                {k: [_simple_tokenize(c) for c in v] for k, v in res.items()})
+
+    def scorer(self) -> Any:
+        raise NotImplementedError
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        if not records:
+            return {self.key: float("nan")}
+        gts, res = self._tokenized(records)
+        scorer = self.scorer()
+        kwargs = {"verbose": 0} if self.key == "bleu4" else {}  # BLEU prints its ratios unless told not to
+        score, _ = scorer.compute_score(gts, res, **kwargs)
+        if isinstance(score, list):  # BLEU returns BLEU-1..4
+            return {self.key: float(score[3])}
+        return {self.key: float(score)}
+
+
+@METRICS.register("bleu4")
+class Bleu4(_Caption):
+    """Corpus BLEU-4 (pycocoevalcap)."""
+
+    key = name = "bleu4"
+
+    def scorer(self) -> Any:
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        return Bleu(4)
+
+
+@METRICS.register("cider")
+class CIDEr(_Caption):
+    """CIDEr (pycocoevalcap's CIDEr-D: clipped tf-idf n-gram cosine, Gaussian length penalty, x10)."""
+
+    key = name = "cider"
+
+    def scorer(self) -> Any:
+        from pycocoevalcap.cider.cider import Cider
+
+        return Cider()
+
+
+@METRICS.register("rouge_l")
+class RougeL(_Caption):
+    """ROUGE-L F-measure with beta 1.2 (pycocoevalcap)."""
+
+    key = name = "rouge_l"
+
+    def scorer(self) -> Any:
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        return Rouge()
+
+
+@METRICS.register("map50")
+class DetectionMAP(Metric):
+    """Detection mAP at IoU 0.5 over boxes parsed from text (`class_agnostic` ignores labels)."""
+
+    name = "map50"
+
+    def __init__(self, class_agnostic: bool = False) -> None:
+        self.class_agnostic = class_agnostic
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        return parse_boxes(record["raw"])
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        """Every ground-truth box matched at IoU >= 0.5 by a parsed box of the same label."""
+        preds = self.parse(record) or []
+        for g in record["answer"]:
+            if not any((self.class_agnostic or norm(p[0]) == norm(g[0])) and _iou(p[1:], g[1:]) >= 0.5 for p in preds):
+                return False
+        return bool(record["answer"]) or not preds
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        import torch
+        from torchmetrics.detection import MeanAveragePrecision
+
+        names: dict[str, int] = {}
+
+        def cls(label: str) -> int:
+            return 0 if self.class_agnostic else names.setdefault(norm(label), len(names))
+
+        preds, target = [], []
+        for r in records:
+            gt = r["answer"]
+            pb = self.parse(r) or []
+            target.append({"boxes": torch.tensor([g[1:] for g in gt], dtype=torch.float32).reshape(-1, 4),
+                           "labels": torch.tensor([cls(g[0]) for g in gt], dtype=torch.long)})
+            preds.append({"boxes": torch.tensor([p[1:] for p in pb], dtype=torch.float32).reshape(-1, 4),
+                          "scores": torch.tensor([1.0 / (1 + k) for k in range(len(pb))]),
+                          "labels": torch.tensor([cls(p[0]) for p in pb], dtype=torch.long)})
+        m = MeanAveragePrecision(box_format="xyxy", iou_thresholds=[0.5])
+        m.update(preds, target)
+        return {"map50": float(m.compute()["map"])}
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@METRICS.register("mae")
+class CountingMAE(Metric):
+    """Mean absolute error of the first number in the output (unparseable = predicted 0)."""
+
+    name = "mae"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        return parse_number(record["raw"])
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        p = self.parse(record)
+        return p is not None and round(p) == round(float(record["answer"]))
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        errs = [abs((self.parse(r) or 0.0) - float(r["answer"])) for r in records]
+        return {"mae": float(np.mean(errs)) if errs else float("nan")}
+
+
+def ece_equal_count(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Expected calibration error over `bins` bins holding (almost) equal numbers of samples."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.float64)
+    order = np.argsort(conf, kind="stable")
+    total = 0.0
+    for part in np.array_split(order, bins):
+        if len(part):
+            total += len(part) / len(conf) * abs(ok[part].mean() - conf[part].mean())
+    return float(total)
+
+
+@METRICS.register("ece")
+class ECE(Metric):
+    """Calibration: ECE with `bins` equal-count bins over the top option probability (inferencer ppl)."""
+
+    name = "ece"
+
+    def __init__(self, bins: int = 10) -> None:
+        self.bins = bins
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        with_probs = [r for r in records if r.get("probs")]
+        if len(with_probs) != len(records):
+            raise ValueError(f"metric ece needs per-option probabilities; {len(records) - len(with_probs)} records "
+                             "have none (use inferencer ppl)")
+        if not records:
+            return {"ece": float("nan")}
+        conf = [max(r["probs"]) for r in records]
+        ok = [r["options"][int(np.argmax(r["probs"]))] == r["answer"] for r in records]
+        return {"ece": ece_equal_count(conf, ok, self.bins), "mean_confidence": float(np.mean(conf))}
+
+
+@METRICS.register("pope")
+class PopeMetric(Metric):
+    """POPE hallucination: accuracy, precision, recall, F1 with "yes" as the positive class, yes-ratio."""
+
+    name = "pope"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        return parse_option(record["raw"], ["yes", "no"], record.get("labels") or None)
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        tp = fp = tn = fn = yes = 0
+        for r in records:
+            p, gt = self.parse(r), norm(r["answer"])
+            yes += p == "yes"
+            if gt == "yes":
+                tp += p == "yes"
+                fn += p != "yes"
+            else:
+                tn += p == "no"
+                fp += p != "no"
+        n = max(1, len(records))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"pope_accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+                "yes_ratio": yes / n}
+
+
+@METRICS.register("rrm")
+class RobustnessRRM(Metric):
+    """Relative robustness (ChEF): RRM_c = (acc_c - chance) / (acc_clean - chance) x 100 per corruption c,
+    with chance the mean of 1 / #options; records grouped by `extra.corruption` (scenario corrupted)."""
+
+    name = "rrm"
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for r in records:
+            groups[(r.get("extra") or {}).get("corruption", "clean")].append(r)
+        if "clean" not in groups:
+            raise ValueError("metric rrm needs clean samples (scenario corrupted keeps them)")
+        acc = {c: float(np.mean([self.judge(r) for r in rs])) for c, rs in groups.items()}
+        chance = float(np.mean([1.0 / len(r["options"]) for r in records if r.get("options")] or [0.0]))
+        out = {f"accuracy_{c}": a for c, a in acc.items()}
+        out["chance"] = chance
+        denom = acc["clean"] - chance
+        for c, a in acc.items():
+            if c != "clean":
+                out[f"rrm_{c}"] = (a - chance) / denom * 100.0 if abs(denom) > 1e-12 else float("nan")
+        return out
+
+
+@METRICS.register("match_ratio")
+class MatchRatio(Metric):
+    """Instruction following: the share of outputs naming the correct option by its mapped label
+    (instruction option_map), overall and per map (`match_ratio_<map>`)."""
+
+    name = "match_ratio"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        # Only the label counts: an answer that repeats the option text instead did not follow the map.
+        labels = record.get("labels") or record.get("options") or []
+        for i, lab in enumerate(labels):
+            if norm(record["raw"]) == norm(lab) or re.match(rf"^[(\[]?{re.escape(norm(lab))}[)\].:,\s]", norm(record["raw"]) + " "):
+                return record["options"][i]
+        return None
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        by_map: dict[str, list[bool]] = defaultdict(list)
+        for r in records:
+            by_map[(r.get("extra") or {}).get("option_map", "natural")].append(self.judge(r))
+        out = {"match_ratio": float(np.mean([v for vs in by_map.values() for v in vs])) if records else math.nan}
+        out.update({f"match_ratio_{k}": float(np.mean(v)) for k, v in by_map.items()})
+        return out

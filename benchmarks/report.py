@@ -1,0 +1,76 @@
+"""Write an evaluation's files: samples.jsonl (scenario order), results.json, report.md, chart.png."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+MAX_LISTED = 50
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def report_markdown(records: Sequence[dict[str, Any]], results: dict[str, Any]) -> str:
+    """The human summary: metrics, per-task accuracy, unparseable outputs, a few wrong answers."""
+    lines = [f"# {results['recipe']} -- {results['model']}", "", f"{results['n']} samples.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in results["metrics"].items()]
+    lines += ["", "## Per task", "", "| task | n | accuracy |", "|---|---|---|"]
+    lines += [f"| {t} | {v['n']} | {_fmt(v['accuracy'])} |" for t, v in results["per_task"].items()]
+    bad = [r for r in records if r["parsed"] is None]
+    lines += ["", f"## Unparseable outputs ({len(bad)}, counted as wrong)", ""]
+    if bad:
+        lines += ["| id | raw output |", "|---|---|"]
+        lines += [f"| {r['id']} | {json.dumps(r['raw'])[:120]} |" for r in bad[:MAX_LISTED]]
+        if len(bad) > MAX_LISTED:
+            lines.append(f"\n... and {len(bad) - MAX_LISTED} more (see samples.jsonl, `parsed: null`).")
+    else:
+        lines.append("None.")
+    wrong = [r for r in records if r["correct"] is False and r["parsed"] is not None][:10]
+    if wrong:
+        lines += ["", "## Some wrong answers", "", "| id | answer | parsed | raw |", "|---|---|---|---|"]
+        lines += [f"| {r['id']} | {json.dumps(r['answer'])[:60]} | {json.dumps(r['parsed'])[:60]} | "
+                  f"{json.dumps(r['raw'])[:80]} |" for r in wrong]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(path: Path, title: str, values: dict[str, float], ylabel: str = "value") -> None:
+    """A bar chart PNG (matplotlib, Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [(k, v) for k, v in values.items() if isinstance(v, (int, float)) and not math.isnan(v)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(items) + 2), 3.5), dpi=100)
+    ax.bar([k for k, _ in items], [v for _, v in items], color="#4878a8")
+    for i, (_, v) in enumerate(items):
+        ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_outputs(out_dir: Path, records: Sequence[dict[str, Any]], results: dict[str, Any]) -> None:
+    """samples.jsonl (rewritten in scenario order), results.json, report.md and chart.png."""
+    _atomic_write(out_dir / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    _atomic_write(out_dir / "results.json", json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    _atomic_write(out_dir / "report.md", report_markdown(records, results))
+    values = dict(results["metrics"])
+    values.update({f"acc/{t}": v["accuracy"] for t, v in results["per_task"].items() if v["accuracy"] is not None})
+    bar_chart(out_dir / "chart.png", f"{results['recipe']} -- {results['model']}", values)

@@ -1,0 +1,99 @@
+"""`lamm-eval`: evaluate a model on a benchmark recipe (conf/eval.yaml + conf/benchmark/*.yaml).
+
+    lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart/<date>       # a trained lamm run
+    lamm-eval benchmark=text_qa model.source=hf model.llm.name=hf model.path=/models/llm
+    lamm-eval benchmark=desiderata model.source=config model.overrides=[model/llm=tiny_random]
+    torchrun --nproc_per_node 2 -m lamm.cli.eval benchmark=shapes_ppl ...  # sharded, merged once
+
+Heavy imports happen inside `run`, so `lamm-eval --help` is instant.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("lamm.eval")
+
+# Errors a user can fix from the command line: print one line, no traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
+
+
+def _init_distributed() -> bool:
+    """Join the process group torchrun describes (gloo on CPU); True if this call created it."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+        return True
+    return False
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Load the model the config names and run its benchmark recipe (or the desiderata)."""
+    from pathlib import Path
+
+    import torch
+
+    from lamm.benchmarks.desiderata import run_desiderata
+    from lamm.benchmarks.evaluator import Evaluator, Recipe
+    from lamm.benchmarks.models import load_model
+
+    torch.manual_seed(int(cfg.seed))
+    model_cfg = dict(cfg.model)
+    if cfg.get("checkpoint"):
+        model_cfg.update(source="run", path=str(cfg.checkpoint))
+    bench = cfg.benchmark
+    # Parse the recipe before loading the model: a typo fails in a second, not after the load.
+    if "desiderata" in bench:
+        from lamm.benchmarks.desiderata import desiderata_recipes
+
+        recipe = None
+        for _, _, sub in desiderata_recipes(bench.desiderata):
+            sub.check()
+    else:
+        recipe = Recipe.from_config(bench).check()
+    model, name = load_model(model_cfg)
+    model = model.to(cfg.device).eval()
+    kwargs = dict(batch_size=int(cfg.batch_size), template=cfg.template, resume=bool(cfg.resume),
+                  max_length=cfg.max_length, model_name=name)
+    out = Path(cfg.output_dir) / name / str(bench.get("name", "recipe"))
+    if recipe is None:
+        result = run_desiderata(model, bench.desiderata, out, **kwargs)
+        log.info("desiderata table: %s", out / "desiderata.md")
+    else:
+        result = Evaluator(model, recipe, out, **kwargs).run()
+        log.info("%s on %s: %s (%d samples) -> %s", recipe.name, name, result["metrics"], result["n"], out)
+    return result
+
+
+@hydra.main(config_path="pkg://lamm.conf", config_name="eval", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    from lamm.registry import UnknownComponentError
+
+    created = _init_distributed()
+    try:
+        run(cfg)
+    except (UnknownComponentError, *USER_ERRORS) as exc:
+        if os.environ.get("LAMM_DEBUG"):
+            raise
+        print(f"lamm-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Training: loss goes down, lamm-train runs end to end, multirun, exact resume after SIGKILL, DDP, export, bad input."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lamm.build import build_model
+from lamm.testing import media_text, random_media, text_batch, tiny_model_config
+from lamm.training.module import LammModule
+from lamm.training.optim import OptimConfig
+
+LAMM_TRAIN = str(Path(sys.executable).parent / "lamm-train")
+TINY = ["debug=fast", "data.synth.sizes.train=32", "data.synth.sizes.test=8"]
+
+
+def run_train(tmp_path: Path, *overrides: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    args = [LAMM_TRAIN, *TINY, f"paths.runs_dir={tmp_path / 'runs'}", f"paths.data_dir={tmp_path / 'data'}", *overrides]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lamm-train failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(p.parent for p in (tmp_path / "runs").glob("**/config.yaml"))
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / "last.ckpt" / "weights.safetensors"))
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(fusion: str) -> None:
+    model = build_model(tiny_model_config(fusion=fusion))
+    module = LammModule(model, OptimConfig(lr=1e-2, warmup_steps=0, gate_lr_multiplier=10.0), max_steps=20)
+    ph = media_text(model, "image")
+    batch = text_batch(model, [f"{ph} colour? red", f"{ph} colour? blue"], {"image": (random_media(model, "image", 2), [0, 1])},
+                       padding_side="left")
+    batch.labels[:, :-1] = -100  # supervise the answer only, as the data pipeline does
+    opt = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model(batch).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_lamm_train_end_to_end_run_folder(tmp_path: Path) -> None:
+    result = run_train(tmp_path, "trainer.max_steps=4", "checkpoint.every_n_steps=2")
+    [run] = run_dirs(tmp_path)
+    for name in ("config.yaml", "run.json", "loss.png", "logs/metrics.csv", "checkpoints/last.ckpt/weights.safetensors",
+                 "checkpoints/last.ckpt/state.pt", "export/adapter/adapter_config.json", "export/lamm_weights.safetensors"):
+        assert (run / name).exists(), name
+    info = (run / "run.json").read_text()
+    assert '"torch": "2.14.1"' in info and "config_sha256" in info and "git_revision" in info
+    state = torch.load(run / "checkpoints/last.ckpt/state.pt", weights_only=True)
+    assert state["global_step"] == 4 and state["LammDataModule"]["consumed"] == 16
+    assert "skipped 0 samples" in result.stdout
+
+
+def test_multirun_gives_one_folder_per_fusion(tmp_path: Path) -> None:
+    run_train(tmp_path, "-m", "model/fusion=prefix,gated_xattn", "trainer.max_steps=2", "model.fusion.every=2")
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 2
+    assert {r.name.split("-", 1)[1].split(",")[0] for r in runs} == {"model/fusion=prefix", "model/fusion=gated_xattn"} or \
+        len({(r / "config.yaml").read_text() for r in runs}) == 2
+
+
+def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
+    common = ["trainer.max_steps=8", "checkpoint.every_n_steps=2", "seed=3", "model/fusion=gated_xattn",
+              "model.fusion.every=2", "data.num_workers=0"]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    run_train(straight, *common, "run_name=straight")
+    expected = final_weights(run_dirs(straight)[0])
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    args = [LAMM_TRAIN, *TINY, f"paths.runs_dir={killed / 'runs'}", f"paths.data_dir={killed / 'data'}",
+            *common, "run_name=killed", "trainer.max_steps=8"]
+    proc = subprocess.Popen(args, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill as soon as a mid-run checkpoint (step 4 or 6) is on disk
+        ckpts = list((killed / "runs").glob("**/checkpoints/last.ckpt/state.pt"))
+        if ckpts and torch.load(ckpts[0], weights_only=True)["global_step"] in (4, 6):
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpts[0], weights_only=True)["global_step"]
+    assert step < 8
+    run_train(killed, *common, "run_name=killed", "resume=auto")
+    resumed = max(run_dirs(killed), key=lambda r: r.stat().st_mtime)
+    got = final_weights(resumed)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6), name
+
+
+def test_ddp_two_cpu_processes_agree(tmp_path: Path) -> None:
+    result = run_train(tmp_path, "trainer=ddp_cpu", "trainer.max_steps=3", "data.num_workers=0", timeout=400)
+    assert "all 2 ranks hold identical trainable weights" in result.stdout + result.stderr
+
+
+def test_exported_adapter_loads_with_plain_peft(tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from lamm.registry import LLMS
+    from lamm.training.export import load_for_inference
+
+    run_train(tmp_path, "trainer.max_steps=3", "optim.lr=1e-2")
+    [run] = run_dirs(tmp_path)
+    model, _ = load_for_inference(run)
+    base = LLMS.build("tiny_random").causal_lm  # the same seeded base weights, media rows added
+    peft_model = PeftModel.from_pretrained(base, str(run / "export" / "adapter")).eval()
+    batch = text_batch(model, ["What colour is the shape?", "Hello"])
+    ours = model(batch, logits="all").logits
+    positions = (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
+    theirs = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    lora = [n for n in load_file(str(run / "export/adapter/adapter_model.safetensors"))]
+    assert lora and all("lora_" in n for n in lora)
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path: Path) -> None:
+    result = run_train(tmp_path, "model.fusion.evry=3", check=False)
+    assert result.returncode == 2
+    assert "unknown config key 'model.fusion.evry': model.fusion has name" in result.stderr
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path: Path) -> None:
+    result = run_train(tmp_path, "hydra.run.dir=/proc/lamm-run", check=False)
+    assert result.returncode == 2
+    assert "lamm-train: error: output folder /proc/lamm-run is not writable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_another_model_config_is_a_clear_mismatch(tmp_path: Path) -> None:
+    run_train(tmp_path, "trainer.max_steps=2", "run_name=a")
+    ckpt = next((tmp_path / "runs").glob("**/checkpoints/last.ckpt"))
+    result = run_train(tmp_path, "trainer.max_steps=4", "run_name=b", "model/projector=linear", f"resume={ckpt}",
+                       check=False)
+    assert result.returncode == 2
+    assert "checkpoint does not match this model config" in result.stderr
+    assert "projectors.image" in result.stderr
+
+
+def test_nan_loss_stops_with_step_and_ids_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from lamm.cli.train import train
+    from lamm.config import compose
+    from lamm.model import MultimodalLM
+    from lamm.training.module import NonFiniteLossError
+
+    cfg = compose("train", [*TINY, f"paths.runs_dir={tmp_path}/runs", f"paths.data_dir={tmp_path}/data",
+                            "trainer.max_steps=6", "checkpoint.every_n_steps=1", "data.num_workers=0"])
+    calls = {"n": 0}
+    original = MultimodalLM.forward
+
+    def poisoned(self, batch, logits="labels"):
+        out = original(self, batch, logits)
+        calls["n"] += 1
+        if calls["n"] > 3:  # the 4th training step diverges
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MultimodalLM, "forward", poisoned)
+    run = tmp_path / "runs" / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 3, batch 3, sample ids \['shapes_train"):
+        train(cfg, run)
+    state = torch.load(run / "checkpoints/last.ckpt/state.pt", weights_only=True)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in final_weights(run).values())
