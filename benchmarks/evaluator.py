@@ -66,25 +66,29 @@ class Recipe:
         """Fail fast (with did-you-mean) on a registry name nobody registered, before any model work."""
         from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
 
-        def name_of(node: Any, key: str) -> str:
+        import inspect
+
+        def checked(registry: Any, node: Any, key: str) -> None:
             node = to_plain(node)
-            if isinstance(node, str):
-                return node
+            node = {"name": node} if isinstance(node, str) else node
             if not isinstance(node, dict) or "name" not in node:
                 raise ValueError(f"{key}: missing `name`")
-            return node["name"]
+            args = {k: v for k, v in node.items() if k != "name"}
+            try:  # the recipe's keys must bind to the factory's signature (a typo fails here)
+                inspect.signature(registry.get(node["name"])).bind(**args)
+            except TypeError as exc:
+                raise ValueError(f"{key}: {registry.kind} {node['name']!r}: {exc}") from None
 
         scen = to_plain(self.scenario)
-        while True:  # wrapper scenarios (corrupted) name an inner one
-            SCENARIOS.get(name_of(scen, "benchmark.scenario"))
-            if not isinstance(scen.get("scenario"), dict):
-                break
+        checked(SCENARIOS, scen, "benchmark.scenario")
+        while isinstance(scen, dict) and isinstance(scen.get("scenario"), dict):  # wrappers (corrupted)
             scen = scen["scenario"]
-        INSTRUCTIONS.get(name_of(self.instruction, "benchmark.instruction"))
-        INFERENCERS.get(name_of(self.inferencer, "benchmark.inferencer"))
+            checked(SCENARIOS, scen, "benchmark.scenario.scenario")
+        checked(INSTRUCTIONS, self.instruction, "benchmark.instruction")
+        checked(INFERENCERS, self.inferencer, "benchmark.inferencer")
         metrics = to_plain(self.metrics)
         for i, m in enumerate(metrics if isinstance(metrics, list) else [metrics]):
-            METRICS.get(name_of(m, f"benchmark.metrics[{i}]"))
+            checked(METRICS, m, f"benchmark.metrics[{i}]")
         return self
 
 
@@ -131,6 +135,7 @@ class Evaluator:
 
     def __init__(self, model: Any, recipe: Recipe, out_dir: str | Path, batch_size: int = 16,
                  template: str = "auto", model_name: str = "model", resume: bool = True,
+                 system_prompt: str | None = "none",
                  max_length: int | None = None, progress: bool = True) -> None:
         self.model = model.eval()
         self.recipe = recipe
@@ -142,7 +147,7 @@ class Evaluator:
         self.instruction = build_instruction(recipe.instruction)
         self.inferencer = build_inferencer(recipe.inferencer)
         self.metrics = build_metrics(recipe.metrics)
-        self.renderer = Renderer(model, template=template, max_length=max_length)
+        self.renderer = Renderer(model, template=template, system_prompt=system_prompt, max_length=max_length)
 
     def _samples(self) -> list[EvalSample]:
         samples = self.scenario.samples()
@@ -270,7 +275,8 @@ class Evaluator:
             "unparseable": len(unparseable),
             "config": {"scenario": self.recipe.scenario, "instruction": self.recipe.instruction,
                        "inferencer": self.recipe.inferencer, "metrics": self.recipe.metrics,
-                       "batch_size": self.batch_size, "template": self.renderer.template.name},
+                       "batch_size": self.batch_size, "template": self.renderer.template.name,
+                       "system_prompt": self.renderer.template.system_prompt},
         })
 
 

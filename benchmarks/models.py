@@ -15,15 +15,17 @@ from typing import Any
 SOURCES = ("run", "hf", "config")
 
 
-def load_run(path: str) -> Any:
-    """A trained model from a run folder or checkpoint (the training issue's export)."""
+def load_run(path: str) -> tuple[Any, dict[str, Any]]:
+    """A trained model from a run folder or checkpoint, and the prompt settings it was trained with."""
     try:
         from lamm.training.export import load_for_inference
     except ImportError as exc:
         raise RuntimeError(f"model.source=run needs lamm.training.export.load_for_inference, which is not "
                            f"available here ({exc})") from exc
-    model, _ = load_for_inference(path)
-    return model
+    model, cfg = load_for_inference(path)
+    data = cfg.get("data") or {}
+    hints = {k: data.get(k) for k in ("template", "system_prompt") if data.get(k) is not None}
+    return model, hints
 
 
 def load_hf(llm: dict[str, Any]) -> Any:
@@ -49,18 +51,20 @@ def load_config(model_cfg: Any = None, overrides: Any = ()) -> Any:
     return build_model(model_cfg)
 
 
-def load_model(cfg: Any) -> tuple[Any, str]:
-    """The model a `model` node of conf/eval.yaml describes, and a short name for output folders."""
+def load_model(cfg: Any) -> tuple[Any, str, dict[str, Any]]:
+    """The model a `model` node of conf/eval.yaml describes, a short name for output folders, and prompt
+    hints (`template`, `system_prompt` a run was trained with; empty for other sources)."""
     from lamm.benchmarks.build import to_plain
 
     c = to_plain(cfg) or {}
     source = c.get("source", "config")
+    hints: dict[str, Any] = {}
     if source not in SOURCES:
         raise ValueError(f"model.source must be one of {', '.join(SOURCES)}, found {source!r}")
     if source == "run":
         if not c.get("path"):
             raise ValueError("model.source=run needs model.path (a run folder or checkpoint), or checkpoint=PATH")
-        model = load_run(c["path"])
+        model, hints = load_run(c["path"])
         default = c["path"].rstrip("/").replace("/", "_").lstrip("._")
     elif source == "hf":
         llm = c.get("llm") or {}
@@ -76,4 +80,4 @@ def load_model(cfg: Any) -> tuple[Any, str]:
         model = load_config(c.get("config"), c.get("overrides") or [])
         ov = c.get("overrides") or []
         default = "config" if not ov else "config-" + "-".join(str(o).split("=")[-1] for o in ov)
-    return model, str(c.get("name") or default)
+    return model, str(c.get("name") or default), hints

@@ -44,7 +44,9 @@ def ensure_synth(root: str | Path, kinds: Sequence[str], seed: int, sizes: dict[
     if missing:
         from lamm.datasets.synth import generate
 
-        generate(root, seed=seed, sizes=sizes or {"train": 40, "test": 120}, kinds=missing)
+        # Default sizes are the generator's (= the training data config's), so a folder generated here is
+        # exactly the one training would generate: evaluation never leaves a smaller train split behind.
+        generate(root, seed=seed, sizes=sizes, kinds=missing)
     return root
 
 

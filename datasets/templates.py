@@ -37,10 +37,13 @@ def _user_text(turn: Turn) -> str:
 
 
 def _system(setting: str | None, default: str | None, sample: Sample) -> str | None:
-    """Resolve `system_prompt` config: None -> template default, "task" -> LAMM task prompt, "none" -> none."""
+    """Resolve `system_prompt` config: None -> template default, "task" -> LAMM task prompt, "none" -> none,
+    "empty" -> an empty system turn (stops chat templates such as SmolLM2's inserting their default one)."""
     choice = default if setting is None else setting
     if choice is None or choice == "none":
         return None
+    if choice == "empty":
+        return ""
     if choice == "task":
         return system_prompt_for(sample.task_type, sample.modalities)
     return choice
@@ -170,7 +173,7 @@ class ChatTemplate(Template):
 
         msgs: list[dict[str, str]] = []
         system = _system(self.system_prompt, None, sample)
-        if system:
+        if system is not None:
             msgs.append({"role": "system", "content": system})
         segs: list[Segment] = []
         prev = ""

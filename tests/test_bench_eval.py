@@ -94,6 +94,10 @@ def test_bad_recipes_fail_early_with_suggestions(model, synth_root, tmp_path) ->
     r = _recipe(synth_root, metrics=("accuracy", "ecee"))
     with pytest.raises(UnknownComponentError, match="Did you mean 'ece'"):
         evaluate(model, r, tmp_path)
+    r = _recipe(synth_root)
+    r["inferencer"] = {"name": "ppl", "max_row": 3}
+    with pytest.raises(ValueError, match="benchmark.inferencer: inferencer 'ppl'.*max_row"):
+        Recipe.from_config(r).check()
     with pytest.raises(ValueError, match="unknown recipe keys"):
         Recipe.from_config({**_recipe(synth_root), "metric": ["accuracy"]})
     with pytest.raises(ValueError, match="needs options"):
@@ -161,8 +165,8 @@ def test_hf_source_text_only(tmp_path) -> None:
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Is {i} even?", "options": ["yes", "no"],
                                       "answer": "yes" if i % 2 == 0 else "no"}) + "\n" for i in range(5)))
-    model, name = load_model({"source": "hf", "llm": {"name": "tiny_random"}})
-    assert name == "tiny_random" and model.media_specs() == {}
+    model, name, hints = load_model({"source": "hf", "llm": {"name": "tiny_random"}})
+    assert name == "tiny_random" and model.media_specs() == {} and hints == {}
     res = evaluate(model, {"name": "text_qa", "scenario": {"name": "json_qa", "path": str(qa)}, "inferencer": "ppl",
                            "metrics": ["accuracy", "ece"]}, tmp_path / "out")
     assert res["n"] == 5

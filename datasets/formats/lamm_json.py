@@ -19,6 +19,12 @@ from lamm.registry import DATASETS
 def _build(cfg: DataConfig, ctx: BuildContext, default_template: str) -> Dataset:
     policy = make_policy(cfg, ctx)
     samples = parse_files(cfg.paths(ctx.split), partial(parse_conversation_record, root=cfg.root), policy)
+    tasks = cfg.option("tasks")
+    if tasks:  # keep only records whose "task" is listed (e.g. the closed-answer tasks of the built-in data)
+        wanted = set(tasks)
+        samples = [s for s in samples if s.extra.get("task") in wanted]
+        if not samples:
+            raise ValueError(f"data.tasks {sorted(wanted)} matches no sample in {cfg.paths(ctx.split)}")
     return SampleDataset(samples, make_processor(cfg, ctx, default_template), policy, name=cfg.name)
 
 

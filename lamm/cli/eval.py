@@ -57,10 +57,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             sub.check()
     else:
         recipe = Recipe.from_config(bench).check()
-    model, name = load_model(model_cfg)
+    model, name, hints = load_model(model_cfg)
     model = model.to(cfg.device).eval()
-    kwargs = dict(batch_size=int(cfg.batch_size), template=cfg.template, resume=bool(cfg.resume),
-                  max_length=cfg.max_length, model_name=name)
+    # A trained run is evaluated with the prompt layout it was trained with, unless told otherwise.
+    template = hints.get("template", "auto") if cfg.template == "auto" else cfg.template
+    system_prompt = hints.get("system_prompt", "none") if cfg.system_prompt == "auto" else cfg.system_prompt
+    kwargs = dict(batch_size=int(cfg.batch_size), template=template, system_prompt=system_prompt,
+                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name)
     out = Path(cfg.output_dir) / name / str(bench.get("name", "recipe"))
     if recipe is None:
         result = run_desiderata(model, bench.desiderata, out, **kwargs)

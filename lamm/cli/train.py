@@ -91,7 +91,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from lamm.build import build_model
     from lamm.policy import parameter_report
     from lamm.training.datamodule import LammDataModule
-    from lamm.training.export import EXPORT_DIR, export_model
+    from lamm.training.export import EXPORT_DIR, export_model, init_from_run
     from lamm.training.module import LammModule
     from lamm.training.optim import OptimConfig
     from lamm.training.run_folder import check_writable, write_run_info
@@ -102,6 +102,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     data_cfg = _data_config(cfg)
     model = build_model(cfg.model)
     console = Console()
+    if cfg.get("init_from"):
+        copied = init_from_run(model, cfg.init_from)
+        console.print(f"init_from {cfg.init_from}: {len(copied)} tensors copied")
     counts = parameter_report(model)
     console.print("trainable parameters: " + ", ".join(f"{k} {t:,}/{n:,}" for k, (t, n) in counts.items() if n))
     max_steps = int(cfg.trainer.max_steps)

@@ -59,3 +59,21 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
         for name, value in weights.items():
             params[name].copy_(value)
     return model.eval(), cfg
+
+
+def init_from_run(model: Any, path: str | Path) -> list[str]:
+    """Copy another run's trained tensors into `model` where names and shapes match (e.g. LLaVA's
+    stage-1 projector into stage 2); returns the names copied, fails if nothing matches."""
+    _, ckpt = _run_folder_of(Path(path)) if not (Path(path) / WEIGHTS).exists() else (None, Path(path))
+    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS))
+    params = dict(model.named_parameters())
+    copied = []
+    with torch.no_grad():
+        for key, value in weights.items():
+            name = key.removeprefix("model.")
+            if name in params and params[name].shape == value.shape:
+                params[name].copy_(value)
+                copied.append(name)
+    if not copied:
+        raise ValueError(f"init_from: no parameter of {ckpt} matches this model (names or shapes differ)")
+    return copied

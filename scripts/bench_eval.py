@@ -1,0 +1,101 @@
+"""Evaluation throughput: batched direct generation and batched PPL option scoring vs a batch-size-1 loop,
+measured in the same run on the same samples.
+
+    /work/main/.venv/bin/python -P scripts/bench_eval.py                 # real SmolLM2 + small_cnn + mlp + prefix
+    /work/main/.venv/bin/python -P scripts/bench_eval.py --tiny          # tiny random model (smoke test)
+
+Generation is timed at a fixed length (EOS disabled) so both paths decode the same number of tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=32, help="samples per batched measurement")
+    parser.add_argument("--n-single", type=int, default=16, help="samples for the batch-size-1 loop")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the real config")
+    parser.add_argument("overrides", nargs="*", help="overrides for lamm's train config, e.g. model/fusion=gated_xattn")
+    args = parser.parse_args()
+
+    import torch
+
+    from lamm.benchmarks.build import build_instruction, build_scenario
+    from lamm.benchmarks.inferencers import PPLInference, generate_texts
+    from lamm.benchmarks.render import Renderer
+    from lamm.build import build_model
+    from lamm.datasets.synth import generate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    if args.tiny:
+        from lamm.testing import tiny_model_config
+
+        cfg = tiny_model_config()
+    else:
+        from lamm.config import compose
+
+        cfg = compose("train", args.overrides).model
+    model = build_model(cfg).eval()
+    print(f"model built in {time.perf_counter() - t0:.1f} s; llm={model.llm.name} fusion={model.fusion.layout} "
+          f"threads={torch.get_num_threads()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, seed=0, sizes={"train": 4, "test": 2 * args.n}, kinds=("shapes",))
+        samples = build_scenario({"name": "synth_shapes", "root": tmp,
+                                  "tasks": ["colour", "shape", "count", "position"]}).samples()[: args.n]
+        instr = build_instruction({"name": "standard"})
+        queries = [instr.query(s) for s in samples]
+        renderer = Renderer(model)
+        renderer.eos_ids = [-1]  # fixed-length decoding for a fair comparison
+        items = [(s.id, q, [], None) for s, q in zip(samples, queries)]
+        bs = args.batch_size
+
+        def gen(chunk):
+            generate_texts(model, renderer, chunk, args.max_new_tokens)
+
+        def ppl(ss, qs):
+            PPLInference(max_rows=bs * 8)(model, ss, qs, renderer)
+
+        with torch.no_grad():
+            gen(items[:2])  # warm-up
+            ppl(samples[:2], queries[:2])
+            rows = []
+            t = time.perf_counter()
+            for i in range(0, len(items), bs):
+                gen(items[i:i + bs])
+            batched = len(items) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for it in items[: args.n_single]:
+                gen([it])
+            single = args.n_single / (time.perf_counter() - t)
+            rows.append(("direct generation", batched, single))
+
+            t = time.perf_counter()
+            for i in range(0, len(samples), bs):
+                ppl(samples[i:i + bs], queries[i:i + bs])
+            batched = len(samples) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for s, q in zip(samples[: args.n_single], queries[: args.n_single]):
+                ppl([s], [q])
+            single = args.n_single / (time.perf_counter() - t)
+            rows.append(("PPL option scoring", batched, single))
+
+    opts = sum(len(q.labels) for q in queries) / len(queries)
+    print(f"\n{len(samples)} samples (batched), {args.n_single} (batch-size-1 loop); batch {bs}; "
+          f"{args.max_new_tokens} new tokens; {opts:.1f} options per sample")
+    print(f"{'inference':<22}{'batched samples/s':>20}{'bs=1 samples/s':>18}{'speed-up':>10}")
+    for name, b, s in rows:
+        print(f"{name:<22}{b:>20.2f}{s:>18.2f}{b / s:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
