@@ -65,6 +65,8 @@ class LammBenchScenario(Scenario):
         self.media_root = Path(media_root) if media_root else self.root
         self.options, self.limit = list(options) if options else None, limit
         self.meta = self.root / "meta_file" / f"{task}_{dataset}.json"
+        if not self.meta.is_file():  # checked here too, so lamm-eval fails before loading the model
+            raise ScenarioDataError(f"scenario lamm_bench ({task}_{dataset}): meta file not found: expected {self.meta}")
         self.modality = "pointcloud" if task.endswith("3D") or dataset.lower().startswith("scan") else "image"
 
     def _media(self, item: dict, where: str) -> list[MediaRef]:
@@ -138,6 +140,8 @@ class MMBenchScenario(Scenario):
 
     def __init__(self, path: str, circular: bool = True, limit: int | None = None) -> None:
         self.path, self.circular, self.limit = Path(path), circular, limit
+        if not self.path.is_file():
+            raise ScenarioDataError(f"scenario mmbench: TSV not found: expected {self.path}")
 
     def samples(self) -> list[EvalSample]:
         if not self.path.is_file():

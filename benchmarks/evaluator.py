@@ -199,6 +199,7 @@ class Evaluator:
             if not self.resume:
                 for p in [self.out_dir / SAMPLES_FILE, *self.out_dir.glob("samples.rank*.jsonl")]:
                     p.unlink(missing_ok=True)
+            self._check_same_recipe()
         if world > 1:
             torch.distributed.barrier()
         self.instruction.prepare(self.scenario, self.model)
@@ -243,6 +244,25 @@ class Evaluator:
             results = box[0]
         return results  # type: ignore[return-value]
 
+    def _fingerprint(self) -> dict[str, Any]:
+        return _jsonable({"recipe": self.recipe.name, "model": self.model_name, "scenario": self.recipe.scenario,
+                          "instruction": self.recipe.instruction, "inferencer": self.recipe.inferencer,
+                          "metrics": self.recipe.metrics, "batch_size": self.batch_size,
+                          "template": self.renderer.template.name,
+                          "system_prompt": self.renderer.template.system_prompt})
+
+    def _check_same_recipe(self) -> None:
+        """Refuse to resume into a folder written by a different recipe (stale answers would be mixed in)."""
+        path = self.out_dir / "recipe.json"
+        mine = self._fingerprint()
+        if path.is_file() and self.resume:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old != mine:
+                diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+                raise ValueError(f"{self.out_dir} holds an evaluation with a different {', '.join(diff)}; "
+                                 "use resume=false to start over, or another output_dir")
+        path.write_text(json.dumps(mine, indent=1) + "\n", encoding="utf-8")
+
     def _merge(self, mine: list[dict], done: dict[str, dict], world: int) -> dict[str, dict]:
         merged = dict(done)
         if world > 1:
@@ -264,7 +284,9 @@ class Evaluator:
         for task in sorted({r["task"] for r in records}):
             rs = [r for r in records if r["task"] == task]
             judged = [r["correct"] for r in rs if r["correct"] is not None]
-            per_task[task] = {"n": len(rs), "accuracy": (sum(judged) / len(judged)) if judged else None}
+            closed = [1.0 / len(r["options"]) for r in rs if r["options"]]
+            per_task[task] = {"n": len(rs), "accuracy": (sum(judged) / len(judged)) if judged else None,
+                              "chance": sum(closed) / len(closed) if closed else None}
         unparseable = [r["id"] for r in records if r["parsed"] is None]
         return _jsonable({
             "recipe": self.recipe.name,

@@ -65,7 +65,8 @@ def load_model(cfg: Any) -> tuple[Any, str, dict[str, Any]]:
         if not c.get("path"):
             raise ValueError("model.source=run needs model.path (a run folder or checkpoint), or checkpoint=PATH")
         model, hints = load_run(c["path"])
-        default = c["path"].rstrip("/").replace("/", "_").lstrip("._")
+        parts = [p for p in str(c["path"]).rstrip("/").split("/") if p not in ("", ".", "checkpoints")]
+        default = "-".join(parts[-2:]).removesuffix(".ckpt")  # <run name>-<date> (or <date>-<checkpoint>)
     elif source == "hf":
         llm = c.get("llm") or {}
         if isinstance(llm, str):

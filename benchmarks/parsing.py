@@ -93,7 +93,7 @@ def parse_boxes(raw: str) -> list[list[Any]] | None:
         coords = [float(v) for v in m.group("coords").split(",")]
         if coords[2] < coords[0] or coords[3] < coords[1]:
             continue
-        label = norm(m.group("label") or "")
+        label = re.sub(r"^(?:(?:and|then|also|a|an|the)\s+)+", "", norm(m.group("label") or ""))
         out.append([label, *coords])
     return out or None
 

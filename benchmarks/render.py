@@ -125,3 +125,25 @@ class Renderer:
             counts.append(len(candidates))
         right = build_collator(self.tokenizer, "right")
         return right(rows), prompts, counts
+
+    def prompt_and_candidates(self, items: Sequence[tuple[str, Query, Sequence[str], int | None, Sequence[str]]]
+                              ) -> tuple[Batch, list[str], list[list[tuple[list[int], list[bool]]]]]:
+        """Left-padded prompts (media loaded once) plus, per sample, each candidate's continuation ids and
+        which of them are scored (the answer and its end-of-turn token, not template glue after it)."""
+        processed, prompts, cands = [], [], []
+        for sid, query, replies, upto, candidates in items:
+            conv = self.conversation(sid, query, replies, upto)
+            prompt_ids, _, refs = self._processed(conv, self.gen)
+            processed.append(ProcessedSample(sid, torch.tensor(prompt_ids), torch.full((len(prompt_ids),), IGNORE_INDEX),
+                                             self.gen.load_media(conv, refs)))
+            prompts.append(self.prompt_text(conv))
+            n = len(prompt_ids)
+            per = []
+            for cand in candidates:
+                ids, labels, _ = self._processed(self.conversation(sid, query, replies, upto, answer=cand), self.train)
+                if ids[:n] != prompt_ids:
+                    raise RuntimeError(f"sample {sid!r}: the prompt is not a prefix of prompt+answer under template "
+                                       f"{self.template.name!r}; option scoring needs a prefix-stable template")
+                per.append((ids[n:], [label != IGNORE_INDEX for label in labels[n:]]))
+            cands.append(per)
+        return self.left(processed), prompts, cands

@@ -27,8 +27,9 @@ def report_markdown(records: Sequence[dict[str, Any]], results: dict[str, Any]) 
     lines = [f"# {results['recipe']} -- {results['model']}", "", f"{results['n']} samples.", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in results["metrics"].items()]
-    lines += ["", "## Per task", "", "| task | n | accuracy |", "|---|---|---|"]
-    lines += [f"| {t} | {v['n']} | {_fmt(v['accuracy'])} |" for t, v in results["per_task"].items()]
+    lines += ["", "## Per task", "", "| task | n | accuracy | chance |", "|---|---|---|---|"]
+    lines += [f"| {t} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v.get('chance'))} |"
+              for t, v in results["per_task"].items()]
     bad = [r for r in records if r["parsed"] is None]
     lines += ["", f"## Unparseable outputs ({len(bad)}, counted as wrong)", ""]
     if bad:

@@ -3,7 +3,6 @@ desiderata, model sources, and 2 processes == 1 process."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 
 import pytest
@@ -16,6 +15,15 @@ from lamm.build import build_model
 from lamm.datasets.synth import generate
 from lamm.registry import UnknownComponentError
 from lamm.testing import tiny_model_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are overhead-bound: one thread is faster, and immune to oversubscribed shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 TASKS = ["colour", "shape", "count", "position"]
 
@@ -66,6 +74,10 @@ def test_outputs_and_resume_without_duplicates(model, synth_root, tmp_path) -> N
     assert (out / "samples.jsonl").read_text() == (ref_dir / "samples.jsonl").read_text()
     # A finished run resumed again does nothing and changes nothing.
     assert evaluate(model, _recipe(synth_root), out, batch_size=4) == ref
+    # Resuming with another recipe into the same folder is refused, not mixed.
+    with pytest.raises(ValueError, match="different batch_size"):
+        evaluate(model, _recipe(synth_root), out, batch_size=8)
+    assert evaluate(model, _recipe(synth_root), out, batch_size=8, resume=False)["n"] == 16
 
 
 def test_deterministic_across_fresh_runs(synth_root, tmp_path) -> None:
@@ -172,16 +184,38 @@ def test_hf_source_text_only(tmp_path) -> None:
     assert res["n"] == 5
 
 
-def test_run_source(tmp_path) -> None:
+def test_run_source(synth_root, tmp_path) -> None:
+    """A run folder in the training layout (config.yaml + checkpoints/last.ckpt) evaluates like the model."""
+    from safetensors.torch import save_file
+
     from lamm.benchmarks.models import load_model
 
     try:
-        import lamm.training.export  # noqa: F401
+        from lamm.training.checkpoint_io import STATE, WEIGHTS
+        from lamm.training.run_folder import CONFIG_FILE
     except ImportError:
-        pytest.skip("lamm.training.export (the training issue) is not available yet")
-    with pytest.raises(Exception) as err:
+        pytest.skip("lamm.training (the training issue) is not available yet")
+    trained = _model()
+    with torch.no_grad():  # "training": move the trainable weights away from their init
+        for p in trained.trainable_parameters().values():
+            p.add_(0.05 * torch.randn_like(p))
+    run = tmp_path / "runs" / "quickstart" / "20260101-000000"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": tiny_model_config(),
+                                     "data": {"template": "chat", "system_prompt": "empty"}}), run / CONFIG_FILE)
+    save_file({f"model.{k}": v.detach().contiguous() for k, v in trained.trainable_parameters().items()},
+              str(ckpt / WEIGHTS))
+    torch.save({}, ckpt / STATE)
+    model, name, hints = load_model({"source": "run", "path": str(run)})
+    assert name == "quickstart-20260101-000000" and hints == {"template": "chat", "system_prompt": "empty"}
+    recipe = _recipe(synth_root, limit=8)
+    a = evaluate(model, recipe, tmp_path / "a", system_prompt="empty")
+    b = evaluate(trained, recipe, tmp_path / "b", system_prompt="empty")
+    assert a["metrics"] == b["metrics"]
+    assert "<|im_start|>system" in json.loads(_lines(tmp_path / "a" / "samples.jsonl")[0])["prompt"]
+    with pytest.raises(FileNotFoundError, match="no_such_run"):
         load_model({"source": "run", "path": str(tmp_path / "no_such_run")})
-    assert "no_such_run" in str(err.value)
     with pytest.raises(ValueError, match="model.path"):
         load_model({"source": "run"})
 
@@ -212,3 +246,24 @@ def test_two_processes_equal_one(synth_root, tmp_path) -> None:
     b = [json.loads(x) for x in _lines(out / "samples.jsonl")]
     assert [(r["id"], r["parsed"], r["correct"]) for r in a] == [(r["id"], r["parsed"], r["correct"]) for r in b]
     assert not list(out.glob("samples.rank*.jsonl"))
+
+
+def test_console_script_bad_recipe_one_line(tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("lamm-eval") or str(Path(sys.executable).parent / "lamm-eval")
+    proc = subprocess.run([exe, "benchmark=shapes_ppl", "benchmark.metrics=[acuracy]"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("lamm-eval: error: unknown metric 'acuracy'. Did you mean 'accuracy'?")
+    proc = subprocess.run([exe, "benchmark=shapes_ppl", "benchmark.scenario.name=synth_shapez"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Did you mean 'synth_shapes'?" in proc.stderr
+    proc = subprocess.run([exe, "benchmark=scienceqa_ppl", f"data_root={tmp_path}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    expected = tmp_path / "LAMM_Benchmark" / "meta_file" / "VQA_ScienceQA.json"
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"lamm-eval: error: scenario lamm_bench (VQA_ScienceQA): meta file not found: expected {expected}")

@@ -12,6 +12,15 @@ from lamm.datasets.synth import generate
 from lamm.testing import tiny_model_config
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are overhead-bound: one thread is faster, and immune to oversubscribed shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -85,3 +94,20 @@ def test_multi_turn_and_cot(model, data) -> None:
     assert "step by step" in cot[0].prompt and len(cot[0].turns) == 1 and cot[0].probs is not None
     with pytest.raises(ValueError, match="answer_by"):
         build_inferencer({"name": "cot", "answer_by": "vote"})
+
+
+def test_shared_prefix_equals_full_rows(model, data) -> None:
+    samples, queries = data
+    r = Renderer(model)
+    fast = build_inferencer({"name": "ppl"})(model, samples, queries, r)
+    full = build_inferencer({"name": "ppl", "shared_prefix": False})(model, samples, queries, r)
+    for a, b in zip(fast, full):
+        assert a.probs == pytest.approx(b.probs, abs=1e-4) and a.raw == b.raw and a.prompt == b.prompt
+
+
+def test_ppl_gated_xattn_falls_back_to_full_rows(data) -> None:
+    samples, queries = data
+    torch.manual_seed(0)
+    xmodel = build_model(tiny_model_config(fusion="gated_xattn")).eval()
+    preds = build_inferencer({"name": "ppl"})(xmodel, samples[:3], queries[:3], Renderer(xmodel))
+    assert all(sum(p.probs) == pytest.approx(1.0) for p in preds)

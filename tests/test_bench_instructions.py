@@ -13,6 +13,15 @@ from lamm.datasets.synth import generate
 from lamm.testing import tiny_model_config
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are overhead-bound: one thread is faster, and immune to oversubscribed shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

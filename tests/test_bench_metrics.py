@@ -32,7 +32,7 @@ def test_parse_option_rules() -> None:
     assert parse_number("12 apples, not 3") == 12.0
     assert parse_number("none") == 0.0 and parse_number("many") is None
     assert parse_boxes("red circle [0.1, 0.2, 0.5, 0.6] and blue star (0, 0, 1, 1)") == [
-        ["red circle", 0.1, 0.2, 0.5, 0.6], ["and blue star", 0.0, 0.0, 1.0, 1.0]]
+        ["red circle", 0.1, 0.2, 0.5, 0.6], ["blue star", 0.0, 0.0, 1.0, 1.0]]
     assert parse_boxes("no boxes here") is None
 
 

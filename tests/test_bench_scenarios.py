@@ -196,3 +196,13 @@ def test_corrupted_copies(synth_root) -> None:
     # Seeded by sample id: the same copies every time.
     again = scen.samples()
     assert again[1].media[0].data == img.media[0].data and again[2].question == txt.question
+
+
+def test_synth_video_and_points(tmp_path) -> None:
+    generate(tmp_path, seed=0, sizes={"train": 1, "test": 3}, kinds=("video", "points"))
+    video = build_scenario({"name": "synth_video", "root": str(tmp_path)})
+    points = build_scenario({"name": "synth", "root": str(tmp_path), "kinds": ["points"]})
+    assert video.modality == "video" and points.modality == "pointcloud"
+    v, p = video.samples()[0], points.samples()[0]
+    assert v.answer in v.options and p.answer in p.options
+    assert load_media(v.media[0]).ndim == 4 and load_media(p.media[0]).shape[1] == 3

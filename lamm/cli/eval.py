@@ -3,7 +3,7 @@
     lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart/<date>       # a trained lamm run
     lamm-eval benchmark=text_qa model.source=hf model.llm.name=hf model.path=/models/llm
     lamm-eval benchmark=desiderata model.source=config model.overrides=[model/llm=tiny_random]
-    torchrun --nproc_per_node 2 -m lamm.cli.eval benchmark=shapes_ppl ...  # sharded, merged once
+    torchrun --nproc_per_node 2 --no-python lamm-eval benchmark=shapes_ppl ...  # sharded, merged once
 
 Heavy imports happen inside `run`, so `lamm-eval --help` is instant.
 """
@@ -44,19 +44,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from lamm.benchmarks.models import load_model
 
     torch.manual_seed(int(cfg.seed))
+    if int(cfg.get("threads") or 0) > 0:
+        torch.set_num_threads(int(cfg.threads))
     model_cfg = dict(cfg.model)
     if cfg.get("checkpoint"):
         model_cfg.update(source="run", path=str(cfg.checkpoint))
     bench = cfg.benchmark
     # Parse the recipe before loading the model: a typo fails in a second, not after the load.
+    from lamm.benchmarks.build import build_scenario
+
     if "desiderata" in bench:
         from lamm.benchmarks.desiderata import desiderata_recipes
 
         recipe = None
-        for _, _, sub in desiderata_recipes(bench.desiderata):
-            sub.check()
+        checks = [sub.check() for _, _, sub in desiderata_recipes(bench.desiderata)]
     else:
         recipe = Recipe.from_config(bench).check()
+        checks = [recipe]
+    for r in checks:  # constructors are cheap and check their files: a missing meta file fails before the model loads
+        build_scenario(r.scenario)
     model, name, hints = load_model(model_cfg)
     model = model.to(cfg.device).eval()
     # A trained run is evaluated with the prompt layout it was trained with, unless told otherwise.
