@@ -20,8 +20,8 @@ from lamm.benchmarks.build import to_plain
 from lamm.benchmarks.evaluator import Evaluator, Recipe, dist_info
 
 DIMENSIONS = ("calibration", "icl", "instruction_following", "robustness", "hallucination")
-DESIDERATA_KEYS = {"scenario", "dimensions", "inferencer", "icl", "instruction_following", "robustness",
-                   "hallucination"}
+DESIDERATA_KEYS = {"scenario", "dimensions", "inferencer", "option_style", "icl", "instruction_following",
+                   "robustness", "hallucination"}
 
 
 def desiderata_recipes(cfg: Any) -> list[tuple[str, str, Recipe]]:
@@ -38,6 +38,8 @@ def desiderata_recipes(cfg: Any) -> list[tuple[str, str, Recipe]]:
         raise ValueError(f"benchmark.desiderata.dimensions: unknown {bad}; known: {', '.join(DIMENSIONS)}")
     scen = c["scenario"]
     ppl = c.get("inferencer") or {"name": "ppl"}
+    style = {"option_style": c["option_style"]} if c.get("option_style") else {}
+    standard = {"name": "standard", **style}
     out: list[tuple[str, str, Recipe]] = []
 
     def add(dim: str, variant: str, scenario: dict, instruction: dict, metrics: list, inferencer: dict = ppl) -> None:
@@ -46,10 +48,10 @@ def desiderata_recipes(cfg: Any) -> list[tuple[str, str, Recipe]]:
     for dim in dims:
         opts = c.get(dim) or {}
         if dim == "calibration":
-            add(dim, "ppl", scen, {"name": "standard"}, ["accuracy", "ece"])
+            add(dim, "ppl", scen, standard, ["accuracy", "ece"])
         elif dim == "icl":
-            add(dim, "zero_shot", scen, {"name": "standard"}, ["accuracy"])
-            add(dim, "icl", scen, {"name": "icl", **{k: v for k, v in opts.items()}}, ["accuracy"])
+            add(dim, "zero_shot", scen, standard, ["accuracy"])
+            add(dim, "icl", scen, {"name": "icl", **style, **opts}, ["accuracy"])
         elif dim == "instruction_following":
             for m in opts.get("maps", ["natural", "neutral", "unnatural"]):
                 add(dim, m, scen, {"name": "option_map", "map": m}, ["match_ratio"],
@@ -58,12 +60,12 @@ def desiderata_recipes(cfg: Any) -> list[tuple[str, str, Recipe]]:
             wrapped = {"name": "corrupted", "scenario": scen,
                        "corruptions": opts.get("corruptions", ["image", "text", "both"]),
                        "severity": opts.get("severity", 1.0)}
-            add(dim, "corrupted", wrapped, {"name": "standard"}, ["rrm"])
+            add(dim, "corrupted", wrapped, standard, ["rrm"])
         else:
             base = opts.get("scenario") or {"name": "synth_pope", **{k: v for k, v in scen.items()
                                                                      if k in ("root", "split", "limit", "generate", "seed", "sizes")}}
             for neg in opts.get("negatives", ["random", "popular", "adversarial"]):
-                add(dim, neg, {**base, "negatives": neg}, {"name": "standard"}, ["pope"])
+                add(dim, neg, {**base, "negatives": neg}, standard, ["pope"])
     return out
 
 
