@@ -60,8 +60,9 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(fusion: str) -> None:
 
 
 def test_lamm_train_end_to_end_run_folder(tmp_path: Path) -> None:
-    result = run_train(tmp_path, "trainer.max_steps=4", "checkpoint.every_n_steps=2")
+    result = run_train(tmp_path, "trainer.max_steps=4", "checkpoint.every_n_steps=2", "evaluate=[shapes_ppl]")
     [run] = run_dirs(tmp_path)
+    assert "held-out: shapes_ppl" in result.stdout and (run / "eval/shapes_ppl/results.json").exists()
     for name in ("config.yaml", "run.json", "loss.png", "logs/metrics.csv", "checkpoints/last.ckpt/weights.safetensors",
                  "checkpoints/last.ckpt/state.pt", "export/adapter/adapter_config.json", "export/lamm_weights.safetensors"):
         assert (run / name).exists(), name

@@ -120,6 +120,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         summary = datamodule.skipped_summary()
         if summary:
             console.print(summary)
+        if cfg.get("evaluate"):
+            from lamm.training.heldout import evaluate_after_training
+
+            evaluate_after_training(model, cfg, run_dir, list(cfg.evaluate))
         console.print(f"run folder: {run_dir}")
     return run_dir
 
