@@ -53,7 +53,6 @@ def load_image(ref: MediaRef):
 
 
 def _frames_from_folder(path: Path) -> np.ndarray:
-    from PIL import Image
 
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:

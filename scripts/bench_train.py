@@ -42,6 +42,7 @@ import copy
 import ctypes
 import gc
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -447,6 +448,10 @@ def main() -> None:
     parser.add_argument("--peer-logits-to-keep", action="store_true",
                         help="peers compute logits only at the last loss_tokens+1 positions (not their default)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "inherit"],
+                        help="OMP_WAIT_POLICY set before torch loads (default PASSIVE; 'inherit' keeps the env's). "
+                             "On this shared 2-core CPU, spinning OpenMP workers (libgomp's default) slow small-op "
+                             "workloads such as decoding by 10-30x whenever another process holds a core")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -454,6 +459,12 @@ def main() -> None:
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}")
 
+    import os
+
+    if args.omp_wait_policy != "inherit":
+        if "torch" in sys.modules:
+            raise RuntimeError("--omp-wait-policy must be applied before torch is imported")
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import psutil
     import torch
     import transformers
@@ -465,6 +476,7 @@ def main() -> None:
     proc = psutil.Process()
     t_start = time.perf_counter()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
           f"fp32, batch={args.batch}, positions={args.seq}, loss tokens={args.loss_tokens}, "
           f"steps={args.warmup}+{args.steps}, generate {args.gen_prompt}+image -> {args.gen_new} new "
           f"x{args.gen_warmup}+{args.gen_repeats}")

@@ -2,30 +2,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lamm.benchmarks.base import EvalSample
 from lamm.benchmarks.build import build_instruction, build_scenario
 from lamm.benchmarks.render import Renderer
-from lamm.build import build_model
 from lamm.datasets.sample import MediaRef
 from lamm.datasets.synth import generate
-from lamm.testing import tiny_model_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are overhead-bound: one thread is faster, and immune to oversubscribed shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model(tiny_model_config()).eval()
 
 
 @pytest.fixture(scope="module")

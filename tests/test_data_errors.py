@@ -12,17 +12,8 @@ import torch
 
 from lamm.datasets import DataError, build_collator, build_dataset
 from lamm.datasets.testing import dummy_media_specs, write_image, write_video
-from lamm.llm.tiny import tiny_tokenizer
-from lamm.tokens import add_media_tokens
 
 SPECS = dummy_media_specs()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    t = tiny_tokenizer()
-    add_media_tokens(t)
-    return t
 
 
 @pytest.fixture(scope="module")

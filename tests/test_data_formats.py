@@ -15,20 +15,12 @@ from lamm.batch import Batch
 from lamm.datasets import build_collator, build_dataset
 from lamm.datasets.mixture import MixtureDataset
 from lamm.datasets.testing import dummy_media_specs, write_image, write_points, write_video
-from lamm.llm.tiny import tiny_tokenizer
 from lamm.registry import DATASETS
-from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, add_media_tokens
+from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
 
 K = {"image": 4, "video": 6, "pointcloud": 3}
 SPECS = dummy_media_specs(K)
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    t = tiny_tokenizer()
-    add_media_tokens(t)
-    return t
 
 
 @pytest.fixture(scope="module")

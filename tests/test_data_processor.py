@@ -20,13 +20,6 @@ SPECS = dummy_media_specs(K)
 
 
 @pytest.fixture(scope="module")
-def tok():
-    t = tiny_tokenizer()
-    add_media_tokens(t)
-    return t
-
-
-@pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pmedia")
     write_image(d / "a.png", (255, 0, 0))
