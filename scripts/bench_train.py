@@ -1,7 +1,7 @@
 """Training and generation speed of lamm's MultimodalLM against the peers that ship inside transformers,
 measured side by side in one run on one shared configuration.
 
-    /work/main/.venv/bin/python -P scripts/bench_train.py                  # defaults (~5 min here)
+    /work/main/.venv/bin/python -P scripts/bench_train.py                  # defaults (~6 min here)
     /work/main/.venv/bin/python -P scripts/bench_train.py --steps 10 --gen-repeats 5
     /work/main/.venv/bin/python -P scripts/bench_train.py --models ours_prefix,llava --no-gen
     /work/main/.venv/bin/python -P scripts/bench_train.py --peer-logits-to-keep   # peers compute logits only at the tail
@@ -436,7 +436,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed training steps per model")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
     parser.add_argument("--gen-warmup", type=int, default=1)
-    parser.add_argument("--gen-repeats", type=int, default=3, help="timed generate() calls per model")
+    parser.add_argument("--gen-repeats", type=int, default=5, help="timed generate() calls per model")
     parser.add_argument("--no-gen", action="store_true", help="skip the generation measurement")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
     parser.add_argument("--batch", type=int, default=4)

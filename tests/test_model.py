@@ -28,6 +28,15 @@ def open_gates(model, value: float = 0.8) -> None:
         nn.init.constant_(block.ff_gate, value / 2)
 
 
+def distinct_media(model) -> None:
+    """A random CNN maps every noise image to nearly the same tokens at init; offset the tokens by
+    each image's mean so tests that swap an image see a clear difference."""
+    for encoder in model.encoders.values():
+        if not getattr(encoder, "_distinct", False):
+            encoder.register_forward_hook(lambda mod, inp, out: out + 3 * inp[0].flatten(1).mean(1)[:, None, None])
+            encoder._distinct = True
+
+
 def bare_logits(model, batch) -> torch.Tensor:
     """The underlying HF model on the same tokens, no lamm code in the way."""
     mask = batch.attention_mask
@@ -46,6 +55,7 @@ def prefix_model():
 
 
 def two_image_batch(model, first: torch.Tensor, second: torch.Tensor):
+    distinct_media(model)
     ph = media_text(model, "image")
     texts = [f"Look at this {ph} then this {ph} and say which colour", f"One {ph} shape here"]
     return text_batch(model, texts, {"image": (torch.cat([first, second, second]), [0, 0, 1])})

@@ -115,6 +115,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     if trainer.is_global_zero:
         write_run_info(run_dir, cfg, {"resumed_from": ckpt_path, "run_dir": str(run_dir)})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # The final state, whatever the checkpoint interval (every rank joins: saving can be collective).
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if trainer.is_global_zero:
         export_model(model, run_dir / EXPORT_DIR)
         summary = datamodule.skipped_summary()
@@ -172,9 +174,31 @@ def check_override_keys(argv: list[str], config_name: str = "train") -> str | No
     return None
 
 
+def check_output_folder(argv: list[str]) -> str | None:
+    """One line when the runs folder (or an explicit hydra.run.dir) cannot be written, before Hydra starts."""
+    from lamm.config import compose
+    from lamm.training.run_folder import check_writable
+
+    explicit = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if explicit:
+        target = Path(explicit[-1])
+    else:
+        plain = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+        try:
+            target = Path(compose("train", plain).paths.runs_dir)
+        except Exception:  # composition problems get Hydra's own message
+            return None
+    try:
+        check_writable(target)
+    except PermissionError as exc:
+        return str(exc)
+    return None
+
+
 def main() -> None:
     """Entry point of the `lamm-train` console script."""
-    problem = check_override_keys(sys.argv[1:])
+    problem = check_override_keys(sys.argv[1:]) or (None if "-m" in sys.argv or "--multirun" in sys.argv
+                                                    or "--cfg" in sys.argv else check_output_folder(sys.argv[1:]))
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)
         sys.exit(2)

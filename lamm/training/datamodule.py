@@ -29,7 +29,13 @@ class LammDataModule(L.LightningDataModule):
         from lamm.datasets import build_dataset
 
         if self.train_set is None:
+            # Not yet supported by the resumable stream sampler: say so before any training work.
+            if self.config.name == "mixture" and self.config.extra.get("mode") == "alternating":
+                raise ValueError("data.mode=alternating is not supported by lamm-train yet; use data.mode=mixed")
             self.train_set = build_dataset(self.data_cfg, self.media_specs, self.tokenizer, self.fusion)
+            if not hasattr(self.train_set, "__len__"):
+                raise ValueError(f"data.name={self.config.name}: streaming datasets are not supported by "
+                                 "lamm-train yet (it needs a map-style dataset for exact resume)")
 
     @property
     def world_size(self) -> int:
