@@ -116,7 +116,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         write_run_info(run_dir, cfg, {"resumed_from": ckpt_path, "run_dir": str(run_dir)})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # The final state, whatever the checkpoint interval (every rank joins: saving can be collective).
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
         export_model(model, run_dir / EXPORT_DIR)
         summary = datamodule.skipped_summary()

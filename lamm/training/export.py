@@ -22,7 +22,9 @@ def export_model(model: Any, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if model.llm.has_lora:
-        model.llm.peft_model.save_pretrained(str(out_dir / ADAPTER_DIR))
+        # LoRA tensors only: the media-token rows are in lamm_weights, so the adapter stays small and
+        # loads on the plain base model (peft would otherwise save the whole resized embedding).
+        model.llm.peft_model.save_pretrained(str(out_dir / ADAPTER_DIR), save_embedding_layers=False)
     others = {n: p.detach().contiguous().cpu() for n, p in model.trainable_parameters().items() if "lora_" not in n}
     save_file(others, str(out_dir / LAMM_WEIGHTS))
     return out_dir
