@@ -17,25 +17,12 @@ from lamm.registry import UnknownComponentError
 from lamm.testing import tiny_model_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are overhead-bound: one thread is faster, and immune to oversubscribed shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 TASKS = ["colour", "shape", "count", "position"]
 
 
 def _model():
     torch.manual_seed(0)
     return build_model(tiny_model_config()).eval()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return _model()
 
 
 @pytest.fixture(scope="module")
