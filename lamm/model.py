@@ -57,6 +57,13 @@ class MultimodalLM(nn.Module):
             specs[modality] = MediaSpec(encoder.transform, self.fusion.placeholders_per_medium(k))
         return specs
 
+    def placeholder_text(self, modality: str) -> str:
+        """The text one medium of `modality` occupies in a prompt under this model's fusion."""
+        from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
+
+        n = self.media_specs()[modality].num_tokens
+        return PLACEHOLDERS[modality] * n + ("" if self.fusion.layout == "prefix" else END_OF_CHUNK)
+
     @property
     def tokenizer(self) -> Any:
         return self.llm.tokenizer

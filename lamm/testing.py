@@ -6,7 +6,6 @@ import copy
 import torch
 
 from lamm.batch import Batch, MediaBatch
-from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
 
 TINY_LLM = {"name": "tiny_random", "hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2}
 TINY_ENCODERS = {
@@ -60,8 +59,7 @@ def tiny_model_config(
 
 def media_text(model, modality: str) -> str:
     """The placeholder text one medium occupies in this model's prompts."""
-    n = model.media_specs()[modality].num_tokens
-    return PLACEHOLDERS[modality] * n + ("" if model.fusion.layout == "prefix" else END_OF_CHUNK)
+    return model.placeholder_text(modality)
 
 
 def random_media(model, modality: str, count: int, seed: int = 0) -> torch.Tensor:
