@@ -22,11 +22,7 @@ def _shape_image(size: int = 64):
 
 def media_prompt(model, modality: str, question: str) -> str:
     """A chat prompt with one medium's placeholders in front of the question."""
-    from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
-
-    n = model.media_specs()[modality].num_tokens
-    media = PLACEHOLDERS[modality] * n + ("" if model.fusion.layout == "prefix" else END_OF_CHUNK)
-    return model.llm.chat_prompt([{"role": "user", "content": media + "\n" + question}])
+    return model.llm.chat_prompt([{"role": "user", "content": model.placeholder_text(modality) + "\n" + question}])
 
 
 def run_demo(overrides: Sequence[str]) -> int:
