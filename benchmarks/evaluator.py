@@ -136,8 +136,10 @@ class Evaluator:
     def __init__(self, model: Any, recipe: Recipe, out_dir: str | Path, batch_size: int = 16,
                  template: str = "auto", model_name: str = "model", resume: bool = True,
                  system_prompt: str | None = "none",
-                 max_length: int | None = None, progress: bool = True) -> None:
+                 max_length: int | None = None, progress: bool = True,
+                 recipe_file: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
+        self.recipe_file = recipe_file  # kind, name, path, sha256 of the recipe YAML (lamm.recipes.hashing)
         self.recipe = recipe
         self.out_dir = Path(out_dir)
         self.batch_size = recipe.batch_size or batch_size
@@ -290,6 +292,7 @@ class Evaluator:
         unparseable = [r["id"] for r in records if r["parsed"] is None]
         return _jsonable({
             "recipe": self.recipe.name,
+            "recipe_file": self.recipe_file,
             "model": self.model_name,
             "n": len(records),
             "metrics": metrics,

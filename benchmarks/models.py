@@ -24,7 +24,9 @@ def load_run(path: str) -> tuple[Any, dict[str, Any]]:
                            f"available here ({exc})") from exc
     model, cfg = load_for_inference(path)
     data = cfg.get("data") or {}
-    hints = {k: data.get(k) for k in ("template", "system_prompt") if data.get(k) is not None}
+    hints = {"template": data["template"]} if data.get("template") is not None else {}
+    if "system_prompt" in data:  # None is meaningful: the template's default system prompt, as in training
+        hints["system_prompt"] = data["system_prompt"]
     return model, hints
 
 

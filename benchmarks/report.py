@@ -24,8 +24,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def report_markdown(records: Sequence[dict[str, Any]], results: dict[str, Any]) -> str:
     """The human summary: metrics, per-task accuracy, unparseable outputs, a few wrong answers."""
-    lines = [f"# {results['recipe']} -- {results['model']}", "", f"{results['n']} samples.", "",
-             "| metric | value |", "|---|---|"]
+    lines = [f"# {results['recipe']} -- {results['model']}", "", f"{results['n']} samples.", ""]
+    source = results.get("recipe_file")
+    if source:  # the exact YAML these numbers came from
+        lines += [f"Recipe: `{source['path']}` (sha256 `{source['sha256']}`).", ""]
+    lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in results["metrics"].items()]
     lines += ["", "## Per task", "", "| task | n | accuracy | chance |", "|---|---|---|---|"]
     lines += [f"| {t} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v.get('chance'))} |"

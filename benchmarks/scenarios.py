@@ -126,6 +126,7 @@ def _synth_kind(kind: str):
         return SynthScenario(**kwargs)
 
     factory.__doc__ = f"The synthetic {kind} scenario (`synth` with kinds=[{kind}])."
+    factory.__wrapped__ = SynthScenario  # inspect.signature shows SynthScenario's keys (recipe checks bind to them)
     return factory
 
 

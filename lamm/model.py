@@ -130,11 +130,14 @@ class MultimodalLM(nn.Module):
         eos_token_id: int | list[int] | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        streamer: Any = None,
     ) -> torch.Tensor:
         """Batched decoding with KV cache; returns the new tokens [B, <=max_new_tokens] (pad after EOS).
 
         Media are encoded once per prompt, and cross-attention keys/values once per prompt.
         Left or right padding both work: positions come from the attention mask.
+        `streamer` follows Hugging Face's streamer protocol (`put(tokens)`, `end()`), but receives only
+        the new tokens, one [B] tensor per step (rows already finished get pad), never the prompt.
         """
         tok = self.llm.tokenizer
         eos = _as_list(eos_token_id if eos_token_id is not None else tok.eos_token_id)
@@ -157,6 +160,8 @@ class MultimodalLM(nn.Module):
             token = _pick(step_logits, do_sample, temperature, top_p, generator)
             token = torch.where(finished, torch.full_like(token, pad), token)
             new_tokens.append(token)
+            if streamer is not None:
+                streamer.put(token)
             finished |= torch.isin(token, eos_t)
             if bool(finished.all()):
                 break
@@ -175,6 +180,8 @@ class MultimodalLM(nn.Module):
                 hidden, _ = self._decode(embeds_so_far, attention_mask, full_positions, state, ids_so_far)
             last_hidden = hidden[:, -1]
             next_position = next_position + 1
+        if streamer is not None:
+            streamer.end()
         if not new_tokens:
             return input_ids.new_zeros(len(input_ids), 0)
         return torch.stack(new_tokens, 1)

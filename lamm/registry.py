@@ -32,6 +32,8 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 _plugins_loaded = False
+# Top-level module of each `lamm.plugins` entry point -> its distribution name, for `Registry.origin`.
+_plugin_packages: dict[str, str] = {}
 
 
 class UnknownComponentError(KeyError):
@@ -48,6 +50,8 @@ def load_plugins() -> None:
         return
     _plugins_loaded = True
     for ep in entry_points(group=PLUGIN_GROUP):
+        top = ep.value.split(":", 1)[0].split(".", 1)[0]
+        _plugin_packages[top] = getattr(getattr(ep, "dist", None), "name", None) or top
         try:
             target = ep.load()
             if callable(target):
@@ -106,6 +110,15 @@ class Registry:
         """All registered names, sorted."""
         self._ensure_loaded()
         return sorted(self._entries)
+
+    def origin(self, name: str) -> str:
+        """Where `name` comes from: "lamm" (built in), a plug-in's distribution, or the registering module's package."""
+        top = (getattr(self.get(name), "__module__", None) or "").split(".", 1)[0]
+        return "lamm" if top == "lamm" else _plugin_packages.get(top, top)
+
+    def labelled_names(self) -> list[str]:
+        """`names()`, each one not built in suffixed with its origin, e.g. `my_encoder (lamm-plugin-encoder)`."""
+        return [name if self.origin(name) == "lamm" else f"{name} ({self.origin(name)})" for name in self.names()]
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()

@@ -278,3 +278,28 @@ def test_xattn_every_beyond_the_llm_depth_is_refused() -> None:
     cfg["fusion"]["every"] = 5
     with pytest.raises(ValueError, match="model.fusion.every must be between 1 and the LLM's 4 layers, got 5"):
         build_model(cfg)
+
+
+def test_gated_xattn_with_media_norm_at_init_equals_bare_llm() -> None:
+    cfg = tiny_model_config(fusion="gated_xattn")
+    cfg["fusion"]["media_norm"] = True
+    model = build_model(cfg).eval()
+    assert model.fusion.media_norm is not None
+    images = random_media(model, "image", 2)
+    batch = two_image_batch(model, images[:1], images[1:])
+    assert torch.allclose(model(batch, logits="all").logits, bare_logits(model, batch), atol=1e-5)
+
+
+def test_lr_multipliers_reach_their_parameter_groups() -> None:
+    from lamm.training.optim import OptimConfig, param_groups
+
+    model = build_model(tiny_model_config(fusion="gated_xattn"))
+    cfg = OptimConfig(lr=1.0, gate_lr_multiplier=10.0, encoder_lr_multiplier=2.0, fusion_lr_multiplier=3.0)
+    lr_of = {id(p): g["lr"] for g in param_groups(model, cfg) for p in g["params"]}
+    named = dict(model.named_parameters())
+    gate = next(n for n in named if n.endswith("attn_gate"))
+    block_weight = next(n for n in named if n.startswith("fusion.") and n.endswith("to_q.weight"))
+    encoder_weight = next(n for n in named if n.startswith("encoders."))
+    assert lr_of[id(named[gate])] == 10.0
+    assert lr_of[id(named[block_weight])] == 3.0
+    assert lr_of[id(named[encoder_weight])] == 2.0

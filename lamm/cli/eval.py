@@ -4,6 +4,10 @@
     lamm-eval benchmark=text_qa model.source=hf model.llm.name=hf model.path=/models/llm
     lamm-eval benchmark=desiderata model.source=config model.overrides=[model/llm=tiny_random]
     torchrun --nproc_per_node 2 --no-python lamm-eval benchmark=shapes_ppl ...  # sharded, merged once
+    lamm-eval --config-dir DIR benchmark=NAME ...        # a recipe in DIR/benchmark/NAME.yaml
+    lamm-eval benchmark=path/to/recipe.yaml ...          # a recipe file from anywhere (--trust-recipe: see lamm-train)
+
+results.json and report.md record the recipe file's SHA-256 (`recipe_file`).
 
 Heavy imports happen inside `run`, so `lamm-eval --help` is instant.
 """
@@ -50,6 +54,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("checkpoint"):
         model_cfg.update(source="run", path=str(cfg.checkpoint))
     bench = cfg.benchmark
+    from lamm.recipes.hashing import current_recipe
+
+    recipe_file = current_recipe("benchmark")  # name, path and sha256 of the YAML, for the reports
     # Parse the recipe before loading the model: a typo fails in a second, not after the load.
     from lamm.benchmarks.build import build_scenario
 
@@ -69,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     template = hints.get("template", "auto") if cfg.template == "auto" else cfg.template
     system_prompt = hints.get("system_prompt", "none") if cfg.system_prompt == "auto" else cfg.system_prompt
     kwargs = dict(batch_size=int(cfg.batch_size), template=template, system_prompt=system_prompt,
-                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name)
+                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name, recipe_file=recipe_file)
     out = Path(cfg.output_dir) / name / str(bench.get("name", "recipe"))
     if recipe is None:
         result = run_desiderata(model, bench.desiderata, out, **kwargs)
@@ -100,7 +107,15 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: recipe files staged and checked (see lamm.recipes.launch), then Hydra."""
+    from lamm.recipes.launch import prepare_argv
+
+    try:
+        sys.argv[1:] = prepare_argv(sys.argv[1:], "benchmark")
+    except (ValueError, FileNotFoundError) as exc:
+        for line in str(exc).splitlines():
+            print(f"lamm-eval: error: {line}", file=sys.stderr)
+        sys.exit(2)
     _main()
 
 

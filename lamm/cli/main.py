@@ -1,4 +1,4 @@
-"""The umbrella `lamm` command: `lamm registry`, `lamm synth`, `lamm demo`."""
+"""The umbrella `lamm` command: `lamm registry`, `lamm synth`, `lamm demo`, `lamm recipes`."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ def _registry(args: argparse.Namespace) -> int:
     for kind, registry in ALL_REGISTRIES.items():
         if args.kind and kind != args.kind:
             continue
-        table.add_row(kind, ", ".join(registry.names()) or "-")
+        table.add_row(kind, ", ".join(registry.labelled_names()) or "-")  # plug-ins show their package
     Console().print(table)
     return 0
 
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model/fusion=gated_xattn")
     demo.set_defaults(func=_demo)
     _synth_parser(sub)
+    from lamm.cli.recipes import add_parser as add_recipes_parser  # light: heavy imports happen per subcommand
+
+    add_recipes_parser(sub)
     return parser
 
 

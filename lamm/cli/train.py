@@ -4,17 +4,25 @@
     lamm-train -m model/fusion=prefix,gated_xattn      # one run folder per fusion
     lamm-train --cfg job                                # print the resolved config
     lamm-train resume=auto                              # continue the newest run of this run_name
+    lamm-train --config-dir DIR experiment=NAME         # a recipe in DIR/experiment/NAME.yaml
+    lamm-train experiment=path/to/recipe.yaml           # a recipe file from anywhere (or just the path)
+    lamm-train --trust-recipe experiment=...            # allow _target_ / resolver calls in the recipe
+
+Recipes are checked for code-running constructs before Hydra reads them (lamm/recipes/safety.py),
+and run.json records the recipe's SHA-256 (lamm/recipes/hashing.py).
 """
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("lamm.train")
+# The command line as typed (main() rewrites sys.argv for Hydra: staged recipe files, no --trust-recipe).
+TYPED_COMMAND: list[str] = []
 
 
 def _data_config(cfg: DictConfig) -> dict[str, Any]:
@@ -113,7 +121,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     datamodule = LammDataModule(data_cfg, model, max_steps, int(cfg.trainer.accumulate_grad_batches))
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
-        write_run_info(run_dir, cfg, {"resumed_from": ckpt_path, "run_dir": str(run_dir)})
+        from lamm.recipes.hashing import current_recipe
+
+        write_run_info(run_dir, cfg, {"resumed_from": ckpt_path, "run_dir": str(run_dir),
+                                      "command": TYPED_COMMAND or sys.argv}, recipe=current_recipe("experiment"))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # The final state, whatever the checkpoint interval (every rank joins: saving can be collective).
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -148,18 +159,23 @@ def _hydra_entry() -> None:
     _main()
 
 
-def check_override_keys(argv: list[str], config_name: str = "train") -> str | None:
-    """One line naming an overridden key that does not exist, with the valid keys beside it."""
-    from lamm.config import compose, config_dir
+def check_override_keys(argv: list[str], config_name: str = "train",
+                        extra_dirs: Sequence[str | Path] = ()) -> str | None:
+    """One line naming an overridden key that does not exist, with the valid keys beside it.
+
+    `extra_dirs` are the command line's own config folders (--config-dir, staged recipe files), so
+    their groups count as groups.
+    """
+    from lamm.config import compose, is_config_group
 
     plain = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
-    is_group = {a: (config_dir() / a.split("=", 1)[0]).is_dir() for a in plain}  # e.g. data=..., model/llm=...
+    is_group = {a: is_config_group(a.split("=", 1)[0], extra_dirs) for a in plain}  # data=..., model/llm=...
     keys = [a.split("=", 1)[0] for a in plain if not is_group[a]]
     groups = [a for a in plain if is_group[a]]
     if not keys:
         return None
     try:
-        cfg = compose(config_name, groups)
+        cfg = compose(config_name, groups, config_dirs=extra_dirs)
     except Exception:  # a bad group choice: Hydra's own message is clear, let it speak
         return None
     for key in keys:
@@ -174,7 +190,7 @@ def check_override_keys(argv: list[str], config_name: str = "train") -> str | No
     return None
 
 
-def check_output_folder(argv: list[str]) -> str | None:
+def check_output_folder(argv: list[str], extra_dirs: Sequence[str | Path] = ()) -> str | None:
     """One line when the runs folder (or an explicit hydra.run.dir) cannot be written, before Hydra starts."""
     from lamm.config import compose
     from lamm.training.run_folder import check_writable
@@ -185,7 +201,7 @@ def check_output_folder(argv: list[str]) -> str | None:
     else:
         plain = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
         try:
-            target = Path(compose("train", plain).paths.runs_dir)
+            target = Path(compose("train", plain, config_dirs=extra_dirs).paths.runs_dir)
         except Exception:  # composition problems get Hydra's own message
             return None
     try:
@@ -197,8 +213,18 @@ def check_output_folder(argv: list[str]) -> str | None:
 
 def main() -> None:
     """Entry point of the `lamm-train` console script."""
-    problem = check_override_keys(sys.argv[1:]) or (None if "-m" in sys.argv or "--multirun" in sys.argv
-                                                    or "--cfg" in sys.argv else check_output_folder(sys.argv[1:]))
+    from lamm.recipes.launch import prepare_argv, user_config_dirs
+
+    TYPED_COMMAND[:] = sys.argv
+    try:  # before Hydra reads anything: recipe files staged, refused constructs reported, --trust-recipe taken out
+        sys.argv[1:] = prepare_argv(sys.argv[1:], "experiment")
+    except (ValueError, FileNotFoundError) as exc:
+        for line in str(exc).splitlines():
+            print(f"lamm-train: error: {line}", file=sys.stderr)
+        sys.exit(2)
+    argv, extra = sys.argv[1:], user_config_dirs(sys.argv[1:])
+    problem = check_override_keys(argv, extra_dirs=extra) or (
+        None if "-m" in argv or "--multirun" in argv or "--cfg" in argv else check_output_folder(argv, extra))
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -100,6 +100,7 @@ class GatedCrossAttentionFusion(Fusion):
         dim_head: int = 64,
         ff_mult: int = 4,
         only_latest_media: bool = True,
+        media_norm: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= every <= num_layers:
@@ -111,6 +112,9 @@ class GatedCrossAttentionFusion(Fusion):
         self.blocks = nn.ModuleDict(
             {str(i): GatedCrossAttentionBlock(hidden_size, heads, dim_head, ff_mult) for i in self.layer_ids}
         )
+        # A projector without a final norm (linear, MLP) hands over media at any scale; Flamingo's
+        # resampler ends in a LayerNorm, so the blocks can share one here when the projector lacks it.
+        self.media_norm = nn.LayerNorm(hidden_size) if media_norm else None
         self.media_token_ids: dict[str, int] = {}
         self._hooks: list[Any] = []
 
@@ -188,8 +192,9 @@ class GatedCrossAttentionFusion(Fusion):
             slots[rows, slot_of_position[rows, cols], :k] = item.tokens[order]
             valid[rows, slot_of_position[rows, cols], :k] = True
         key_slot = torch.arange(num_slots, device=ref.device).repeat_interleave(max_tokens)
+        media = slots.flatten(1, 2)
         return CrossAttentionState(
-            media=slots.flatten(1, 2),
+            media=self.media_norm(media) if self.media_norm is not None else media,
             key_slot=key_slot,
             key_valid=valid.flatten(1, 2),
             last_slot=last,

@@ -18,6 +18,8 @@ def evaluate_after_training(model: Any, cfg: DictConfig, run_dir: Path, recipes:
 
     from lamm.benchmarks.evaluator import evaluate
     from lamm.config import compose
+    from lamm.recipes.catalog import find_recipe
+    from lamm.recipes.hashing import recipe_record
 
     synth = cfg.data.get("synth") or {}
     synth_root = Path(cfg.paths.data_dir) / f"synth-{synth.get('seed', 0)}"
@@ -25,8 +27,10 @@ def evaluate_after_training(model: Any, cfg: DictConfig, run_dir: Path, recipes:
     all_results = {}
     for name in recipes:
         bench = compose("eval", [f"benchmark={name}", f"synth_root={synth_root}"]).benchmark
+        source = recipe_record("benchmark", name, find_recipe(name, kind="benchmark").path)  # its sha256, for results.json
         results = evaluate(model, bench, run_dir / "eval" / name, template=cfg.data.template,
-                           system_prompt=cfg.data.get("system_prompt"), model_name=cfg.run_name, progress=False)
+                           system_prompt=cfg.data.get("system_prompt"), model_name=cfg.run_name, progress=False,
+                           recipe_file=source)
         table = Table(title=f"held-out: {name} ({results['n']} samples)")
         for column in ("task", "n", "accuracy", "chance"):
             table.add_column(column, justify="right" if column != "task" else "left")

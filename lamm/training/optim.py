@@ -20,6 +20,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     gate_lr_multiplier: float = 1.0  # tanh gates start at 0 and need a larger step to open
     encoder_lr_multiplier: float = 1.0
+    fusion_lr_multiplier: float = 1.0  # cross-attention blocks start from scratch beside a pretrained LLM
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -39,6 +40,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             mult = cfg.gate_lr_multiplier
         elif name.startswith("encoders.") or ".encoders." in name:
             mult = cfg.encoder_lr_multiplier
+        elif name.startswith("fusion.") or ".fusion." in name:
+            mult = cfg.fusion_lr_multiplier
         groups.setdefault((_no_decay(name, param), mult), []).append(param)
     return [
         {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult}

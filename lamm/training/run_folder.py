@@ -60,8 +60,13 @@ def check_writable(folder: Path) -> None:
         raise PermissionError(f"output folder {folder} is not writable ({exc.strerror or exc})") from None
 
 
-def write_run_info(folder: Path, cfg: DictConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write config.yaml and run.json (versions, git revision, hashes, command line) into the run folder."""
+def write_run_info(folder: Path, cfg: DictConfig, extra: dict[str, Any] | None = None,
+                   recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write config.yaml and run.json (versions, git revision, hashes, command line) into the run folder.
+
+    `recipe` (kind, name, path, sha256 of the experiment YAML as shared; see lamm.recipes.hashing)
+    ties the run's numbers to the exact recipe file; null when no experiment recipe was used.
+    """
     (folder / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     info = {
         "command": sys.argv,
@@ -69,6 +74,7 @@ def write_run_info(folder: Path, cfg: DictConfig, extra: dict[str, Any] | None =
         "packages": package_versions(),
         "git_revision": git_revision(folder),
         "config_sha256": config_hash(cfg),
+        "recipe": recipe,
         **(extra or {}),
     }
     (folder / RUN_FILE).write_text(json.dumps(info, indent=2))

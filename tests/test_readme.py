@@ -1,0 +1,150 @@
+"""README: every command in its ```bash blocks is either run here (cheap ones) or mapped to the test that runs it.
+
+Cheap commands run in one temporary folder, in the order below (the copied recipe is validated and composed
+after `lamm recipes cp`). Expensive ones (training, real-model evaluation and chat, multi-process runs) name
+the test function that exercises them; that function must exist. A README command in neither fails.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+BIN = Path(sys.executable).parent
+
+# command as written in the README -> a text its output must contain (run in this order, in one folder)
+RUN = {
+    ".venv/bin/lamm recipes list": "quickstart",
+    ".venv/bin/lamm recipes show quickstart": "# @package _global_",
+    ".venv/bin/lamm recipes cp quickstart my_recipes/": "my_recipes/quickstart.yaml",
+    ".venv/bin/lamm recipes validate my_recipes/quickstart.yaml": "my_recipes/quickstart.yaml: ok (experiment",
+    ".venv/bin/lamm-train experiment=my_recipes/quickstart.yaml --cfg job": "run_name: quickstart-${model.fusion.name}",
+    ".venv/bin/lamm-train experiment=quickstart --cfg job": "name: smollm2_135m",
+    ".venv/bin/lamm registry": "small_cnn",
+    ".venv/bin/lamm demo model/llm=tiny_random model/fusion=gated_xattn": "image prompt",
+    ".venv/bin/lamm env": "lamm cache",
+}
+
+# command as written in the README -> "file::test" that runs it (or its shrunk twin: tiny model, few steps)
+COVERED_BY = {
+    "bash scripts/setup.sh && .venv/bin/lamm-train experiment=quickstart":
+        "tests/test_training.py::test_lamm_train_end_to_end_run_folder",
+    "bash scripts/setup.sh && .venv/bin/pytest -q": "tests/test_packaging.py::test_tests_see_hf_datasets_or_none",
+    ".venv/bin/lamm-train experiment=quickstart model/fusion=gated_xattn":
+        "tests/test_training.py::test_multirun_gives_one_folder_per_fusion",
+    ".venv/bin/lamm-train -m model/fusion=prefix,gated_xattn debug=fast":
+        "tests/test_training.py::test_multirun_gives_one_folder_per_fusion",
+    ".venv/bin/lamm-train experiment=quickstart resume=auto": "tests/test_training.py::test_exact_resume_after_sigkill",
+    ".venv/bin/lamm-train trainer=ddp_cpu debug=fast": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time>":
+        "tests/test_bench_eval.py::test_run_source",
+    ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":
+        "tests/test_bench_eval.py::test_desiderata_one_command",
+    ".venv/bin/lamm-train --config-dir my_conf experiment=mine":
+        "tests/test_recipes_cli.py::test_config_dir_recipe_trains_and_records_its_hash",
+    ".venv/bin/lamm-train experiment=my_recipes/quickstart.yaml":
+        "tests/test_recipes_cli.py::test_recipe_file_path_trains_and_records_the_file",
+    ".venv/bin/lamm-eval benchmark=path/to/recipe.yaml checkpoint=runs/quickstart-prefix/<time>":
+        "tests/test_recipes_cli.py::test_benchmark_recipe_from_anywhere_records_its_hash",
+    ".venv/bin/lamm-train --trust-recipe experiment=path/to/recipe.yaml":
+        "tests/test_recipes_cli.py::test_hostile_recipe_through_lamm_train_runs_only_when_trusted",
+    ".venv/bin/lamm synth --out data/synth --seed 0": "tests/test_synth.py::test_cli_runs_and_reruns_in_place",
+    ".venv/bin/lamm-chat runs/quickstart-prefix/<time>": "tests/test_chat.py::test_terminal_session_with_a_trained_run",
+    ".venv/bin/lamm-chat runs/quickstart-prefix/<time> --stats":
+        "tests/test_chat.py::test_terminal_session_with_a_trained_run",
+    "printf '/image shape.png\\nWhat colour is the shape?\\n/quit\\n' | .venv/bin/lamm-chat runs/quickstart-prefix/<time>":
+        "tests/test_chat.py::test_pipe_multimodal_session",
+    ".venv/bin/lamm-chat model/llm=tiny_random --max-new-tokens 20": "tests/test_chat.py::test_pipe_multimodal_session",
+    ".venv/bin/torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr node0 --master_port 29500 "
+    "--no-python .venv/bin/lamm-train experiment=lamm_2d trainer=ddp trainer.devices=8 trainer.num_nodes=2":
+        "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    ".venv/bin/torchrun --nproc_per_node 2 --no-python .venv/bin/lamm-eval benchmark=shapes_ppl "
+    "checkpoint=runs/quickstart-prefix/<time>": "tests/test_bench_eval.py::test_two_processes_equal_one",
+}
+
+# console script -> texts its --help must show (what the README promises about it)
+HELP = {
+    "lamm": ["registry", "env", "demo", "synth", "recipes"],
+    "lamm recipes": ["list", "show", "cp", "validate"],
+    "lamm recipes validate": ["--trust-recipe", "--config-dir"],
+    "lamm-chat": ["--config-dir", "--stats", "/image PATH", "/video PATH", "/points PATH", "/reset", "/help", "/quit"],
+    "lamm-train": ["experiment: ", "trainer: ", "model/encoder: "],
+    "lamm-eval": ["benchmark: ", "checkpoint: "],
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the README's ```bash blocks, trailing `# comment` removed."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    lines = [re.sub(r"\s+#\s.*$", "", line).strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def argv_of(command: str) -> list[str]:
+    """The command's argv with `.venv/bin/` pointing at this interpreter's venv."""
+    return [str(BIN / a.removeprefix(".venv/bin/")) if a.startswith(".venv/bin/") else a for a in shlex.split(command)]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
+
+
+def test_the_two_commands_stay_at_the_top() -> None:
+    assert readme_commands()[:2] == [
+        "bash scripts/setup.sh && .venv/bin/lamm-train experiment=quickstart",
+        "bash scripts/setup.sh && .venv/bin/pytest -q",
+    ]
+
+
+def test_every_readme_command_is_run_or_mapped() -> None:
+    commands = set(readme_commands())
+    assert not RUN.keys() & COVERED_BY.keys()
+    unexercised = commands - RUN.keys() - COVERED_BY.keys()
+    assert not unexercised, f"README commands neither run nor mapped in tests/test_readme.py: {sorted(unexercised)}"
+    stale = (RUN.keys() | COVERED_BY.keys()) - commands
+    assert not stale, f"no longer in README.md: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("command", sorted(COVERED_BY))
+def test_mapped_command_names_an_existing_test(command: str) -> None:
+    path, name = COVERED_BY[command].split("::")
+    assert re.search(rf"^def {re.escape(name)}\(", (REPO / path).read_text(), flags=re.M), COVERED_BY[command]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("readme")
+
+
+@pytest.mark.parametrize("command", list(RUN))  # in order: cp before validate and the file's --cfg job
+def test_cheap_command_runs(command: str, workdir: Path) -> None:
+    result = subprocess.run(argv_of(command), cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{out[-3000:]}"
+    assert RUN[command] in out, f"{command}: expected {RUN[command]!r} in its output:\n{out[-3000:]}"
+
+
+@pytest.mark.parametrize("script", list(HELP))
+def test_help_shows_what_the_readme_documents(script: str) -> None:
+    result = subprocess.run(argv_of(f".venv/bin/{script} --help"), cwd=REPO, env=clean_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    missing = [text for text in HELP[script] if text not in result.stdout]
+    assert not missing, f"{script} --help lacks {missing}"
+
+
+def test_chat_commands_in_the_readme_match_lamm_chat() -> None:
+    """The README's chat table lists exactly the slash commands lamm-chat knows."""
+    help_text = subprocess.run(argv_of(".venv/bin/lamm-chat --help"), capture_output=True, text=True, timeout=60,
+                               env=clean_env()).stdout
+    known = set(re.findall(r"^\s+(/\w+)", help_text.split("commands:", 1)[1], flags=re.M))
+    section = README.read_text().split("## Chat", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(/\w+)", section, flags=re.M))
+    assert known and documented == known, (documented, known)
