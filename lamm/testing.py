@@ -87,3 +87,24 @@ def text_batch(model, texts: list[str], media: dict[str, tuple[torch.Tensor, lis
     lab = enc.input_ids.masked_fill(enc.attention_mask == 0, -100) if labels else None
     mb = {m: MediaBatch(data, torch.tensor(owners)) for m, (data, owners) in (media or {}).items()}
     return Batch(enc.input_ids, enc.attention_mask, lab, mb, [str(i) for i in range(len(texts))])
+
+
+def colour_answer_batch(model) -> Batch:
+    """Two image questions whose answer token alone is supervised, as the data pipeline labels them."""
+    ph = media_text(model, "image")
+    batch = text_batch(model, [f"{ph} colour? red", f"{ph} colour? blue"], {"image": (random_media(model, "image", 2), [0, 1])},
+                       padding_side="left")
+    batch.labels[:, :-1] = -100
+    return batch
+
+
+def fit_fixed_batch(model, optimizer: torch.optim.Optimizer, batch: Batch, steps: int) -> list[float]:
+    """Train `steps` optimiser steps on one batch; the loss after each (does the model learn at all?)."""
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(batch).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

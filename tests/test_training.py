@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from lamm.build import build_model
-from lamm.testing import media_text, random_media, text_batch, tiny_model_config
+from lamm.testing import colour_answer_batch, fit_fixed_batch, text_batch, tiny_model_config
 from lamm.training.module import LammModule
 from lamm.training.optim import OptimConfig
 
@@ -44,18 +44,7 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(fusion: str) -> None:
     model = build_model(tiny_model_config(fusion=fusion))
     module = LammModule(model, OptimConfig(lr=1e-2, warmup_steps=0, gate_lr_multiplier=10.0), max_steps=20)
-    ph = media_text(model, "image")
-    batch = text_batch(model, [f"{ph} colour? red", f"{ph} colour? blue"], {"image": (random_media(model, "image", 2), [0, 1])},
-                       padding_side="left")
-    batch.labels[:, :-1] = -100  # supervise the answer only, as the data pipeline does
-    opt = module.configure_optimizers()["optimizer"]
-    losses = []
-    for _ in range(20):
-        opt.zero_grad()
-        loss = model(batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_fixed_batch(model, module.configure_optimizers()["optimizer"], colour_answer_batch(model), steps=20)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

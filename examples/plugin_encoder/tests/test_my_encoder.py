@@ -8,7 +8,7 @@ from PIL import Image
 
 from lamm.build import build_model
 from lamm.registry import ENCODERS
-from lamm.testing import media_text, random_media, text_batch, tiny_model_config
+from lamm.testing import colour_answer_batch, fit_fixed_batch, tiny_model_config
 
 TINY = {"name": "my_encoder", "image_size": 32, "patch_size": 8, "width": 32, "depth": 1,
         "token_mlp_dim": 16, "channel_mlp_dim": 64}
@@ -42,19 +42,8 @@ def test_a_model_with_it_learns_a_fixed_batch() -> None:
     cfg = tiny_model_config()
     cfg["encoder"] = dict(TINY)
     model = build_model(cfg)
-    ph = media_text(model, "image")
-    images = random_media(model, "image", 2)
-    batch = text_batch(model, [f"{ph} colour? red", f"{ph} colour? blue"], {"image": (images, [0, 1])},
-                       padding_side="left")
-    batch.labels[:, :-1] = -100  # supervise the answer token only
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(15):
-        opt.zero_grad()
-        loss = model(batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_fixed_batch(model, opt, colour_answer_batch(model), steps=15)
     assert losses[-1] < 0.5 * losses[0], losses
     assert any(p.grad is not None for p in model.encoders["image"].parameters())  # the encoder trains too
 
