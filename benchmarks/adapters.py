@@ -3,9 +3,11 @@
 - `lamm_bench`: LAMM's benchmark folder, `<root>/meta_file/{Task}_{Dataset}.json`, media paths relative
   to `<root>` (or `media_root`). Supported (task, dataset): VQA ScienceQA (`query`, `gt_choice`,
   `gt_choices`), Classification CIFAR10 (`label`), Caption flickr30k (`sentences`), Detection VOC2012
-  (`object: [{label, bbox}]`), Counting FSC147 (`num`), OCR SVT (`word_list`), VQA3D ScanQA
-  (`pcl`, `query`, `answers`), Classification3D ScanNet (`pcl`, `label`). Other (task, dataset) pairs
-  are read by task family, so a new LAMM dataset of a known task works without code.
+  (`object: [{label, bbox: [x1, y1, x2, y2]}]`), Detection ScanNet (`pcl`, `query`, `object: [{label,
+  bbox: [x1, y1, z1, x2, y2, z2]}]`, axis-aligned 3D boxes, min corner then max corner), Counting FSC147
+  (`num`), OCR SVT (`word_list`), VQA3D ScanQA (`pcl`, `query`, `answers`), Classification3D ScanNet
+  (`pcl`, `label`). Other (task, dataset) pairs are read by task family, so a new LAMM dataset of a
+  known task works without code; detection boxes are 2D or 3D by their length (4 or 6 numbers).
 - `mmbench`: MMBench TSV (`index, question, hint, A..D, answer, category, image` as base64), with
   circular evaluation: a question with n options is asked n times with the options rotated, and
   counts as right only if every rotation is (`accuracy` reports `circular_accuracy`).
@@ -52,6 +54,21 @@ def _need(item: dict, key: str | Sequence[str], where: str) -> Any:
     raise ScenarioDataError(f"{where}: missing field {' or '.join(map(repr, keys))}")
 
 
+def _box(obj: Any, where: str) -> list[Any]:
+    """`[label, *bbox]` of one detection object; bbox = 4 numbers (2D) or 6 (3D: min corner, max corner)."""
+    label = str(_need(obj, "label", where))
+    bbox = _need(obj, "bbox", where)
+    try:
+        coords = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        coords = []
+    if len(coords) not in (4, 6):
+        found = f"{len(coords)} numbers" if coords else repr(bbox)[:60]
+        raise ScenarioDataError(f"{where}: field 'bbox' of object {label!r} must hold 4 numbers [x1, y1, x2, y2] "
+                                f"or 6 [x1, y1, z1, x2, y2, z2], found {found}")
+    return [label, *coords]
+
+
 @SCENARIOS.register("lamm_bench")
 class LammBenchScenario(Scenario):
     """LAMM's benchmark folder: `<root>/meta_file/{task}_{dataset}.json`."""
@@ -85,6 +102,7 @@ class LammBenchScenario(Scenario):
         if family == "classification" and labels is None:
             labels = CIFAR10 if self.dataset.lower() == "cifar10" else sorted({str(d.get("label")) for d in data})
         out = []
+        box_sizes: dict[int, str] = {}  # numbers per detection box -> the first sample with that size
         for i, item in enumerate(data):
             sid = str(item.get("id", i))
             where = f"{self.meta} sample {sid!r}"
@@ -111,11 +129,17 @@ class LammBenchScenario(Scenario):
                 refs = [refs] if isinstance(refs, str) else [str(r) for r in refs]
                 s = EvalSample(sid, item.get("query") or "Describe the image in one sentence.", [], refs, media,
                                "caption", extra)
-            elif family == "detection":
-                objects = _need(item, ("object", "objects"), where)
-                boxes = [[str(_need(o, "label", where)), *map(float, _need(o, "bbox", where))] for o in objects]
-                s = EvalSample(sid, item.get("query") or "Detect all objects in the image and give their boxes.",
-                               [], boxes, media, "detection", extra)
+            elif family == "detection":  # VOC2012: 2D boxes; ScanNet: 3D boxes (the box length decides)
+                boxes = [_box(o, where) for o in _need(item, ("object", "objects"), where)]
+                for box in boxes:
+                    box_sizes.setdefault(len(box) - 1, sid)
+                if len(box_sizes) > 1:
+                    raise ScenarioDataError(f"{where}: field 'bbox' mixes 2D and 3D boxes in one file (sample "
+                                            f"{box_sizes[4]!r} has 4 numbers, sample {box_sizes[6]!r} has 6)")
+                q = item.get("query") or ("Detect all objects in the point cloud and give their 3D boxes."
+                                          if self.modality == "pointcloud"
+                                          else "Detect all objects in the image and give their boxes.")
+                s = EvalSample(sid, q, [], boxes, media, "detection", extra)
             elif family == "counting":
                 num = _need(item, ("num", "count", "gt"), where)
                 s = EvalSample(sid, item.get("query") or "How many objects are there in the image?", [], float(num),

@@ -21,8 +21,9 @@ class EvalSample:
     """One evaluation item. `options` is the closed answer set ([] = open-ended); `answer` its truth.
 
     `answer` is a string for classification/VQA/captioning (or a list of reference strings for
-    captions and VQA), a number for counting, a list of `[label, x1, y1, x2, y2]` boxes for
-    detection. `media` are data-pipeline references, loaded by the data pipeline's loaders.
+    captions and VQA), a number for counting, a list of `[label, x1, y1, x2, y2]` boxes (3D:
+    `[label, x1, y1, z1, x2, y2, z2]`) for detection. `media` are data-pipeline references, loaded by
+    the data pipeline's loaders.
     """
 
     id: str

@@ -7,9 +7,14 @@ Decisions where the papers leave room:
   by bin size. Needs `probs` (inferencer ppl).
 - Captions: pycocoevalcap's BLEU-4, CIDEr (its CIDEr-D scorer) and ROUGE-L after its PTB tokenizer
   (Java, found on this machine); `tokenizer: simple` (lower-case, punctuation stripped) skips Java.
-- mAP@0.5: torchmetrics' COCO-style MeanAveragePrecision at IoU 0.5 (101-point interpolation), boxes
-  parsed from `label [x1, y1, x2, y2]` text; text carries no confidence, so the k-th box of an answer
-  scores 1/(1+k) (models list the surest first) and ties across images keep record order.
+- mAP@0.5: COCO-style mean average precision at IoU 0.5 (101-point interpolation, mean over the
+  classes with ground truth), boxes parsed from `label [x1, y1, x2, y2]` text; text carries no
+  confidence, so the k-th box of an answer scores 1/(1+k) (models list the surest first) and ties
+  across images keep record order. 2D boxes use torchmetrics' MeanAveragePrecision; 3D boxes
+  (`label [x1, y1, z1, x2, y2, z2]`, axis-aligned, min corner then max corner) use the same
+  conventions in `lamm.benchmarks.box3d` (axis-aligned 3D IoU). The ground truth decides: an answer's
+  boxes of the other size are not boxes for this sample (as any other text); a recipe whose ground
+  truth mixes 2D and 3D boxes is an error.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lamm.benchmarks.base import Metric
+from lamm.benchmarks.box3d import box_iou, mean_average_precision
 from lamm.benchmarks.parsing import norm, parse_boxes, parse_number, parse_option, vqa_normalize
 from lamm.registry import METRICS
 
@@ -179,53 +185,74 @@ class RougeL(_Caption):
 
 @METRICS.register("map50")
 class DetectionMAP(Metric):
-    """Detection mAP at IoU 0.5 over boxes parsed from text (`class_agnostic` ignores labels)."""
+    """Detection mAP at IoU 0.5 over boxes parsed from text (`class_agnostic` ignores labels); 2D boxes
+    `[x1, y1, x2, y2]` or 3D boxes `[x1, y1, z1, x2, y2, z2]`, as the ground truth has them."""
 
     name = "map50"
 
     def __init__(self, class_agnostic: bool = False) -> None:
         self.class_agnostic = class_agnostic
 
+    def _boxes(self, record: dict[str, Any], size: int | None) -> list[list[Any]]:
+        """The answer's parsed boxes with `size` numbers (all of them if None), in answer order."""
+        return [b for b in parse_boxes(record["raw"]) or [] if size is None or len(b) == size + 1]
+
     def parse(self, record: dict[str, Any]) -> Any:
-        return parse_boxes(record["raw"])
+        return self._boxes(record, _box_size([record])) or None
 
     def judge(self, record: dict[str, Any]) -> bool:
         """Every ground-truth box matched at IoU >= 0.5 by a parsed box of the same label."""
-        preds = self.parse(record) or []
-        for g in record["answer"]:
-            if not any((self.class_agnostic or norm(p[0]) == norm(g[0])) and _iou(p[1:], g[1:]) >= 0.5 for p in preds):
-                return False
-        return bool(record["answer"]) or not preds
+        gt, preds = record["answer"], self._boxes(record, _box_size([record]))
+        if not gt or not preds:
+            return not gt and not preds
+        iou = box_iou(np.array([p[1:] for p in preds]), np.array([g[1:] for g in gt]))
+        same = np.array([[self.class_agnostic or norm(p[0]) == norm(g[0]) for g in gt] for p in preds])
+        return bool(((iou >= 0.5) & same).any(axis=0).all())
 
     def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-        import torch
-        from torchmetrics.detection import MeanAveragePrecision
-
+        size = _box_size(records) or 4
         names: dict[str, int] = {}
 
         def cls(label: str) -> int:
             return 0 if self.class_agnostic else names.setdefault(norm(label), len(names))
 
-        preds, target = [], []
+        target, preds = [], []
         for r in records:
-            gt = r["answer"]
-            pb = self.parse(r) or []
-            target.append({"boxes": torch.tensor([g[1:] for g in gt], dtype=torch.float32).reshape(-1, 4),
-                           "labels": torch.tensor([cls(g[0]) for g in gt], dtype=torch.long)})
-            preds.append({"boxes": torch.tensor([p[1:] for p in pb], dtype=torch.float32).reshape(-1, 4),
-                          "scores": torch.tensor([1.0 / (1 + k) for k in range(len(pb))]),
-                          "labels": torch.tensor([cls(p[0]) for p in pb], dtype=torch.long)})
+            pb = self._boxes(r, size)
+            target.append(([g[1:] for g in r["answer"]], [cls(g[0]) for g in r["answer"]]))
+            preds.append(([p[1:] for p in pb], [1.0 / (1 + k) for k in range(len(pb))], [cls(p[0]) for p in pb]))
+        if size == 6:
+            value = mean_average_precision(
+                [(np.array(b, dtype=np.float64).reshape(-1, 6), np.array(s), np.array(c, dtype=np.int64))
+                 for b, s, c in preds],
+                [(np.array(b, dtype=np.float64).reshape(-1, 6), np.array(c, dtype=np.int64)) for b, c in target],
+                iou_threshold=0.5)
+            return {"map50": value}
+        import torch
+        from torchmetrics.detection import MeanAveragePrecision
+
         m = MeanAveragePrecision(box_format="xyxy", iou_thresholds=[0.5])
-        m.update(preds, target)
+        m.update([{"boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(s),
+                   "labels": torch.tensor(c, dtype=torch.long)} for b, s, c in preds],
+                 [{"boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4),
+                   "labels": torch.tensor(c, dtype=torch.long)} for b, c in target])
         return {"map50": float(m.compute()["map"])}
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _box_size(records: Sequence[dict[str, Any]]) -> int | None:
+    """How many numbers the ground-truth boxes of these records have (4 = 2D, 6 = 3D); None if no box."""
+    first: dict[int, str] = {}
+    for r in records:
+        for g in r["answer"]:
+            first.setdefault(len(g) - 1, str(r.get("id")))
+    bad = sorted(set(first) - {4, 6})
+    if bad:
+        raise ValueError(f"metric map50: sample {first[bad[0]]!r} has a ground-truth box of {bad[0]} numbers; "
+                         "expected 4 [x1, y1, x2, y2] or 6 [x1, y1, z1, x2, y2, z2]")
+    if len(first) > 1:
+        raise ValueError(f"metric map50: the records mix 2D and 3D ground-truth boxes (sample {first[4]!r} has 4 "
+                         f"numbers, sample {first[6]!r} has 6); score 2D and 3D detection in separate recipes")
+    return next(iter(first), None)
 
 
 @METRICS.register("mae")

@@ -15,8 +15,9 @@ NUMBER_WORDS = {
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
 }
 _NUM_RE = re.compile(r"-?\d+(?:\.\d+)?")
-_BOX_RE = re.compile(
-    r"(?P<label>[A-Za-z][A-Za-z _-]*?)?\s*[:\-]?\s*[\[(]\s*(?P<coords>-?\d*\.?\d+(?:\s*,\s*-?\d*\.?\d+){3})\s*[\])]"
+_BOX_RE = re.compile(  # 4 numbers (2D) or 6 (3D) in brackets; any other count is not a box
+    r"(?P<label>[A-Za-z][A-Za-z _-]*?)?\s*[:\-]?\s*[\[(]\s*"
+    r"(?P<coords>-?\d*\.?\d+(?:\s*,\s*-?\d*\.?\d+){3}(?:(?:\s*,\s*-?\d*\.?\d+){2})?)\s*[\])]"
 )
 
 
@@ -84,14 +85,17 @@ def parse_number(raw: str) -> float | None:
 
 
 def parse_boxes(raw: str) -> list[list[Any]] | None:
-    """Boxes written as `label [x1, y1, x2, y2]` (label optional) -> [[label, x1, y1, x2, y2], ...].
+    """Boxes written as `label [x1, y1, x2, y2]` (2D) or `label [x1, y1, z1, x2, y2, z2]` (3D, min corner
+    then max corner), label optional -> [[label, *coords], ...] in text order.
 
-    Returns None if the text holds no box at all; a box with x2 < x1 or y2 < y1 is dropped.
+    Returns None if the text holds no box at all; a box with a max below its min (x2 < x1, ...) is
+    dropped, and so is a bracket of another count of numbers (5, 7, ...).
     """
     out = []
     for m in _BOX_RE.finditer(raw):
         coords = [float(v) for v in m.group("coords").split(",")]
-        if coords[2] < coords[0] or coords[3] < coords[1]:
+        d = len(coords) // 2
+        if any(coords[d + i] < coords[i] for i in range(d)):
             continue
         label = re.sub(r"^(?:(?:and|then|also|a|an|the)\s+)+", "", norm(m.group("label") or ""))
         out.append([label, *coords])
