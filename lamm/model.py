@@ -11,6 +11,7 @@ from torch import nn
 from lamm.batch import Batch, MediaBatch, MediaSpec
 from lamm.fusion.base import Fusion, MediaTokens
 from lamm.llm.language_model import LanguageModel
+from lamm.llm.lora_merge import merged_lora
 
 IGNORE_INDEX = -100
 
@@ -131,6 +132,7 @@ class MultimodalLM(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         streamer: Any = None,
+        merge_lora: bool | str = "auto",
     ) -> torch.Tensor:
         """Batched decoding with KV cache; returns the new tokens [B, <=max_new_tokens] (pad after EOS).
 
@@ -138,7 +140,15 @@ class MultimodalLM(nn.Module):
         Left or right padding both work: positions come from the attention mask.
         `streamer` follows Hugging Face's streamer protocol (`put(tokens)`, `end()`), but receives only
         the new tokens, one [B] tensor per step (rows already finished get pad), never the prompt.
+        `merge_lora` folds LoRA into copies of the adapted weights while decoding (fewer ops per token;
+        the originals are restored untouched): True, False, or "auto" (when the copies need <= 1 GiB).
         """
+        with merged_lora(self, merge_lora):
+            return self._generate(batch, max_new_tokens, do_sample, temperature, top_p, eos_token_id,
+                                  use_cache, generator, streamer)
+
+    def _generate(self, batch, max_new_tokens, do_sample, temperature, top_p, eos_token_id, use_cache,
+                  generator, streamer) -> torch.Tensor:
         tok = self.llm.tokenizer
         eos = _as_list(eos_token_id if eos_token_id is not None else tok.eos_token_id)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]

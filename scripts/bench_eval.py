@@ -4,7 +4,9 @@ measured in the same run on the same samples.
     /work/main/.venv/bin/python -P scripts/bench_eval.py                 # real SmolLM2 + small_cnn + mlp + prefix
     /work/main/.venv/bin/python -P scripts/bench_eval.py --tiny          # tiny random model (smoke test)
 
-Generation is timed at a fixed length (EOS disabled) so both paths decode the same number of tokens.
+Generation is timed at a fixed length (EOS disabled) so both paths decode the same number of tokens,
+at each length of `--max-new-tokens` (default 8, 16 = the direct inferencer's default, 32): prompt
+prefill costs about the same batched or not on a CPU, so the speed-up grows with the answer length.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="samples per batched measurement")
     parser.add_argument("--n-single", type=int, default=16, help="samples for the batch-size-1 loop")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--max-new-tokens", default="8,16,32", help="comma-separated generation lengths")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the real config")
     parser.add_argument("overrides", nargs="*", help="overrides for lamm's train config, e.g. model/fusion=gated_xattn")
@@ -59,25 +61,28 @@ def main() -> None:
         items = [(s.id, q, [], None) for s, q in zip(samples, queries)]
         bs = args.batch_size
 
-        def gen(chunk):
-            generate_texts(model, renderer, chunk, args.max_new_tokens)
+        lengths = [int(n) for n in str(args.max_new_tokens).split(",")]
+
+        def gen(chunk, new_tokens):
+            generate_texts(model, renderer, chunk, new_tokens)
 
         def ppl(ss, qs):
             PPLInference(max_rows=bs * 8)(model, ss, qs, renderer)
 
         with torch.no_grad():
-            gen(items[:2])  # warm-up
+            gen(items[:2], 2)  # warm-up
             ppl(samples[:2], queries[:2])
             rows = []
-            t = time.perf_counter()
-            for i in range(0, len(items), bs):
-                gen(items[i:i + bs])
-            batched = len(items) / (time.perf_counter() - t)
-            t = time.perf_counter()
-            for it in items[: args.n_single]:
-                gen([it])
-            single = args.n_single / (time.perf_counter() - t)
-            rows.append(("direct generation", batched, single))
+            for new_tokens in lengths:
+                t = time.perf_counter()
+                for i in range(0, len(items), bs):
+                    gen(items[i:i + bs], new_tokens)
+                batched = len(items) / (time.perf_counter() - t)
+                t = time.perf_counter()
+                for it in items[: args.n_single]:
+                    gen([it], new_tokens)
+                single = args.n_single / (time.perf_counter() - t)
+                rows.append((f"direct, {new_tokens} new tokens", batched, single))
 
             t = time.perf_counter()
             for i in range(0, len(samples), bs):
@@ -91,10 +96,10 @@ def main() -> None:
 
     opts = sum(len(q.labels) for q in queries) / len(queries)
     print(f"\n{len(samples)} samples (batched), {args.n_single} (batch-size-1 loop); batch {bs}; "
-          f"{args.max_new_tokens} new tokens; {opts:.1f} options per sample")
-    print(f"{'inference':<22}{'batched samples/s':>20}{'bs=1 samples/s':>18}{'speed-up':>10}")
+          f"{opts:.1f} options per sample")
+    print(f"{'inference':<26}{'batched samples/s':>20}{'bs=1 samples/s':>18}{'speed-up':>10}")
     for name, b, s in rows:
-        print(f"{name:<22}{b:>20.2f}{s:>18.2f}{b / s:>9.1f}x")
+        print(f"{name:<26}{b:>20.2f}{s:>18.2f}{b / s:>9.1f}x")
 
 
 if __name__ == "__main__":

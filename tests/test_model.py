@@ -159,6 +159,39 @@ def test_batched_generation_equals_one_by_one(fusion: str, xattn_model, prefix_m
     assert torch.equal(together[1], model.generate(alone, max_new_tokens=6, eos_token_id=-1)[0])
 
 
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_generation_with_merged_lora_equals_unmerged_and_restores_weights(fusion: str) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    from lamm.llm.lora_merge import merged_lora
+
+    model = build_model(tiny_model_config(fusion=fusion)).eval()
+    if fusion == "gated_xattn":
+        open_gates(model)
+    torch.manual_seed(0)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert layers
+    for layer in layers:  # B starts at zero; give the adapters something to merge
+        nn.init.normal_(layer.lora_B["default"].weight, std=0.5)
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    images = random_media(model, "image", 2)
+    batch = two_image_batch(model, images[:1], images[1:])
+    plain = model.generate(batch, max_new_tokens=8, eos_token_id=-1, merge_lora=False)
+    merged = model.generate(batch, max_new_tokens=8, eos_token_id=-1, merge_lora=True)
+    assert torch.equal(plain, merged)
+    with merged_lora(model, True) as count:
+        assert count == len(layers) and all(layer.merged for layer in layers)
+        assert not torch.equal(layers[0].get_base_layer().weight, before[_name(model, layers[0])][1])
+    after = dict(model.named_parameters())
+    for name, (param, value) in before.items():  # same tensors, same bits: no unmerge rounding drift
+        assert after[name] is param and torch.equal(param, value), name
+    assert not any(layer.merged for layer in layers)
+
+
+def _name(model, layer) -> str:
+    return next(n for n, m in model.named_modules() if m is layer) + ".base_layer.weight"
+
+
 def test_xattn_keys_values_computed_once_per_prompt(xattn_model, monkeypatch) -> None:
     calls = []
     for block in xattn_model.fusion.blocks.values():
@@ -288,6 +321,32 @@ def test_gated_xattn_with_media_norm_at_init_equals_bare_llm() -> None:
     images = random_media(model, "image", 2)
     batch = two_image_batch(model, images[:1], images[1:])
     assert torch.allclose(model(batch, logits="all").logits, bare_logits(model, batch), atol=1e-5)
+
+
+def test_gated_xattn_residual_output_scale() -> None:
+    """At init the LLM is unchanged; once open, each block adds rms(x) * its raw output."""
+    from lamm.fusion.gated_xattn import GatedCrossAttentionBlock
+
+    cfg = tiny_model_config(fusion="gated_xattn")
+    cfg["fusion"]["output_scale"] = "residual"
+    model = build_model(cfg).eval()
+    images = random_media(model, "image", 2)
+    batch = two_image_batch(model, images[:1], images[1:])
+    assert torch.allclose(model(batch, logits="all").logits, bare_logits(model, batch), atol=1e-5)
+
+    torch.manual_seed(0)
+    plain, scaled = GatedCrossAttentionBlock(16, 2, 8, 2), GatedCrossAttentionBlock(16, 2, 8, 2, "residual")
+    scaled.load_state_dict(plain.state_dict())
+    nn.init.constant_(plain.ff_gate, 0.0), nn.init.constant_(scaled.ff_gate, 0.0)
+    nn.init.constant_(plain.attn_gate, 0.5), nn.init.constant_(scaled.attn_gate, 0.5)
+    x, media = 7.0 * torch.randn(1, 3, 16), torch.randn(1, 4, 16)
+    allowed = torch.ones(1, 3, 4, dtype=torch.bool)
+    delta_plain = plain(x, plain.keys_values(media), allowed, allowed.any(-1)) - x
+    delta_scaled = scaled(x, scaled.keys_values(media), allowed, allowed.any(-1)) - x
+    rms = x.pow(2).mean(-1, keepdim=True).sqrt()
+    assert torch.allclose(delta_scaled, delta_plain * rms, atol=1e-5)
+    with pytest.raises(ValueError, match="model.fusion.output_scale must be one of none, residual"):
+        GatedCrossAttentionBlock(16, output_scale="layer")
 
 
 def test_lr_multipliers_reach_their_parameter_groups() -> None:

@@ -22,13 +22,27 @@ from lamm.tokens import PLACEHOLDERS
 LAYER_KWARG = "lamm_xattn"
 
 
-class GatedCrossAttentionBlock(nn.Module):
-    """`x + tanh(a) * xattn(norm(x), media)` then `x + tanh(f) * ffw(norm(x))`; gates start at 0."""
+OUTPUT_SCALES = ("none", "residual")
 
-    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, ff_mult: int = 4) -> None:
+
+class GatedCrossAttentionBlock(nn.Module):
+    """`x + tanh(a) * xattn(norm(x), media)` then `x + tanh(f) * ffw(norm(x))`; gates start at 0.
+
+    `output_scale="residual"` multiplies both branch outputs by the RMS of the residual they join
+    (per token, no gradient through it). A pretrained LLM's residual stream grows by two orders of
+    magnitude with depth (SmolLM2: RMS 0.1 at layer 0, ~27 at layer 29), so a block whose output is
+    O(0.05) is invisible in deep layers unless its weights grow 100x; measured in units of the
+    residual, one learning rate fits every depth. Gates still start at 0, so the LLM is unchanged at init.
+    """
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, ff_mult: int = 4,
+                 output_scale: str = "none") -> None:
         super().__init__()
+        if output_scale not in OUTPUT_SCALES:
+            raise ValueError(f"model.fusion.output_scale must be one of {', '.join(OUTPUT_SCALES)}, got {output_scale!r}")
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
+        self.output_scale = output_scale
         self.norm = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
@@ -53,6 +67,7 @@ class GatedCrossAttentionBlock(nn.Module):
         has_media: torch.Tensor,
     ) -> torch.Tensor:
         b, t, _ = x.shape
+        scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt() if self.output_scale == "residual" else 1.0
         q = self.to_q(self.norm(x)).view(b, t, self.heads, self.dim_head).transpose(1, 2)
         k, v = kv
         # Rows with no visible media would be all -inf (NaN); open them and zero the output instead.
@@ -60,8 +75,8 @@ class GatedCrossAttentionBlock(nn.Module):
         attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         attn = attn.transpose(1, 2).reshape(b, t, -1)
         attn = self.to_out(attn) * has_media.unsqueeze(-1).to(x.dtype)
-        x = x + torch.tanh(self.attn_gate) * attn
-        return x + torch.tanh(self.ff_gate) * self.ff_out(F.gelu(self.ff_in(self.ff_norm(x))))
+        x = x + torch.tanh(self.attn_gate) * attn * scale
+        return x + torch.tanh(self.ff_gate) * self.ff_out(F.gelu(self.ff_in(self.ff_norm(x)))) * scale
 
 
 @dataclass
@@ -101,6 +116,7 @@ class GatedCrossAttentionFusion(Fusion):
         ff_mult: int = 4,
         only_latest_media: bool = True,
         media_norm: bool = False,
+        output_scale: str = "none",
     ) -> None:
         super().__init__()
         if not 1 <= every <= num_layers:
@@ -110,7 +126,7 @@ class GatedCrossAttentionFusion(Fusion):
         # Layer i gets a block when (i + 1) % every == 0 (OpenFlamingo's placement).
         self.layer_ids = [i for i in range(num_layers) if (i + 1) % every == 0]
         self.blocks = nn.ModuleDict(
-            {str(i): GatedCrossAttentionBlock(hidden_size, heads, dim_head, ff_mult) for i in self.layer_ids}
+            {str(i): GatedCrossAttentionBlock(hidden_size, heads, dim_head, ff_mult, output_scale) for i in self.layer_ids}
         )
         # A projector without a final norm (linear, MLP) hands over media at any scale; Flamingo's
         # resampler ends in a LayerNorm, so the blocks can share one here when the projector lacks it.
