@@ -42,6 +42,20 @@ def test_experiment_composes_and_builds(experiment: str) -> None:
     model = build_model(model_cfg)
     assert model.media_specs()
     assert cfg.data.name and cfg.trainer.max_steps > 0
+    from lamm.training.optim import OptimConfig, build_optimizer
+
+    optim = OptimConfig.from_config(cfg.optim)  # as lamm-train builds it: interpolations resolved to numbers
+    assert all(isinstance(getattr(optim, k), float) for k in ("lr", "gate_lr_multiplier", "encoder_lr_multiplier"))
+    build_optimizer(model, optim)
+
+
+def test_quickstart_settings_per_fusion() -> None:
+    from lamm.training.optim import OptimConfig
+
+    for fusion, mult in (("prefix", 1.0), ("gated_xattn", 3.0)):
+        cfg = compose("train", ["experiment=quickstart", f"model/fusion={fusion}"])
+        assert OptimConfig.from_config(cfg.optim).encoder_lr_multiplier == mult
+        assert int(cfg.trainer.max_steps) == cfg.per_fusion[fusion].steps
 
 
 def test_published_details() -> None:

@@ -116,7 +116,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     counts = parameter_report(model)
     console.print("trainable parameters: " + ", ".join(f"{k} {t:,}/{n:,}" for k, (t, n) in counts.items() if n))
     max_steps = int(cfg.trainer.max_steps)
-    module = LammModule(model, OptimConfig(**OmegaConf.to_container(cfg.optim)), max_steps,
+    module = LammModule(model, OptimConfig.from_config(cfg.optim), max_steps,
                         gradient_checkpointing=bool(cfg.gradient_checkpointing))
     datamodule = LammDataModule(data_cfg, model, max_steps, int(cfg.trainer.accumulate_grad_batches))
     trainer = build_trainer(cfg, run_dir)

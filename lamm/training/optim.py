@@ -23,6 +23,14 @@ class OptimConfig:
     fusion_lr_multiplier: float = 1.0  # cross-attention blocks start from scratch beside a pretrained LLM
 
 
+    @classmethod
+    def from_config(cls, node) -> "OptimConfig":
+        """From the `optim` config node, interpolations resolved (recipes may compute values)."""
+        from omegaconf import OmegaConf
+
+        return cls(**OmegaConf.to_container(node, resolve=True))
+
+
 def _no_decay(name: str, param: nn.Parameter) -> bool:
     """Norms, biases, gates, embeddings and learned queries are not weight-decayed."""
     lowered = name.lower()
