@@ -22,7 +22,6 @@ class OptimConfig:
     encoder_lr_multiplier: float = 1.0
     fusion_lr_multiplier: float = 1.0  # cross-attention blocks start from scratch beside a pretrained LLM
 
-
     @classmethod
     def from_config(cls, node) -> "OptimConfig":
         """From the `optim` config node, interpolations resolved (recipes may compute values)."""
