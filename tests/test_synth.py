@@ -310,3 +310,19 @@ def test_cli_refuses_foreign_folder_and_bad_kinds(tmp_path, capsys):
     assert "not written by" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--kinds", "shapes,clouds"])
+
+
+def test_lamm_train_regenerates_data_written_with_other_sizes(tmp_path):
+    """lamm-train's data step: reuse a folder with the asked sizes, regenerate one written with others."""
+    from lamm.cli.train import ensure_synthetic_data
+
+    root = tmp_path / "synth-0"
+    small = {"kinds": ["shapes"], "seed": 0, "sizes": {"train": 8, "test": 4}}
+    ensure_synthetic_data(root, small)
+    first = (root / "manifest.json").stat().st_mtime_ns
+    ensure_synthetic_data(root, small)
+    assert (root / "manifest.json").stat().st_mtime_ns == first  # same sizes: untouched
+    ensure_synthetic_data(root, {**small, "sizes": {"train": 12, "test": 4}})
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["kinds"]["shapes"]["sizes"] == {"train": 12, "test": 4}
+    assert len(json.loads((root / "shapes" / "train.json").read_text())) == 12

@@ -35,17 +35,22 @@ def _data_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def ensure_synthetic_data(out_dir: Path, synth: dict[str, Any]) -> None:
-    """Generate the built-in offline data once (kinds missing from the folder's manifest)."""
+    """Generate the built-in offline data once: kinds missing from the folder's manifest, or written
+    with other split sizes than the config asks (a changed `data.synth.sizes` never trains on stale data)."""
     import json
 
-    from lamm.datasets.synth import generate
+    from lamm.datasets.synth import generate, resolve_sizes
 
+    kinds = list(synth.get("kinds", ["shapes"]))
+    wanted = resolve_sizes(synth.get("sizes"), kinds)
     manifest = out_dir / "manifest.json"
-    have = set(json.loads(manifest.read_text()).get("kinds", {})) if manifest.exists() else set()
-    missing = [k for k in synth.get("kinds", ["shapes"]) if k not in have]
-    if missing:
-        log.info("generating built-in data %s into %s", missing, out_dir)
-        generate(out_dir, seed=int(synth.get("seed", 0)), sizes=synth.get("sizes"), kinds=tuple(missing))
+    have = json.loads(manifest.read_text()).get("kinds", {}) if manifest.exists() else {}
+    todo = [k for k in kinds if (have.get(k) or {}).get("sizes") != wanted[k]]
+    if todo:
+        stale = {k: have[k]["sizes"] for k in todo if k in have}
+        log.info("generating built-in data %s into %s%s", todo, out_dir,
+                 f" (replacing other sizes {stale})" if stale else "")
+        generate(out_dir, seed=int(synth.get("seed", 0)), sizes=synth.get("sizes"), kinds=tuple(todo))
 
 
 def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:

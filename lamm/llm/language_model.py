@@ -1,6 +1,8 @@
 """`LanguageModel`: a Hugging Face causal LM seen through the few operations the framework needs."""
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +34,12 @@ def find_decoder_layers(model: nn.Module, num_layers: int | None = None) -> nn.M
         )
     return best
 
+
+
+@functools.cache
+def _cache_kwarg(backbone_type: type) -> str:
+    """`cache` for backbones that take it (transformers >= 5.x, model by model), else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(backbone_type.forward).parameters else "past_key_values"
 
 class LanguageModel(nn.Module):
     """A causal LM plus its tokenizer, with the media tokens added and their embeddings trainable.
@@ -96,15 +104,21 @@ class LanguageModel(nn.Module):
         **layer_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
         """Run the decoder; `layer_kwargs` travel explicitly to every decoder layer."""
-        out = self.backbone(
+        backbone = self.backbone
+        # transformers 5.x renames `past_key_values` to `cache` model by model; use the backbone's name.
+        cache_kwarg = _cache_kwarg(type(backbone))
+        out = backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{cache_kwarg: past_key_values},
             **layer_kwargs,
         )
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        if not use_cache:
+            return out.last_hidden_state, None
+        cache = getattr(out, "cache", None)
+        return out.last_hidden_state, (cache if cache is not None else out.past_key_values)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits for the given hidden states (call it only where logits are needed)."""
