@@ -1,7 +1,7 @@
 """`small_cnn`: a from-scratch conv encoder that learns usefully on a CPU in minutes."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -24,28 +24,44 @@ def _stage(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+POOLINGS = ("mean", "max")
+
+
 @ENCODERS.register("small_cnn")
 class SmallCNNEncoder(Encoder):
-    """64x64 RGB -> a 4x4 grid of tokens (by default) with a learned 2D position embedding."""
+    """64x64 RGB -> a 4x4 grid of tokens (by default) with a learned 2D position embedding, then
+    optionally one token per pooling in `pooled_tokens` (the grid's features pooled over positions).
+
+    A max-pooled token says "this feature fires somewhere" whatever the position: measured with a
+    linear probe on 1280 shape questions, max-pooled features reach 82-90% where the flat grid reaches
+    44-50% (the grid tokens still carry where things are, for position and counting).
+    """
 
     modality = "image"
 
     def __init__(
-        self, image_size: int = 64, width: int = 256, base_channels: int = 32, num_stages: int = 4
+        self, image_size: int = 64, width: int = 256, base_channels: int = 32, num_stages: int = 4,
+        pooled_tokens: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if num_stages < 1 or image_size % (2**num_stages):
             raise ValueError(
                 f"small_cnn expects image_size divisible by 2**num_stages, got {image_size} and {num_stages}"
             )
+        bad = [p for p in pooled_tokens if p not in POOLINGS]
+        if bad or len(set(pooled_tokens)) != len(pooled_tokens):
+            raise ValueError(f"small_cnn pooled_tokens must be distinct names from {list(POOLINGS)}, "
+                             f"got {list(pooled_tokens)}")
         self.image_size = image_size
         self.output_dim = width
         self.grid = image_size // 2**num_stages
+        self.pooled_tokens = tuple(pooled_tokens)
         # Channels double per stage; the last stage emits the token width directly.
         chans = [3] + [base_channels * 2**i for i in range(num_stages - 1)] + [width]
         self.stages = nn.Sequential(*(_stage(a, b) for a, b in zip(chans[:-1], chans[1:])))
         # BatchNorm + ReLU measured better than a GroupNorm variant in the design prototype.
-        self.pos_embed = nn.Parameter(torch.randn(1, self.grid * self.grid, width) * 0.02)
+        # One learned embedding per output token: grid positions, then each pooled token's own.
+        self.pos_embed = nn.Parameter(torch.randn(1, self.num_tokens(), width) * 0.02)
 
     @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
@@ -55,9 +71,11 @@ class SmallCNNEncoder(Encoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] -> tokens [N, grid*grid, width]."""
         check_shape("small_cnn", "images", x, ["N", 3, self.image_size, self.image_size])
-        feats = self.stages(x)  # [N, width, grid, grid]
-        return feats.flatten(2).transpose(1, 2) + self.pos_embed
+        tokens = self.stages(x).flatten(2).transpose(1, 2)  # [N, grid*grid, width]
+        pooled = [tokens.amax(1, keepdim=True) if p == "max" else tokens.mean(1, keepdim=True)
+                  for p in self.pooled_tokens]
+        return torch.cat([tokens, *pooled], 1) + self.pos_embed
 
     def num_tokens(self) -> int:
-        """grid * grid tokens, 16 for the default 64px / 4 stages."""
-        return self.grid * self.grid
+        """grid * grid tokens (16 for the default 64px / 4 stages) + one per pooled token."""
+        return self.grid * self.grid + len(self.pooled_tokens)

@@ -75,6 +75,21 @@ def test_small_cnn_wrong_shape_message() -> None:
         enc(torch.randn(2, 1, 64, 64))
 
 
+def test_small_cnn_pooled_tokens_follow_the_grid() -> None:
+    torch.manual_seed(0)
+    enc = ENCODERS.build("small_cnn", **TINY_CNN, pooled_tokens=["max", "mean"]).eval()
+    grid = enc.grid * enc.grid
+    assert enc.num_tokens() == grid + 2
+    x = torch.randn(3, 3, 32, 32)
+    out = enc(x) - enc.pos_embed
+    assert out.shape == (3, grid + 2, enc.output_dim)
+    feats = out[:, :grid]
+    torch.testing.assert_close(out[:, grid], feats.amax(1))
+    torch.testing.assert_close(out[:, grid + 1], feats.mean(1))
+    with pytest.raises(ValueError, match=r"pooled_tokens must be distinct names from \['mean', 'max'\], got \['sum'\]"):
+        ENCODERS.build("small_cnn", pooled_tokens=["sum"])
+
+
 def test_small_cnn_overfits_two_colour_classes() -> None:
     torch.manual_seed(0)
     enc = ENCODERS.build("small_cnn", **TINY_CNN)
@@ -311,7 +326,7 @@ def test_yaml_builds(stem: str) -> None:
 
 
 def test_yaml_defaults_token_counts() -> None:
-    expect = {"small_cnn": (16, 256), "small_vit": (49, 384), "video": (64, 256), "point_bert": (32, 256)}
+    expect = {"small_cnn": (17, 256), "small_vit": (49, 384), "video": (64, 256), "point_bert": (32, 256)}
     for stem, (tokens, dim) in expect.items():
         kwargs = OmegaConf.to_container(OmegaConf.load(CONF / f"{stem}.yaml"))
         enc = ENCODERS.build(kwargs.pop("name"), **kwargs)

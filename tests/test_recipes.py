@@ -52,10 +52,11 @@ def test_experiment_composes_and_builds(experiment: str) -> None:
 def test_quickstart_settings_per_fusion() -> None:
     from lamm.training.optim import OptimConfig
 
-    for fusion, mult in (("prefix", 1.0), ("gated_xattn", 3.0)):
+    for fusion, steps in (("prefix", 150), ("gated_xattn", 180)):
         cfg = compose("train", ["experiment=quickstart", f"model/fusion={fusion}"])
-        assert OptimConfig.from_config(cfg.optim).encoder_lr_multiplier == mult
-        assert int(cfg.trainer.max_steps) == cfg.per_fusion[fusion].steps
+        assert OptimConfig.from_config(cfg.optim).encoder_lr_multiplier == 0.3
+        assert int(cfg.trainer.max_steps) == cfg.per_fusion[fusion].steps == steps
+        assert cfg.model.lora.dropout == 0.0 and list(cfg.model.encoder.pooled_tokens) == ["max"]
 
 
 def test_published_details() -> None:

@@ -30,7 +30,7 @@ GENERATOR = "lamm.datasets.synth"
 FORMAT_VERSION = 1
 KINDS = ("shapes", "video", "points", "digits")
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
-    "shapes": {"train": 4000, "test": 400},
+    "shapes": {"train": 12000, "test": 400},
     "video": {"train": 600, "test": 100},
     "points": {"train": 600, "test": 100},
     "digits": {"train": 1400, "test": 397},

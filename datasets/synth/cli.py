@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=_sizes, default=None, metavar="SPLIT=N,...",
         help="questions per split, for every kind (train=2000,test=200) or one kind (shapes.train=500); "
-             "default shapes 4000/400, video 600/100, points 600/100, digits 1400/397",
+             "default shapes 12000/400, video 600/100, points 600/100, digits 1400/397",
     )
     parser.add_argument(
         "--kinds", type=_kinds, default=["shapes", "video", "points", "digits"], metavar="KIND,...",
