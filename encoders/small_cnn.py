@@ -69,7 +69,7 @@ class SmallCNNEncoder(Encoder):
         return simple_image_transform(self.image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, H, W] -> tokens [N, grid*grid, width]."""
+        """Images [N, 3, H, W] -> tokens [N, num_tokens(), width]: the grid row by row, then the pooled ones."""
         check_shape("small_cnn", "images", x, ["N", 3, self.image_size, self.image_size])
         tokens = self.stages(x).flatten(2).transpose(1, 2)  # [N, grid*grid, width]
         pooled = [tokens.amax(1, keepdim=True) if p == "max" else tokens.mean(1, keepdim=True)

@@ -36,7 +36,7 @@ DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "digits": {"train": 1400, "test": 397},
 }
 
-__all__ = ["DEFAULT_SIZES", "KINDS", "generate", "main", "parse_sizes", "resolve_sizes"]
+__all__ = ["DEFAULT_SIZES", "KINDS", "generate", "main", "parse_sizes", "read_manifest", "resolve_sizes"]
 
 
 def parse_sizes(text: str) -> dict[str, int]:
@@ -73,8 +73,9 @@ def resolve_sizes(sizes: Mapping[str, Any] | None, kinds: Sequence[str]) -> dict
     return out
 
 
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    path = root / "manifest.json"
+def read_manifest(root: str | Path) -> dict[str, Any] | None:
+    """The folder's manifest.json if this generator wrote it, else None (missing, unreadable or foreign)."""
+    path = Path(root) / "manifest.json"
     if not path.is_file():
         return None
     try:
@@ -126,7 +127,7 @@ def generate(
     per_kind = resolve_sizes(sizes, kinds)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    previous = _read_manifest(root)
+    previous = read_manifest(root)
     ours = set((previous or {}).get("kinds", {}))
     for kind in kinds:
         target = root / kind

@@ -37,14 +37,11 @@ def _data_config(cfg: DictConfig) -> dict[str, Any]:
 def ensure_synthetic_data(out_dir: Path, synth: dict[str, Any]) -> None:
     """Generate the built-in offline data once: kinds missing from the folder's manifest, or written
     with other split sizes than the config asks (a changed `data.synth.sizes` never trains on stale data)."""
-    import json
-
-    from lamm.datasets.synth import generate, resolve_sizes
+    from lamm.datasets.synth import generate, read_manifest, resolve_sizes
 
     kinds = list(synth.get("kinds", ["shapes"]))
     wanted = resolve_sizes(synth.get("sizes"), kinds)
-    manifest = out_dir / "manifest.json"
-    have = json.loads(manifest.read_text()).get("kinds", {}) if manifest.exists() else {}
+    have = (read_manifest(out_dir) or {}).get("kinds", {})
     todo = [k for k in kinds if (have.get(k) or {}).get("sizes") != wanted[k]]
     if todo:
         stale = {k: have[k]["sizes"] for k in todo if k in have}

@@ -35,11 +35,11 @@ def find_decoder_layers(model: nn.Module, num_layers: int | None = None) -> nn.M
     return best
 
 
-
 @functools.cache
 def _cache_kwarg(backbone_type: type) -> str:
     """`cache` for backbones that take it (transformers >= 5.x, model by model), else `past_key_values`."""
     return "cache" if "cache" in inspect.signature(backbone_type.forward).parameters else "past_key_values"
+
 
 class LanguageModel(nn.Module):
     """A causal LM plus its tokenizer, with the media tokens added and their embeddings trainable.
