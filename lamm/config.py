@@ -12,9 +12,24 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_MODULE = "lamm.conf"
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_is_fast() -> bool:
+    """True on a CPU with AMX tiles, where bf16 matrix multiplies run ~9x faster than fp32 (measured
+    here: 2.05 vs 0.23 TFLOP/s); without them bf16 is slower than fp32, so configs pick per machine."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+# `${cpu_bf16:A,B}`: A on a CPU with fast bf16 (AMX), else B, e.g. `precision: ${cpu_bf16:bf16-mixed,32-true}`.
+# Registered on import; Hydra's search-path plug-in imports this module in every lamm app.
+OmegaConf.register_new_resolver("cpu_bf16", lambda fast, slow: fast if cpu_bf16_is_fast() else slow, replace=True)
 
 
 def config_dir() -> Path:

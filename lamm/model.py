@@ -213,6 +213,17 @@ class MultimodalLM(nn.Module):
         """Every parameter that requires grad, by name (the policy decides which)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        """What training changes, by name: the trainable parameters plus the persistent buffers of the
+        modules that own them (BatchNorm running statistics, which eval mode normalises with)."""
+        out: dict[str, torch.Tensor] = dict(self.trainable_parameters())
+        for prefix, module in self.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                for name, buf in module.named_buffers(recurse=False):
+                    if buf is not None and name not in module._non_persistent_buffers_set:
+                        out[f"{prefix}.{name}" if prefix else name] = buf
+        return out
+
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip padding on either side."""

@@ -98,12 +98,17 @@ def colour_answer_batch(model) -> Batch:
     return batch
 
 
-def fit_fixed_batch(model, optimizer: torch.optim.Optimizer, batch: Batch, steps: int) -> list[float]:
-    """Train `steps` optimiser steps on one batch; the loss after each (does the model learn at all?)."""
+def fit_fixed_batch(model, optimizer: torch.optim.Optimizer, batch: Batch, steps: int,
+                    autocast_dtype: torch.dtype | None = None) -> list[float]:
+    """Train `steps` optimiser steps on one batch; the loss after each (does the model learn at all?).
+
+    `autocast_dtype` runs the forward pass (only, as Lightning's mixed precision does) under CPU autocast.
+    """
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = model(batch).loss
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = model(batch).loss
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

@@ -2,6 +2,7 @@
 measured in the same run on the same samples.
 
     /work/main/.venv/bin/python -P scripts/bench_eval.py                 # real SmolLM2 + small_cnn + mlp + prefix
+    /work/main/.venv/bin/python -P scripts/bench_eval.py experiment=quickstart   # the quickstart model (bf16 LLM on AMX)
     /work/main/.venv/bin/python -P scripts/bench_eval.py --tiny          # tiny random model (smoke test)
 
 Generation is timed at a fixed length (EOS disabled) so both paths decode the same number of tokens,
@@ -47,8 +48,8 @@ def main() -> None:
 
         cfg = compose("train", args.overrides).model
     model = build_model(cfg).eval()
-    print(f"model built in {time.perf_counter() - t0:.1f} s; llm={model.llm.name} fusion={model.fusion.layout} "
-          f"threads={torch.get_num_threads()}")
+    print(f"model built in {time.perf_counter() - t0:.1f} s; llm={model.llm.name} ({model.llm.causal_lm.dtype}) "
+          f"fusion={model.fusion.layout} threads={torch.get_num_threads()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(tmp, seed=0, sizes={"train": 4, "test": 2 * args.n}, kinds=("shapes",))

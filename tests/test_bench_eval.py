@@ -191,7 +191,7 @@ def test_run_source(synth_root, tmp_path) -> None:
     ckpt.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"model": tiny_model_config(),
                                      "data": {"template": "chat", "system_prompt": "empty"}}), run / CONFIG_FILE)
-    save_file({f"model.{k}": v.detach().contiguous() for k, v in trained.trainable_parameters().items()},
+    save_file({f"model.{k}": v.detach().contiguous() for k, v in trained.trained_tensors().items()},
               str(ckpt / WEIGHTS))
     torch.save({}, ckpt / STATE)
     model, name, hints = load_model({"source": "run", "path": str(run)})

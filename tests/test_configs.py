@@ -65,3 +65,12 @@ def test_config_errors_name_the_key() -> None:
     del cfg["fusion"]
     with pytest.raises(ValueError, match=r"model.fusion: missing"):
         build_model(cfg)
+
+
+def test_cpu_bf16_resolver_picks_by_cpu(monkeypatch) -> None:
+    import lamm.config as config
+
+    node = OmegaConf.create({"precision": "${cpu_bf16:bf16-mixed,32-true}"})
+    for fast, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(config, "cpu_bf16_is_fast", lambda fast=fast: fast)
+        assert node.precision == expected

@@ -132,6 +132,16 @@ def test_hf_folder_round_trip(tmp_path) -> None:
     assert torch.allclose(tiny.causal_lm(ids).logits, again.causal_lm(ids).logits, atol=1e-6)
 
 
+def test_hf_folder_attention_and_dtype_reach_transformers(tmp_path) -> None:
+    tiny = LLMS.build("tiny_random")
+    tiny.causal_lm.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    again = LLMS.build("hf", path=str(tmp_path / "m"), dtype="bfloat16", attn_implementation="eager")
+    assert again.causal_lm.config._attn_implementation == "eager" and again.causal_lm.dtype == torch.bfloat16
+    ids = torch.tensor([[3, 50, 7, 9]])
+    assert torch.allclose(tiny.causal_lm(ids).logits, again.causal_lm(ids).logits.float(), atol=0.1)
+
+
 @pytest.mark.slow
 def test_real_smollm2_answers_offline() -> None:
     model = build_model({**tiny_model_config(), "llm": {"name": "smollm2_135m"}}).eval()

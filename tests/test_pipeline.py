@@ -35,11 +35,13 @@ def test_synthetic_shapes_train_a_step(synth_dir, fusion: str) -> None:
     loss = model(batch).loss
     loss.backward()
     assert torch.isfinite(loss)
-    # The supervised tokens are exactly the answers the generator recorded.
+    # The supervised tokens are exactly the answers the generator recorded (first question, then follow-ups).
     records = json.loads((synth_dir / "shapes" / "train.json").read_text())[:4]
     for row, record in enumerate(records):
         labelled = batch.labels[row][batch.labels[row] != -100]
-        assert model.tokenizer.decode(labelled, skip_special_tokens=True).strip() == record["answer"]
+        answers = [turn["value"] for turn in record["conversations"][1::2]]
+        assert len(answers) > 1 and answers[0] == record["answer"]
+        assert model.tokenizer.decode(labelled, skip_special_tokens=True).split() == " ".join(answers).split()
 
 
 def test_synthetic_mixed_modalities_through_one_model(synth_dir) -> None:

@@ -52,11 +52,17 @@ def test_experiment_composes_and_builds(experiment: str) -> None:
 def test_quickstart_settings_per_fusion() -> None:
     from lamm.training.optim import OptimConfig
 
-    for fusion, steps in (("prefix", 150), ("gated_xattn", 180)):
+    from lamm.config import cpu_bf16_is_fast
+
+    for fusion, steps in (("prefix", 300), ("gated_xattn", 270)):
         cfg = compose("train", ["experiment=quickstart", f"model/fusion={fusion}"])
         assert OptimConfig.from_config(cfg.optim).encoder_lr_multiplier == 0.3
-        assert int(cfg.trainer.max_steps) == cfg.per_fusion[fusion].steps == steps
+        assert int(cfg.trainer.max_steps) == cfg.per_fusion[fusion].steps == steps and cfg.data.batch_size == 16
         assert cfg.model.lora.dropout == 0.0 and list(cfg.model.encoder.pooled_tokens) == ["max"]
+        # bf16 LLM weights exactly when the trainer autocasts to bf16 (this CPU has AMX), never one alone
+        fast = cpu_bf16_is_fast()
+        assert (cfg.trainer.precision, cfg.model.llm.dtype) == (("bf16-mixed", "bfloat16") if fast else ("32-true", "float32"))
+        assert cfg.model.llm.attn_implementation == "eager"
 
 
 def test_published_details() -> None:

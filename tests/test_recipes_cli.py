@@ -182,7 +182,7 @@ def test_hostile_recipe_is_refused_before_anything_runs(capsys, tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err == [
         (f"lamm-train: error: {recipe}:5: run_name: interpolation calls the resolver `lamm_test_touch` (allowed: "
-         "plain ${key} references and hydra, now, oc.dict.keys, oc.dict.values, oc.select); pass --trust-recipe "
+         "plain ${key} references and cpu_bf16, hydra, now, oc.dict.keys, oc.dict.values, oc.select); pass --trust-recipe "
          "if you trust this file"),
         (f"lamm-train: error: {recipe}:8: model.encoder._target_: `_target_: pathlib.Path.touch` is an import "
          "path; recipes name components by registry name only; pass --trust-recipe if you trust this file")]

@@ -13,7 +13,7 @@ from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial import cKDTree
 
-from lamm.datasets.synth import DEFAULT_SIZES, generate, main, parse_sizes, resolve_sizes
+from lamm.datasets.synth import DEFAULT_SIZES, FORMAT_VERSION, generate, main, parse_sizes, resolve_sizes
 from lamm.datasets.synth.shapes import COLOURS, FOREGROUND_THRESHOLD
 
 SIZES = {
@@ -116,8 +116,10 @@ def test_json_is_valid_lamm_format(data, kind):
         path = r[MEDIA_KEY[kind]]
         assert not Path(path).is_absolute() and (folder / path).exists(), r["id"]
         conv = r["conversations"]
-        assert [c["from"] for c in conv] == ["human", "gpt"]
-        assert conv[0]["value"].strip() and conv[1]["value"] == r["answer"]
+        assert [c["from"] for c in conv] == ["human", "gpt"] * len(r["turn_tasks"])
+        assert conv[0]["value"].strip() and conv[1]["value"] == r["answer"] and r["turn_tasks"][0] == r["task"]
+        if kind != "shapes" or r["id"].split("_")[1] == "test":  # evaluation asks one question per sample
+            assert len(conv) == 2, r["id"]
         assert isinstance(r["task_type"], str) and isinstance(r["task"], str)
         if r["task"] == "bbox":
             assert r["options"] == []
@@ -180,25 +182,43 @@ def test_shapes_answers_match_pixels(data):
             assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == o["box"], r["id"]
             assert shape_features(comp) == o["shape"], (r["id"], o["shape"])
         first = objs[0]
-        task, ans = r["task"], r["answer"]
         side = "left" if np.nonzero(fg)[1].mean() < size / 2 else "right"
-        if task == "count":
-            assert ans == str(n)
-        elif task == "colour":
-            assert ans == first["colour"]
-        elif task == "shape":
-            assert ans == first["shape"]
-        elif task == "position":
-            assert ans == side
-        elif task == "caption":
-            assert ans == f"a {first['colour']} {first['shape']} on the {side}"
-        elif task == "bbox":
-            m = re.fullmatch(r"(\w+) (\w+) \[([\d.]+), ([\d.]+), ([\d.]+), ([\d.]+)\]", ans)
-            assert m, ans
-            assert (m[1], m[2]) == (first["colour"], first["shape"])
-            ys, xs = np.nonzero(fg)
-            truth = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / size
-            assert np.abs(np.array([float(m[i]) for i in range(3, 7)]) - truth).max() <= 0.0051
+        for task, ans in zip(r["turn_tasks"], [c["value"] for c in r["conversations"][1::2]]):
+            check_shapes_answer(task, ans, n, first, side, fg, size)
+
+
+def test_shapes_training_images_ask_followups(data):
+    """Every training image also asks colour and shape, single-shape scenes left/right; count only first."""
+    _, rows = data["shapes"]
+    train = [r for r in rows if r["id"].startswith("shapes_train")]
+    for r in train:
+        asked = r["turn_tasks"]
+        assert len(asked) == len(set(asked)) and {"colour", "shape"} <= set(asked), r["id"]
+        assert "count" not in asked[1:] and ("position" in asked) == (r["task"] != "count"), r["id"]
+    for task in ("colour", "shape", "position"):
+        answers = {c["value"] for r in train for t, c in zip(r["turn_tasks"], r["conversations"][1::2]) if t == task}
+        assert answers == set(train[[r["task"] for r in train].index(task)]["options"]), task
+
+
+def check_shapes_answer(task: str, ans: str, n: int, first: dict, side: str, fg: np.ndarray, size: int) -> None:
+    """One answer re-derived from the pixels (n connected shapes, the first object, its side)."""
+    if task == "count":
+        assert ans == str(n)
+    elif task == "colour":
+        assert ans == first["colour"]
+    elif task == "shape":
+        assert ans == first["shape"]
+    elif task == "position":
+        assert ans == side
+    elif task == "caption":
+        assert ans == f"a {first['colour']} {first['shape']} on the {side}"
+    elif task == "bbox":
+        m = re.fullmatch(r"(\w+) (\w+) \[([\d.]+), ([\d.]+), ([\d.]+), ([\d.]+)\]", ans)
+        assert m, ans
+        assert (m[1], m[2]) == (first["colour"], first["shape"])
+        ys, xs = np.nonzero(fg)
+        truth = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / size
+        assert np.abs(np.array([float(m[i]) for i in range(3, 7)]) - truth).max() <= 0.0051
 
 
 def test_video_answers_match_decoded_frames(data):
@@ -326,3 +346,16 @@ def test_lamm_train_regenerates_data_written_with_other_sizes(tmp_path):
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["kinds"]["shapes"]["sizes"] == {"train": 12, "test": 4}
     assert len(json.loads((root / "shapes" / "train.json").read_text())) == 12
+
+
+def test_lamm_train_regenerates_data_of_an_older_format(tmp_path):
+    from lamm.cli.train import ensure_synthetic_data
+
+    root = tmp_path / "synth-0"
+    small = {"kinds": ["shapes"], "seed": 0, "sizes": {"train": 8, "test": 4}}
+    ensure_synthetic_data(root, small)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["kinds"]["shapes"]["format_version"] = 1  # as an earlier release wrote it
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ensure_synthetic_data(root, small)
+    assert json.loads((root / "manifest.json").read_text())["kinds"]["shapes"]["format_version"] == FORMAT_VERSION

@@ -48,6 +48,23 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(fusion: str) -> None:
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_bf16_frozen_llm_under_autocast_learns(fusion: str) -> None:
+    """The quickstart's AMX path: frozen LLM weights in bf16, trainable parts fp32, bf16 autocast."""
+    cfg = tiny_model_config(fusion=fusion)
+    cfg["llm"] = {**cfg["llm"], "dtype": "bfloat16"}
+    model = build_model(cfg)
+    assert {p.dtype for p in model.trainable_parameters().values()} == {torch.float32}
+    module = LammModule(model, OptimConfig(lr=1e-2, warmup_steps=0, gate_lr_multiplier=10.0), max_steps=20)
+    losses = fit_fixed_batch(model, module.configure_optimizers()["optimizer"], colour_answer_batch(model), steps=20,
+                             autocast_dtype=torch.bfloat16)
+    assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()  # inference needs no autocast: fp32 parts and the bf16 LLM meet at explicit casts
+    with torch.no_grad():
+        assert torch.isfinite(model(colour_answer_batch(model)).loss)
+        assert model.generate(colour_answer_batch(model), max_new_tokens=2).shape[1] >= 1
+
+
 def test_lamm_train_end_to_end_run_folder(tmp_path: Path) -> None:
     result = run_train(tmp_path, "trainer.max_steps=4", "checkpoint.every_n_steps=2", "evaluate=[shapes_ppl]")
     [run] = run_dirs(tmp_path)
@@ -100,6 +117,23 @@ def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.allclose(got[name], expected[name], atol=1e-6), name
+
+
+def test_checkpoint_and_export_carry_batchnorm_statistics(tmp_path: Path) -> None:
+    """Eval mode normalises with BatchNorm's running statistics: buffers, not parameters, yet trained."""
+    from lamm.training.export import LAMM_WEIGHTS, export_model
+
+    model = build_model(tiny_model_config())
+    model.train()
+    model(colour_answer_batch(model))  # a training-mode forward moves the running statistics
+    state = LammModule(model, OptimConfig(), max_steps=1).state_dict()
+    stats = [k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(k.startswith("model.encoders.") for k in stats)
+    fresh = LammModule(build_model(tiny_model_config()), OptimConfig(), max_steps=1)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(fresh.state_dict()[k], state[k]) for k in stats)
+    export_model(model, tmp_path)
+    assert {k.removeprefix("model.") for k in stats} <= set(load_file(str(tmp_path / LAMM_WEIGHTS)))
 
 
 def test_ddp_two_cpu_processes_agree(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def _build(cfg: DataConfig, ctx: BuildContext, default_template: str) -> Dataset
     policy = make_policy(cfg, ctx)
     samples = parse_files(cfg.paths(ctx.split), partial(parse_conversation_record, root=cfg.root), policy)
     tasks = cfg.option("tasks")
-    if tasks:  # keep only records whose "task" is listed (e.g. the closed-answer tasks of the built-in data)
+    if tasks:  # keep only records whose "task" (first question) is listed (e.g. the built-in closed-answer tasks)
         wanted = set(tasks)
         samples = [s for s in samples if s.extra.get("task") in wanted]
         if not samples:

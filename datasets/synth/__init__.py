@@ -13,7 +13,10 @@ Layout written under `out_dir` (media paths in the JSON are relative to the JSON
     digits/{train,test}.json           digits/images/<split>/<i>.png
 
 Each sample asks one question whose gpt answer is exactly one of `options` (detection boxes are
-open-ended: `options` is empty) and carries the scene's ground truth under `meta`. The same seed
+open-ended: `options` is empty) and carries the scene's ground truth under `meta`. Training shapes
+samples then ask follow-up questions about the same image (colour, shape, left/right) as further
+turns; `turn_tasks` lists every question's task, `task`/`answer` are the first's. In the manifest a
+task's `counts` are samples whose first question it is, `questions` every turn asking it. The same seed
 and arguments give byte-identical files; sample i of a split does not depend on the split's size,
 and the test split never depends on the train size.
 """
@@ -27,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from lamm.datasets.synth.common import SPLITS, KindResult, write_json
 
 GENERATOR = "lamm.datasets.synth"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: training shapes samples carry follow-up questions (turn_tasks)
 KINDS = ("shapes", "video", "points", "digits")
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "shapes": {"train": 12000, "test": 400},
@@ -36,7 +39,7 @@ DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "digits": {"train": 1400, "test": 397},
 }
 
-__all__ = ["DEFAULT_SIZES", "KINDS", "generate", "main", "parse_sizes", "read_manifest", "resolve_sizes"]
+__all__ = ["DEFAULT_SIZES", "FORMAT_VERSION", "KINDS", "generate", "main", "parse_sizes", "read_manifest", "resolve_sizes"]
 
 
 def parse_sizes(text: str) -> dict[str, int]:
@@ -152,8 +155,10 @@ def generate(
         tasks = {}
         for name, desc in result.tasks.items():
             counts = {split: sum(r["task"] == name for r in rows) for split, rows in result.samples.items()}
-            tasks[name] = {**desc, "counts": counts}
+            asked = {split: sum(r["turn_tasks"].count(name) for r in rows) for split, rows in result.samples.items()}
+            tasks[name] = {**desc, "counts": counts, "questions": asked}
         entries[kind] = {
+            "format_version": FORMAT_VERSION,  # per kind: kinds kept from an earlier run keep theirs
             "seed": seed,
             "media": result.media,
             "files": files,

@@ -65,15 +65,22 @@ def make_sample(
     answer: str,
     meta: dict[str, Any],
     question: str | None = None,
+    followups: Sequence[tuple[TaskSpec, str]] = (),
 ) -> dict[str, Any]:
-    """A LAMM-format instruction sample with one question and its exact answer."""
-    if spec.options and answer not in spec.options:
-        raise AssertionError(f"{sample_id}: answer {answer!r} not in options of task {spec.task!r}")
-    q = question or spec.question
+    """A LAMM-format instruction sample: one question and its exact answer, then optional follow-up
+    questions about the same media as further turns. `task`/`answer` describe the first question;
+    `turn_tasks` names the task of every question in order."""
+    conversations = []
+    for s, a in [(spec, answer), *followups]:
+        if s.options and a not in s.options:
+            raise AssertionError(f"{sample_id}: answer {a!r} not in options of task {s.task!r}")
+        q = question if s is spec and question else s.question
+        conversations += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     return {
         "id": sample_id,
         media_key: media_path,
-        "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": answer}],
+        "conversations": conversations,
+        "turn_tasks": [spec.task, *(s.task for s, _ in followups)],
         "task_type": spec.task_type,
         "task": spec.task,
         "options": list(spec.options),

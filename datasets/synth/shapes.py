@@ -49,6 +49,9 @@ TASKS = (
     ),
     TaskSpec("bbox", "detection", "Where is the shape?", (), 3),
 )
+# Asked after a training image's first question: one image then supervises several answers, as in
+# LLaVA's multi-turn instruction data (the quickstart's shape accuracy is limited by shape labels).
+FOLLOWUP_TASKS = ("colour", "shape", "position")
 
 
 def shape_mask(shape: str, cx: int, cy: int, r: int, size: int) -> np.ndarray:
@@ -159,8 +162,20 @@ def _answer(task: str, objects: list[dict[str, Any]], size: int) -> str:
     raise ValueError(task)
 
 
+def _followups(task: str, objects: list[dict[str, Any]], size: int,
+               rng: np.random.Generator) -> list[tuple[TaskSpec, str]]:
+    """The other closed questions a training scene answers without skewing their answer balance, in a
+    seeded order: colour and shape always (every object shares them, and they are drawn uniformly
+    unless the first question fixed them), left/right for single-shape scenes. Count is never a
+    follow-up: every non-count scene has one shape, so it would mostly answer "1"."""
+    specs = {t.task: t for t in TASKS}
+    extra = [t for t in FOLLOWUP_TASKS if t != task and not (t == "position" and task == "count")]
+    return [(specs[t], _answer(t, objects, size)) for t in (extra[i] for i in rng.permutation(len(extra)))]
+
+
 def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64) -> KindResult:
-    """Write `root/images/<split>/<i>.png` and return the samples (one question per image)."""
+    """Write `root/images/<split>/<i>.png` and return the samples: one question per test image; a
+    training image asks its question first, then the follow-ups its scene answers (`_followups`)."""
     if image_size < 32:
         raise ValueError(f"shapes image_size must be >= 32, got {image_size}")
     schedule = task_schedule(TASKS)
@@ -179,8 +194,9 @@ def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64)
             rel = f"images/{split}/{i:06d}.png"
             Image.fromarray(pixels).save(root / rel)
             meta = {"image_size": image_size, "background": list(background), "noise": noise, "objects": objects}
+            followups = _followups(spec.task, objects, image_size, rng) if split == "train" else []
             rows.append(make_sample(f"{KIND}_{split}_{i:06d}", "image", rel, spec,
-                                    _answer(spec.task, objects, image_size), meta))
+                                    _answer(spec.task, objects, image_size), meta, followups=followups))
         samples[split] = rows
     return KindResult(
         samples=samples,

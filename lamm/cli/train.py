@@ -36,17 +36,18 @@ def _data_config(cfg: DictConfig) -> dict[str, Any]:
 
 def ensure_synthetic_data(out_dir: Path, synth: dict[str, Any]) -> None:
     """Generate the built-in offline data once: kinds missing from the folder's manifest, or written
-    with other split sizes than the config asks (a changed `data.synth.sizes` never trains on stale data)."""
-    from lamm.datasets.synth import generate, read_manifest, resolve_sizes
+    with other split sizes than the config asks or by an older format (never trains on stale data)."""
+    from lamm.datasets.synth import FORMAT_VERSION, generate, read_manifest, resolve_sizes
 
     kinds = list(synth.get("kinds", ["shapes"]))
     wanted = resolve_sizes(synth.get("sizes"), kinds)
     have = (read_manifest(out_dir) or {}).get("kinds", {})
-    todo = [k for k in kinds if (have.get(k) or {}).get("sizes") != wanted[k]]
+    current = {k: e for k, e in have.items() if e.get("format_version") == FORMAT_VERSION}
+    todo = [k for k in kinds if (current.get(k) or {}).get("sizes") != wanted[k]]
     if todo:
-        stale = {k: have[k]["sizes"] for k in todo if k in have}
+        stale = {k: have[k].get("sizes") for k in todo if k in have}
         log.info("generating built-in data %s into %s%s", todo, out_dir,
-                 f" (replacing other sizes {stale})" if stale else "")
+                 f" (replacing data of other sizes or an older format: {stale})" if stale else "")
         generate(out_dir, seed=int(synth.get("seed", 0)), sizes=synth.get("sizes"), kinds=tuple(todo))
 
 

@@ -8,12 +8,14 @@ between calls, peft wrapping does not matter, and the layer classes stay untouch
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lamm.fusion.base import Fusion, MediaTokens, check_media_counts, placeholder_masks
 from lamm.registry import FUSIONS
@@ -72,7 +74,10 @@ class GatedCrossAttentionBlock(nn.Module):
         k, v = kv
         # Rows with no visible media would be all -inf (NaN); open them and zero the output instead.
         mask = (allowed | ~has_media.unsqueeze(-1)).unsqueeze(1)
-        attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        # On CPU the flash kernel's bf16 backward is ~20x slower than the math kernel for these few keys.
+        low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+        with sdpa_kernel(SDPBackend.MATH) if low_precision_cpu else nullcontext():
+            attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         attn = attn.transpose(1, 2).reshape(b, t, -1)
         attn = self.to_out(attn) * has_media.unsqueeze(-1).to(x.dtype)
         x = x + torch.tanh(self.attn_gate) * attn * scale
@@ -164,20 +169,22 @@ class GatedCrossAttentionFusion(Fusion):
     def _apply_block(self, key: str, hidden: torch.Tensor, cond: CallConditioning) -> torch.Tensor:
         state = cond.state
         block = self.blocks[key]
+        # The blocks keep their own dtype (fp32 beside a bf16 LLM): inputs in, output back to the LLM's.
+        dtype = block.to_q.weight.dtype
         if not torch.is_grad_enabled():
             # Generation: keys/values once per prompt, reused at every decoding step.
             if key not in state.kv_cache:
-                state.kv_cache[key] = block.keys_values(state.media.to(hidden.dtype))
+                state.kv_cache[key] = block.keys_values(state.media.to(dtype))
             kv = state.kv_cache[key]
         else:
             # Training: each block runs once per forward anyway, and a cache would hand
             # gradient-less tensors to a reentrant activation-checkpointing recompute.
-            kv = block.keys_values(state.media.to(hidden.dtype))
+            kv = block.keys_values(state.media.to(dtype))
         slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
         key_slot = state.key_slot.view(1, 1, -1)
         visible = key_slot == slot if state.only_latest else key_slot <= slot
         allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
-        return block(hidden, kv, allowed, allowed.any(-1))
+        return block(hidden.to(dtype), kv, allowed, allowed.any(-1)).to(hidden.dtype)
 
     # -- per-call conditioning ---------------------------------------------------------------
 

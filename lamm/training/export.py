@@ -18,14 +18,14 @@ LAMM_WEIGHTS = "lamm_weights.safetensors"
 
 def export_model(model: Any, out_dir: Path) -> Path:
     """`out_dir/adapter/` loads with `PeftModel.from_pretrained` alone; `lamm_weights.safetensors`
-    holds every other trained tensor (encoder, projector, fusion, media-token embeddings)."""
+    holds every other trained tensor (encoder, projector, fusion, media-token embeddings, BatchNorm statistics)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if model.llm.has_lora:
         # LoRA tensors only: the media-token rows are in lamm_weights, so the adapter stays small and
         # loads on the plain base model (peft would otherwise save the whole resized embedding).
         model.llm.peft_model.save_pretrained(str(out_dir / ADAPTER_DIR), save_embedding_layers=False)
-    others = {n: p.detach().contiguous().cpu() for n, p in model.trainable_parameters().items() if "lora_" not in n}
+    others = {n: t.detach().contiguous().cpu() for n, t in model.trained_tensors().items() if "lora_" not in n}
     save_file(others, str(out_dir / LAMM_WEIGHTS))
     return out_dir
 
@@ -49,17 +49,16 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
     model = build_model(cfg.model)
     weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
     weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    expected = set(model.trainable_parameters())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    tensors = model.trained_tensors()
+    missing, unexpected = sorted(set(tensors) - set(weights)), sorted(set(weights) - set(tensors))
     if missing or unexpected:
         raise RuntimeError(
             f"checkpoint {ckpt} does not match the config in {run / CONFIG_FILE}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     with torch.no_grad():
-        params = dict(model.named_parameters())
         for name, value in weights.items():
-            params[name].copy_(value)
+            tensors[name].copy_(value)
     return model.eval(), cfg
 
 
@@ -68,7 +67,7 @@ def init_from_run(model: Any, path: str | Path) -> list[str]:
     stage-1 projector into stage 2); returns the names copied, fails if nothing matches."""
     _, ckpt = _run_folder_of(Path(path)) if not (Path(path) / WEIGHTS).exists() else (None, Path(path))
     weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS))
-    params = dict(model.named_parameters())
+    params = model.trained_tensors() | dict(model.named_parameters())
     copied = []
     with torch.no_grad():
         for key, value in weights.items():

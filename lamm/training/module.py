@@ -72,20 +72,20 @@ class LammModule(L.LightningModule):
     # -- checkpoints: trainable weights only ---------------------------------------------------
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Only the trainable parameters (plus nothing frozen): what a checkpoint must carry."""
-        names = set(self.model.trainable_parameters())
+        """Only what training changed (`MultimodalLM.trained_tensors`, nothing frozen): what a checkpoint must carry."""
+        names = set(self.model.trained_tensors())
         full = super().state_dict(*args, **kwargs)
         return {k: v for k, v in full.items() if k.removeprefix("model.") in names}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, **kwargs: Any):
-        expected = {f"model.{n}" for n in self.model.trainable_parameters()}
+        expected = {f"model.{n}" for n in self.model.trained_tensors()}
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
         if strict and (missing or unexpected):
             raise CheckpointMismatchError(
                 "checkpoint does not match this model config: "
                 f"missing {_preview(missing)}; unexpected {_preview(unexpected)}"
             )
-        own = dict(self.named_parameters())
+        own = {f"model.{n}": t for n, t in self.model.trained_tensors().items()}
         for key, value in state_dict.items():
             if key in own and own[key].shape != value.shape:
                 raise CheckpointMismatchError(
