@@ -1,9 +1,12 @@
 """Evaluation throughput: batched direct generation and batched PPL option scoring vs a batch-size-1 loop,
 measured in the same run on the same samples.
 
-    /work/main/.venv/bin/python -P scripts/bench_eval.py                 # real SmolLM2 + small_cnn + mlp + prefix
-    /work/main/.venv/bin/python -P scripts/bench_eval.py experiment=quickstart   # the quickstart model (bf16 LLM on AMX)
+    /work/main/.venv/bin/python -P scripts/bench_eval.py                 # the quickstart model, as lamm-train builds it
+    /work/main/.venv/bin/python -P scripts/bench_eval.py model/fusion=prefix # lamm-train's plain default (fp32 LLM)
     /work/main/.venv/bin/python -P scripts/bench_eval.py --tiny          # tiny random model (smoke test)
+
+The quickstart model is real SmolLM2-135M + small_cnn + mlp + prefix; on a CPU with AMX its LLM
+weights are bf16 (`${cpu_bf16:...}` in the recipe), elsewhere fp32.
 
 Generation is timed at a fixed length (EOS disabled) so both paths decode the same number of tokens,
 at each length of `--max-new-tokens` (default 8, 16 = the direct inferencer's default, 32): prompt
@@ -24,7 +27,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", default="8,16,32", help="comma-separated generation lengths")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the real config")
-    parser.add_argument("overrides", nargs="*", help="overrides for lamm's train config, e.g. model/fusion=gated_xattn")
+    parser.add_argument("overrides", nargs="*", default=["experiment=quickstart"],
+                        help="overrides for lamm's train config (default: experiment=quickstart)")
     args = parser.parse_args()
 
     import torch

@@ -14,8 +14,8 @@ Layout written under `out_dir` (media paths in the JSON are relative to the JSON
 
 Each sample asks one question whose gpt answer is exactly one of `options` (detection boxes are
 open-ended: `options` is empty) and carries the scene's ground truth under `meta`. Training shapes
-samples then ask follow-up questions about the same image (colour, shape, left/right) as further
-turns; `turn_tasks` lists every question's task, `task`/`answer` are the first's. In the manifest a
+and video samples then ask follow-up questions about the same medium (shapes: colour, shape,
+left/right; video: the other two questions) as further turns; `turn_tasks` lists every question's task, `task`/`answer` are the first's. In the manifest a
 task's `counts` are samples whose first question it is, `questions` every turn asking it. The same seed
 and arguments give byte-identical files; sample i of a split does not depend on the split's size,
 and the test split never depends on the train size.
@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from lamm.datasets.synth.common import SPLITS, KindResult, write_json
 
 GENERATOR = "lamm.datasets.synth"
-FORMAT_VERSION = 2  # 2: training shapes samples carry follow-up questions (turn_tasks)
+FORMAT_VERSION = 3  # 2: training shapes samples carry follow-up questions (turn_tasks); 3: video too
 KINDS = ("shapes", "video", "points", "digits")
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "shapes": {"train": 12000, "test": 400},

@@ -143,7 +143,8 @@ def _answer(task: str, meta: dict[str, Any]) -> str:
 
 
 def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64, num_frames: int = 8) -> KindResult:
-    """Write `root/videos/<split>/<i>.mp4` and return the samples."""
+    """Write `root/videos/<split>/<i>.mp4` and return the samples: one question per test clip; a
+    training clip asks its question first, then the other two (follow-ups)."""
     if num_frames < 4:
         raise ValueError(f"video num_frames must be >= 4, got {num_frames}")
     if image_size < 32 or image_size % 2:
@@ -166,7 +167,11 @@ def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64,
             else:
                 rel = f"videos/{split}/{i:06d}.mp4"
                 write_mp4(root / rel, frames, codec)
-            rows.append(make_sample(f"{KIND}_{split}_{i:06d}", "video", rel, spec, _answer(spec.task, meta), meta))
+            # Every clip answers all three questions (each drawn uniformly unless the first fixed it).
+            followups = [(t, _answer(t.task, meta)) for t in (TASKS[j] for j in rng.permutation(len(TASKS)))
+                         if t is not spec] if split == "train" else []
+            rows.append(make_sample(f"{KIND}_{split}_{i:06d}", "video", rel, spec, _answer(spec.task, meta), meta,
+                                    followups=followups))
         samples[split] = rows
     return KindResult(
         samples=samples,
