@@ -15,8 +15,9 @@ Layout written under `out_dir` (media paths in the JSON are relative to the JSON
 Each sample asks one question whose gpt answer is exactly one of `options` (detection boxes are
 open-ended: `options` is empty) and carries the scene's ground truth under `meta`. Training shapes
 and video samples then ask follow-up questions about the same medium (shapes: colour, shape,
-left/right; video: the other two questions) as further turns; `turn_tasks` lists every question's task, `task`/`answer` are the first's. In the manifest a
-task's `counts` are samples whose first question it is, `questions` every turn asking it. The same seed
+left/right; video: the other two questions) as further turns; `turn_tasks` lists every question's
+task, `task`/`answer` are the first's. In the manifest a task's `counts` are samples whose first
+question it is, `questions` every turn asking it. The same seed
 and arguments give byte-identical files; sample i of a split does not depend on the split's size,
 and the test split never depends on the train size.
 """
@@ -39,7 +40,8 @@ DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "digits": {"train": 1400, "test": 397},
 }
 
-__all__ = ["DEFAULT_SIZES", "FORMAT_VERSION", "KINDS", "generate", "main", "parse_sizes", "read_manifest", "resolve_sizes"]
+__all__ = ["DEFAULT_SIZES", "FORMAT_VERSION", "KINDS", "generate", "main", "parse_sizes", "read_manifest",
+           "resolve_sizes"]
 
 
 def parse_sizes(text: str) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -87,6 +87,12 @@ def make_sample(
         "answer": answer,
         "meta": meta,
     }
+
+
+def seeded_followups(rng: np.random.Generator, specs: Sequence[TaskSpec],
+                     answer: Callable[[str], str]) -> list[tuple[TaskSpec, str]]:
+    """Follow-up questions for `make_sample`: `specs` in a seeded order, each with `answer(task)`."""
+    return [(specs[i], answer(specs[i].task)) for i in rng.permutation(len(specs))]
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -14,6 +14,7 @@ from lamm.datasets.synth.common import (
     balanced_answer,
     make_sample,
     sample_rng,
+    seeded_followups,
     task_schedule,
 )
 
@@ -50,7 +51,7 @@ TASKS = (
     TaskSpec("bbox", "detection", "Where is the shape?", (), 3),
 )
 # Asked after a training image's first question: one image then supervises several answers, as in
-# LLaVA's multi-turn instruction data (the quickstart's shape accuracy is limited by shape labels).
+# LLaVA's multi-turn instruction data.
 FOLLOWUP_TASKS = ("colour", "shape", "position")
 
 
@@ -168,9 +169,9 @@ def _followups(task: str, objects: list[dict[str, Any]], size: int,
     seeded order: colour and shape always (every object shares them, and they are drawn uniformly
     unless the first question fixed them), left/right for single-shape scenes. Count is never a
     follow-up: every non-count scene has one shape, so it would mostly answer "1"."""
-    specs = {t.task: t for t in TASKS}
-    extra = [t for t in FOLLOWUP_TASKS if t != task and not (t == "position" and task == "count")]
-    return [(specs[t], _answer(t, objects, size)) for t in (extra[i] for i in rng.permutation(len(extra)))]
+    extra = [t for t in TASKS if t.task in FOLLOWUP_TASKS and t.task != task
+             and not (t.task == "position" and task == "count")]
+    return seeded_followups(rng, extra, lambda t: _answer(t, objects, size))
 
 
 def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64) -> KindResult:

@@ -21,6 +21,7 @@ from lamm.datasets.synth.common import (
     balanced_answer,
     make_sample,
     sample_rng,
+    seeded_followups,
     task_schedule,
 )
 from lamm.datasets.synth.shapes import BACKGROUND_MAX, COLOURS, SHAPES, shape_mask
@@ -168,8 +169,8 @@ def generate(root: Path, seed: int, sizes: dict[str, int], image_size: int = 64,
                 rel = f"videos/{split}/{i:06d}.mp4"
                 write_mp4(root / rel, frames, codec)
             # Every clip answers all three questions (each drawn uniformly unless the first fixed it).
-            followups = [(t, _answer(t.task, meta)) for t in (TASKS[j] for j in rng.permutation(len(TASKS)))
-                         if t is not spec] if split == "train" else []
+            ordered = seeded_followups(rng, TASKS, lambda t: _answer(t, meta)) if split == "train" else []
+            followups = [(t, a) for t, a in ordered if t is not spec]
             rows.append(make_sample(f"{KIND}_{split}_{i:06d}", "video", rel, spec, _answer(spec.task, meta), meta,
                                     followups=followups))
         samples[split] = rows

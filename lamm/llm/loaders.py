@@ -58,12 +58,10 @@ def load_hf(path: str, dtype: str = "float32", gguf_file: str | None = None,
     if gguf_file:
         _require_gguf()
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    model_kwargs = {**kwargs, "attn_implementation": attn_implementation} if attn_implementation else kwargs
     try:
-        tokenizer = AutoTokenizer.from_pretrained(expanded, gguf_file=gguf_file) if gguf_file else \
-            AutoTokenizer.from_pretrained(expanded)
-        model = AutoModelForCausalLM.from_pretrained(expanded, dtype=_dtype(dtype), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(expanded, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(expanded, dtype=_dtype(dtype), **model_kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LLMLoadError(f"model.llm.path: could not load {path!r} ({first})") from exc
