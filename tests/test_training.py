@@ -136,6 +136,46 @@ def test_checkpoint_and_export_carry_batchnorm_statistics(tmp_path: Path) -> Non
     assert {k.removeprefix("model.") for k in stats} <= set(load_file(str(tmp_path / LAMM_WEIGHTS)))
 
 
+def test_init_from_fills_a_frozen_encoder_with_its_batchnorm_statistics(tmp_path: Path) -> None:
+    """A from-scratch CNN trained in one run and frozen in the next keeps its running statistics."""
+    from safetensors.torch import save_file
+
+    from lamm.training.checkpoint_io import STATE, WEIGHTS
+    from lamm.training.export import init_from_run
+
+    trained = build_model(tiny_model_config())
+    trained.train()
+    trained(colour_answer_batch(trained))  # moves the running statistics
+    with torch.no_grad():
+        for p in trained.trainable_parameters().values():
+            p.add_(0.05 * torch.randn_like(p))
+    save_file({f"model.{k}": v.detach().contiguous() for k, v in trained.trained_tensors().items()},
+              str(tmp_path / WEIGHTS))
+    torch.save({}, tmp_path / STATE)
+    frozen = build_model(tiny_model_config(policy={"encoder": "frozen"}))
+    copied = init_from_run(frozen, tmp_path)
+    source = trained.encoders.state_dict()
+    assert any(k.endswith("running_mean") for k in source)
+    for name, value in frozen.encoders.state_dict().items():
+        assert torch.equal(value, source[name]), name
+    assert all(f"encoders.{k}" in copied for k in source)
+    # The second run's checkpoint holds only what it trained; reloading it takes the frozen CNN from
+    # the run named by init_from, as training did.
+    from lamm.training.export import load_for_inference
+    from lamm.training.run_folder import CONFIG_FILE
+
+    run = tmp_path / "second"
+    (run / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": tiny_model_config(policy={"encoder": "frozen"}),
+                                     "init_from": str(tmp_path)}), run / CONFIG_FILE)
+    save_file({f"model.{k}": v.detach().contiguous() for k, v in frozen.trained_tensors().items()},
+              str(run / "checkpoints" / "last.ckpt" / WEIGHTS))
+    torch.save({}, run / "checkpoints" / "last.ckpt" / STATE)
+    reloaded, _ = load_for_inference(run)
+    for name, value in reloaded.encoders.state_dict().items():
+        assert torch.equal(value, source[name]), name
+
+
 def test_ddp_two_cpu_processes_agree(tmp_path: Path) -> None:
     result = run_train(tmp_path, "trainer=ddp_cpu", "trainer.max_steps=3", "data.num_workers=0", timeout=400)
     assert "all 2 ranks hold identical trainable weights" in result.stdout + result.stderr

@@ -47,6 +47,14 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
     run, ckpt = _run_folder_of(Path(path))
     cfg = OmegaConf.load(run / CONFIG_FILE)
     model = build_model(cfg.model)
+    if cfg.get("init_from"):
+        # Parts this run froze came from the source run (e.g. a trained CNN) and are not in its own
+        # checkpoint: take them from the source first, as training did.
+        source = Path(cfg.init_from)
+        if not source.exists():
+            raise FileNotFoundError(f"{run / CONFIG_FILE} sets init_from={cfg.init_from}, which does not exist "
+                                    f"(run from the folder training ran in, or restore that run)")
+        init_from_run(model, source)
     weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
     weights = {k.removeprefix("model."): v for k, v in weights.items()}
     tensors = model.trained_tensors()
@@ -64,10 +72,13 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
 
 def init_from_run(model: Any, path: str | Path) -> list[str]:
     """Copy another run's trained tensors into `model` where names and shapes match (e.g. LLaVA's
-    stage-1 projector into stage 2); returns the names copied, fails if nothing matches."""
+    stage-1 projector into stage 2); returns the names copied, fails if nothing matches.
+
+    Parts this run freezes are filled too, buffers included: a trained from-scratch CNN frozen here
+    needs its BatchNorm statistics, which are not parameters."""
     _, ckpt = _run_folder_of(Path(path)) if not (Path(path) / WEIGHTS).exists() else (None, Path(path))
     weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS))
-    params = model.trained_tensors() | dict(model.named_parameters())
+    params = model.state_dict(keep_vars=True)  # every parameter and persistent buffer, by name
     copied = []
     with torch.no_grad():
         for key, value in weights.items():
