@@ -22,5 +22,6 @@ def distributed_eval_worker(rank: int, world: int, port: int, model_cfg: dict, r
         res: Any = evaluate(model, recipe, out, batch_size=batch_size)
         with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as fh:
             json.dump(res, fh)
+        torch.distributed.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         torch.distributed.destroy_process_group()

@@ -1,0 +1,138 @@
+"""Where the quickstart loses shape and count: linear probes on a trained run's encoder, and the same
+from-scratch CNN trained alone with linear heads on the same images (outside the test suite).
+
+    .venv/bin/python -P scripts/diagnose_quickstart.py probe runs/quickstart-prefix/<time>
+    .venv/bin/python -P scripts/diagnose_quickstart.py standalone --lr 1e-3 3e-4
+
+`probe`: logistic regression from the encoder's tokens (eval mode, the run's BatchNorm statistics) on
+training images to the held-out images: shape on every image, count on count scenes only (other
+scenes hold one shape and would inflate it). Compare with the run's eval/shapes_ppl table: the gap is
+what the LLM does not read. `standalone`: the quickstart's small_cnn + one linear head per question
+on its max-pooled token, one pass over steps x batch training images (the quickstart's budget),
+AdamW with the quickstart's warmup + cosine; prints held-out accuracy per question.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+TASKS = ("colour", "shape", "count", "position")
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+SIDES = ("left", "right")
+
+
+def _records(root: Path, split: str, limit: int) -> list[dict]:
+    recs = [r for r in json.loads((root / f"{split}.json").read_text()) if r["task"] in TASKS]
+    return recs[:limit]
+
+
+def _labels(recs: list[dict]) -> dict[str, np.ndarray]:
+    """Per question: the label of each record, -1 where the scene does not answer it."""
+    objs = [r["meta"]["objects"] for r in recs]
+    return {
+        "shape": np.array([SHAPES.index(o[0]["shape"]) for o in objs]),
+        "count": np.array([len(o) - 1 if r["task"] == "count" else -1 for o, r in zip(objs, recs)]),
+        "position": np.array([SIDES.index(o[0]["side"]) if "side" in o[0] else -1 for o in objs]),
+    }
+
+
+def _images(root: Path, recs: list[dict], transform) -> torch.Tensor:
+    return torch.stack([transform(Image.open(root / r["image"]).convert("RGB")) for r in recs])
+
+
+def probe(run: str, data: Path, n_train: int) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from lamm.training.export import load_for_inference
+
+    model, _ = load_for_inference(run)
+    enc = model.encoders["image"]
+    splits = {}
+    for split, n in (("train", n_train), ("test", 10**9)):
+        recs = _records(data, split, n)
+        with torch.no_grad():
+            x = _images(data, recs, enc.transform)
+            tokens = torch.cat([enc(x[i:i + 64]).float() for i in range(0, len(x), 64)])
+        splits[split] = (tokens, _labels(recs))
+    grid = enc.grid * enc.grid if hasattr(enc, "grid") else tokens.shape[1]
+    views = {"last token (pooled)": lambda t: t[:, -1], "grid mean": lambda t: t[:, :grid].mean(1),
+             "grid, flattened": lambda t: t[:, :grid].flatten(1)}
+    (tr, ytr), (te, yte) = splits["train"], splits["test"]
+    for view, f in views.items():
+        a, b = f(tr).numpy(), f(te).numpy()
+        mu, sd = a.mean(0), a.std(0) + 1e-6
+        for task in ("shape", "count"):
+            k, k2 = ytr[task] >= 0, yte[task] >= 0
+            clf = LogisticRegression(max_iter=2000).fit(((a - mu) / sd)[k], ytr[task][k])
+            acc = clf.score(((b - mu) / sd)[k2], yte[task][k2])
+            print(f"{view:22s} {task:6s} {100 * acc:5.1f}%  ({k.sum()} training images, {k2.sum()} held out)")
+
+
+def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int) -> None:
+    from lamm.encoders.small_cnn import SmallCNNEncoder
+
+    recs_tr, recs_te = _records(data, "train", steps * batch), _records(data, "test", 10**9)
+    for lr in lrs:
+        torch.manual_seed(seed)
+        enc = SmallCNNEncoder(pooled_tokens=["max"])
+        xtr, xte = _images(data, recs_tr, enc.transform), _images(data, recs_te, enc.transform)
+        ytr = {k: torch.as_tensor(v) for k, v in _labels(recs_tr).items()}
+        yte = {k: torch.as_tensor(v) for k, v in _labels(recs_te).items()}
+        heads = nn.ModuleDict({"shape": nn.Linear(enc.output_dim, len(SHAPES)),
+                               "count": nn.Linear(enc.output_dim, 4), "position": nn.Linear(enc.output_dim, 2)})
+        opt = torch.optim.AdamW([*enc.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
+        warmup = 20
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * (
+            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps)))))
+        start = time.perf_counter()
+        for i in range(steps):
+            rows = slice(i * batch, (i + 1) * batch)
+            pooled = enc(xtr[rows])[:, -1]
+            loss = sum(F.cross_entropy(h(pooled), ytr[k][rows], ignore_index=-1) for k, h in heads.items()
+                       if bool((ytr[k][rows] >= 0).any()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        enc.eval()
+        with torch.no_grad():
+            pooled = enc(xte)[:, -1]
+            accs = {k: (h(pooled[yte[k] >= 0]).argmax(1) == yte[k][yte[k] >= 0]).float().mean().item()
+                    for k, h in heads.items()}
+        shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in accs.items())
+        print(f"standalone small_cnn, lr {lr:g}, {steps} x {batch} images: {shown} "
+              f"({time.perf_counter() - start:.0f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/synth-0/shapes"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe", help="linear probes on a trained run's encoder tokens")
+    p.add_argument("run")
+    p.add_argument("--train-images", type=int, default=3000)
+    s = sub.add_parser("standalone", help="the CNN alone with linear heads, the quickstart's image budget")
+    s.add_argument("--lr", type=float, nargs="+", default=[1e-3, 3e-4])
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not (args.data / "train.json").exists():
+        parser.error(f"{args.data / 'train.json'} not found: run the quickstart once (it generates the data)")
+    if args.command == "probe":
+        probe(args.run, args.data, args.train_images)
+    else:
+        standalone(args.data, args.lr, args.steps, args.batch, args.seed)
+
+
+if __name__ == "__main__":
+    main()
