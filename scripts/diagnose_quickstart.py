@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-TASKS = ("colour", "shape", "count", "position")
-SHAPES = ("circle", "square", "triangle", "star", "cross")
-SIDES = ("left", "right")
+from lamm.datasets.synth.shapes import SHAPES, SIDES
+
+TASKS = ("colour", "shape", "count", "position")  # the quickstart's data.tasks
 
 
 def _records(root: Path, split: str, limit: int) -> list[dict]:
@@ -63,7 +62,7 @@ def probe(run: str, data: Path, n_train: int) -> None:
             x = _images(data, recs, enc.transform)
             tokens = torch.cat([enc(x[i:i + 64]).float() for i in range(0, len(x), 64)])
         splits[split] = (tokens, _labels(recs))
-    grid = enc.grid * enc.grid if hasattr(enc, "grid") else tokens.shape[1]
+    grid = enc.grid * enc.grid  # small_cnn: the grid tokens come first, the pooled ones last
     views = {"last token (pooled)": lambda t: t[:, -1], "grid mean": lambda t: t[:, :grid].mean(1),
              "grid, flattened": lambda t: t[:, :grid].flatten(1)}
     (tr, ytr), (te, yte) = splits["train"], splits["test"]
@@ -79,20 +78,21 @@ def probe(run: str, data: Path, n_train: int) -> None:
 
 def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int) -> None:
     from lamm.encoders.small_cnn import SmallCNNEncoder
+    from lamm.training.optim import warmup_cosine
 
     recs_tr, recs_te = _records(data, "train", steps * batch), _records(data, "test", 10**9)
+    transform = SmallCNNEncoder(pooled_tokens=["max"]).transform
+    xtr, xte = _images(data, recs_tr, transform), _images(data, recs_te, transform)
+    ytr = {k: torch.as_tensor(v) for k, v in _labels(recs_tr).items()}
+    yte = {k: torch.as_tensor(v) for k, v in _labels(recs_te).items()}
     for lr in lrs:
         torch.manual_seed(seed)
         enc = SmallCNNEncoder(pooled_tokens=["max"])
-        xtr, xte = _images(data, recs_tr, enc.transform), _images(data, recs_te, enc.transform)
-        ytr = {k: torch.as_tensor(v) for k, v in _labels(recs_tr).items()}
-        yte = {k: torch.as_tensor(v) for k, v in _labels(recs_te).items()}
         heads = nn.ModuleDict({"shape": nn.Linear(enc.output_dim, len(SHAPES)),
                                "count": nn.Linear(enc.output_dim, 4), "position": nn.Linear(enc.output_dim, 2)})
         opt = torch.optim.AdamW([*enc.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
-        warmup = 20
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * (
-            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps)))))
+        # The quickstart's schedule: 20 warmup steps, cosine down to 5%.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(20, steps, 0.05))
         start = time.perf_counter()
         for i in range(steps):
             rows = slice(i * batch, (i + 1) * batch)

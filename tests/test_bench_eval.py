@@ -173,12 +173,10 @@ def test_hf_source_text_only(tmp_path) -> None:
 
 def test_run_source(synth_root, tmp_path) -> None:
     """A run folder in the training layout (config.yaml + checkpoints/last.ckpt) evaluates like the model."""
-    from safetensors.torch import save_file
-
     from lamm.benchmarks.models import load_model
 
     try:
-        from lamm.training.checkpoint_io import STATE, WEIGHTS
+        from lamm.training.checkpoint_io import write_checkpoint
         from lamm.training.run_folder import CONFIG_FILE
     except ImportError:
         pytest.skip("lamm.training (the training issue) is not available yet")
@@ -187,13 +185,11 @@ def test_run_source(synth_root, tmp_path) -> None:
         for p in trained.trainable_parameters().values():
             p.add_(0.05 * torch.randn_like(p))
     run = tmp_path / "runs" / "quickstart" / "20260101-000000"
-    ckpt = run / "checkpoints" / "last.ckpt"
-    ckpt.mkdir(parents=True)
+    run.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"model": tiny_model_config(),
                                      "data": {"template": "chat", "system_prompt": "empty"}}), run / CONFIG_FILE)
-    save_file({f"model.{k}": v.detach().contiguous() for k, v in trained.trained_tensors().items()},
-              str(ckpt / WEIGHTS))
-    torch.save({}, ckpt / STATE)
+    write_checkpoint({"state_dict": {f"model.{k}": v for k, v in trained.trained_tensors().items()}},
+                     run / "checkpoints" / "last.ckpt")
     model, name, hints = load_model({"source": "run", "path": str(run)})
     assert name == "quickstart-20260101-000000" and hints == {"template": "chat", "system_prompt": "empty"}
     recipe = _recipe(synth_root, limit=8)

@@ -138,10 +138,12 @@ def test_checkpoint_and_export_carry_batchnorm_statistics(tmp_path: Path) -> Non
 
 def test_init_from_fills_a_frozen_encoder_with_its_batchnorm_statistics(tmp_path: Path) -> None:
     """A from-scratch CNN trained in one run and frozen in the next keeps its running statistics."""
-    from safetensors.torch import save_file
+    from lamm.training.checkpoint_io import write_checkpoint
+    from lamm.training.export import init_from_run, load_for_inference
+    from lamm.training.run_folder import CONFIG_FILE
 
-    from lamm.training.checkpoint_io import STATE, WEIGHTS
-    from lamm.training.export import init_from_run
+    def save_as_training_does(model, path: Path) -> None:
+        write_checkpoint({"state_dict": LammModule(model, OptimConfig(), max_steps=1).state_dict()}, path)
 
     trained = build_model(tiny_model_config())
     trained.train()
@@ -149,11 +151,10 @@ def test_init_from_fills_a_frozen_encoder_with_its_batchnorm_statistics(tmp_path
     with torch.no_grad():
         for p in trained.trainable_parameters().values():
             p.add_(0.05 * torch.randn_like(p))
-    save_file({f"model.{k}": v.detach().contiguous() for k, v in trained.trained_tensors().items()},
-              str(tmp_path / WEIGHTS))
-    torch.save({}, tmp_path / STATE)
+    first = tmp_path / "first.ckpt"
+    save_as_training_does(trained, first)
     frozen = build_model(tiny_model_config(policy={"encoder": "frozen"}))
-    copied = init_from_run(frozen, tmp_path)
+    copied = init_from_run(frozen, first)
     source = trained.encoders.state_dict()
     assert any(k.endswith("running_mean") for k in source)
     for name, value in frozen.encoders.state_dict().items():
@@ -161,16 +162,11 @@ def test_init_from_fills_a_frozen_encoder_with_its_batchnorm_statistics(tmp_path
     assert all(f"encoders.{k}" in copied for k in source)
     # The second run's checkpoint holds only what it trained; reloading it takes the frozen CNN from
     # the run named by init_from, as training did.
-    from lamm.training.export import load_for_inference
-    from lamm.training.run_folder import CONFIG_FILE
-
     run = tmp_path / "second"
-    (run / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    run.mkdir()
     OmegaConf.save(OmegaConf.create({"model": tiny_model_config(policy={"encoder": "frozen"}),
-                                     "init_from": str(tmp_path)}), run / CONFIG_FILE)
-    save_file({f"model.{k}": v.detach().contiguous() for k, v in frozen.trained_tensors().items()},
-              str(run / "checkpoints" / "last.ckpt" / WEIGHTS))
-    torch.save({}, run / "checkpoints" / "last.ckpt" / STATE)
+                                     "init_from": str(first)}), run / CONFIG_FILE)
+    save_as_training_does(frozen, run / "checkpoints" / "last.ckpt")
     reloaded, _ = load_for_inference(run)
     for name, value in reloaded.encoders.state_dict().items():
         assert torch.equal(value, source[name]), name
