@@ -76,7 +76,7 @@ def probe(run: str, data: Path, n_train: int) -> None:
             print(f"{view:22s} {task:6s} {100 * acc:5.1f}%  ({k.sum()} training images, {k2.sum()} held out)")
 
 
-def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int) -> None:
+def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int, save: Path | None = None) -> None:
     from lamm.encoders.small_cnn import SmallCNNEncoder
     from lamm.training.optim import warmup_cosine
 
@@ -111,6 +111,11 @@ def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int) 
         shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in accs.items())
         print(f"standalone small_cnn, lr {lr:g}, {steps} x {batch} images: {shown} "
               f"({time.perf_counter() - start:.0f} s)")
+        if save is not None:  # the encoder's weights, to start a quickstart from a CNN that already sees
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(save))
+            print(f"wrote {save}")
 
 
 def main() -> None:
@@ -125,13 +130,16 @@ def main() -> None:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save", type=Path, help="write the trained encoder's state dict here (safetensors; one --lr)")
     args = parser.parse_args()
     if not (args.data / "train.json").exists():
         parser.error(f"{args.data / 'train.json'} not found: run the quickstart once (it generates the data)")
+    if args.command == "standalone" and args.save is not None and len(args.lr) != 1:
+        parser.error("--save keeps one encoder: give a single --lr")
     if args.command == "probe":
         probe(args.run, args.data, args.train_images)
     else:
-        standalone(args.data, args.lr, args.steps, args.batch, args.seed)
+        standalone(args.data, args.lr, args.steps, args.batch, args.seed, args.save)
 
 
 if __name__ == "__main__":
