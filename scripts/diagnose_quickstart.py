@@ -3,13 +3,17 @@ from-scratch CNN trained alone with linear heads on the same images (outside the
 
     .venv/bin/python -P scripts/diagnose_quickstart.py probe runs/quickstart-prefix/<time>
     .venv/bin/python -P scripts/diagnose_quickstart.py standalone --lr 1e-3 3e-4
+    .venv/bin/python -P scripts/diagnose_quickstart.py warmup --steps 300 1000
 
 `probe`: logistic regression from the encoder's tokens (eval mode, the run's BatchNorm statistics) on
 training images to the held-out images: shape on every image, count on count scenes only (other
 scenes hold one shape and would inflate it). Compare with the run's eval/shapes_ppl table: the gap is
 what the LLM does not read. `standalone`: the quickstart's small_cnn + one linear head per question
 on its max-pooled token, one pass over steps x batch training images (the quickstart's budget),
-AdamW with the quickstart's warmup + cosine; prints held-out accuracy per question.
+AdamW with the quickstart's warmup + cosine; prints held-out accuracy per question. `warmup`: the
+quickstart's encoder warm-up phase alone (lamm/training/encoder_warmup.py: the same model, data stream,
+heads and learning rate), then the held-out accuracy of its answer-word head, each question scored
+over its options (an option's score: the mean logit of its token buckets).
 """
 from __future__ import annotations
 
@@ -118,6 +122,48 @@ def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int, 
             print(f"wrote {save}")
 
 
+def warmup(data: Path, steps_list: list[int], seed: int) -> None:
+    from lamm.build import build_model
+    from lamm.cli.train import _data_config
+    from lamm.config import compose
+    from lamm.training.datamodule import LammDataModule
+    from lamm.training.encoder_warmup import AnswerWordHeads, EncoderWarmupConfig
+    from lamm.training.optim import warmup_cosine
+
+    recs = _records(data, "test", 10**9)
+    for steps in steps_list:
+        torch.manual_seed(seed)
+        cfg = compose("train", ["experiment=quickstart", f"seed={seed}"])
+        model = build_model(cfg.model)
+        wcfg = EncoderWarmupConfig.from_config(cfg.encoder_warmup)
+        heads = AnswerWordHeads(model, wcfg)
+        dm = LammDataModule(_data_config(cfg), model, steps)
+        dm.setup()
+        enc = model.encoders["image"]
+        opt = torch.optim.AdamW([*enc.parameters(), *heads.parameters()], lr=wcfg.lr,
+                                weight_decay=float(cfg.optim.weight_decay))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(wcfg.warmup_steps, steps, float(cfg.optim.min_lr_ratio)))
+        model.train()
+        start = time.perf_counter()
+        for _, batch in zip(range(steps), dm.train_dataloader()):
+            loss = heads.loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        seconds = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            logits = heads.heads["image"](enc(_images(data, recs, enc.transform)).max(1).values)
+        tok, hits = model.tokenizer, {}
+        for rec, row in zip(recs, logits):
+            scores = [row[[t % heads.buckets for t in tok.encode(o, add_special_tokens=False)]].mean() for o in rec["options"]]
+            hits.setdefault(rec["task"], []).append(rec["options"][int(torch.stack(scores).argmax())] == rec["answer"])
+        shown = ", ".join(f"{k} {100 * sum(v) / len(v):.1f}%" for k, v in sorted(hits.items()))
+        print(f"encoder warm-up alone, {steps} x {cfg.data.batch_size} samples: final loss {loss.item():.3f}; "
+              f"held-out answer-word head: {shown} ({seconds:.0f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/synth-0/shapes"))
@@ -131,6 +177,9 @@ def main() -> None:
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save", type=Path, help="write the trained encoder's state dict here (safetensors; one --lr)")
+    w = sub.add_parser("warmup", help="the quickstart's encoder warm-up alone, its head read out on held-out images")
+    w.add_argument("--steps", type=int, nargs="+", default=[1000])
+    w.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.data / "train.json").exists():
         parser.error(f"{args.data / 'train.json'} not found: run the quickstart once (it generates the data)")
@@ -138,6 +187,8 @@ def main() -> None:
         parser.error("--save keeps one encoder: give a single --lr")
     if args.command == "probe":
         probe(args.run, args.data, args.train_images)
+    elif args.command == "warmup":
+        warmup(args.data, args.steps, args.seed)
     else:
         standalone(args.data, args.lr, args.steps, args.batch, args.seed, args.save)
 

@@ -88,9 +88,11 @@ def test_multirun_gives_one_folder_per_fusion(tmp_path: Path) -> None:
     assert all((r / "checkpoints/last.ckpt/weights.safetensors").exists() for r in runs)
 
 
-def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("warmup", [[], ["encoder_warmup.steps=5"]], ids=["lm", "encoder_warmup"])
+def test_exact_resume_after_sigkill(tmp_path: Path, warmup: list[str]) -> None:
+    # With an encoder warm-up of 5 steps the kill lands inside it (step 4) or just after it (step 6).
     common = ["trainer.max_steps=8", "checkpoint.every_n_steps=2", "seed=3", "model/fusion=gated_xattn",
-              "model.fusion.every=2", "data.num_workers=0"]
+              "model.fusion.every=2", "data.num_workers=0", *warmup]
     straight = tmp_path / "straight"
     straight.mkdir()
     run_train(straight, *common, "run_name=straight")

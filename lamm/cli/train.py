@@ -77,18 +77,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     from lamm.training.checkpoint_io import FolderCheckpointIO
 
     t = cfg.trainer
+    warmup_steps = int(OmegaConf.select(cfg, "encoder_warmup.steps", default=0) or 0)
+    strategy = t.strategy
+    if warmup_steps and strategy == "ddp":
+        # Warm-up steps leave the LLM side without gradients; DDP must be told, or it waits for them.
+        strategy = "ddp_find_unused_parameters_true"
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
         every_n_train_steps=int(cfg.checkpoint.every_n_steps), save_last=True,
         save_top_k=-1 if cfg.checkpoint.keep_all else 0,
     )
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
         precision=t.precision, max_steps=int(t.max_steps), max_epochs=1,  # one epoch: the sampler is one stream
         accumulate_grad_batches=int(t.accumulate_grad_batches), gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=int(t.log_every_n_steps), deterministic=t.deterministic,
         logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")],
-        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir), RankConsistency()],
+        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir, warmup_steps), RankConsistency()],
         plugins=[FolderCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=run_dir,
     )
@@ -102,6 +107,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from lamm.build import build_model
     from lamm.policy import parameter_report
     from lamm.training.datamodule import LammDataModule
+    from lamm.training.encoder_warmup import EncoderWarmupConfig
     from lamm.training.export import EXPORT_DIR, export_model, init_from_run
     from lamm.training.module import LammModule
     from lamm.training.optim import OptimConfig
@@ -120,7 +126,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     console.print("trainable parameters: " + ", ".join(f"{k} {t:,}/{n:,}" for k, (t, n) in counts.items() if n))
     max_steps = int(cfg.trainer.max_steps)
     module = LammModule(model, OptimConfig.from_config(cfg.optim), max_steps,
-                        gradient_checkpointing=bool(cfg.gradient_checkpointing))
+                        gradient_checkpointing=bool(cfg.gradient_checkpointing),
+                        encoder_warmup=EncoderWarmupConfig.from_config(cfg.get("encoder_warmup")))
     datamodule = LammDataModule(data_cfg, model, max_steps, int(cfg.trainer.accumulate_grad_batches))
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:

@@ -7,8 +7,9 @@ from pathlib import Path
 import lightning as L
 
 
-def plot_loss_curve(metrics_csv: Path, out_png: Path) -> bool:
-    """Plot train/loss against step from Lightning's CSV log; False when there is nothing to plot."""
+def plot_loss_curve(metrics_csv: Path, out_png: Path, encoder_warmup_steps: int = 0) -> bool:
+    """Plot train/loss against step from Lightning's CSV log; False when there is nothing to plot.
+    With an encoder warm-up its steps (a different loss: answer words from media) get their own line."""
     if not metrics_csv.exists():
         return False
     steps, losses = [], []
@@ -25,7 +26,13 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, lw=1)
+    if encoder_warmup_steps:
+        cut = sum(step < encoder_warmup_steps for step in steps)
+        ax.plot(steps[:cut], losses[:cut], lw=1, label="encoder warm-up (answer words)")
+        ax.plot(steps[cut:], losses[cut:], lw=1, label="language model")
+        ax.legend()
+    else:
+        ax.plot(steps, losses, lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.set_yscale("log")
@@ -39,15 +46,17 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path) -> bool:
 class LossCurve(L.Callback):
     """Writes `loss.png` next to the CSV log when training ends (rank 0 only)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, encoder_warmup_steps: int = 0) -> None:
         self.run_dir = Path(run_dir)
+        self.encoder_warmup_steps = encoder_warmup_steps
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, L.pytorch.loggers.CSVLogger):
                     logger.save()
-                    plot_loss_curve(Path(logger.log_dir) / "metrics.csv", self.run_dir / "loss.png")
+                    plot_loss_curve(Path(logger.log_dir) / "metrics.csv", self.run_dir / "loss.png",
+                                    self.encoder_warmup_steps)
 
 
 class RankConsistency(L.Callback):

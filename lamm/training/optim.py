@@ -49,18 +49,21 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             mult = cfg.encoder_lr_multiplier
         elif name.startswith("fusion.") or ".fusion." in name:
             mult = cfg.fusion_lr_multiplier
-        groups.setdefault((_no_decay(name, param), mult), []).append(param)
+        encoder = name.startswith("encoders.") or ".encoders." in name
+        groups.setdefault((_no_decay(name, param), mult, encoder), []).append(param)
     return [
-        {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult}
-        for (no_decay, mult), params in sorted(groups.items())
+        # `encoder` marks the groups an encoder warm-up trains (lamm/training/encoder_warmup.py).
+        {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult,
+         "encoder": encoder}
+        for (no_decay, mult, encoder), params in sorted(groups.items())
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_groups: list[dict] = ()) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if not groups:
         raise ValueError("model.policy leaves nothing to train: every part is frozen")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW([*groups, *extra_groups], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -73,3 +76,25 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def phased_schedule(groups: list[dict], cfg: OptimConfig, total_steps: int, warmup_phase_steps: int,
+                    warmup_phase_lr: float, warmup_phase_ramp: int) -> list:
+    """One LR multiplier per parameter group for a run whose first `warmup_phase_steps` warm up the
+    encoders (their groups and the `warmup_head` groups at `warmup_phase_lr`, everything else at 0),
+    after which every group but the heads follows warmup + cosine over the remaining steps."""
+    main = warmup_cosine(cfg.warmup_steps, total_steps - warmup_phase_steps, cfg.min_lr_ratio)
+    phase = warmup_cosine(warmup_phase_ramp, warmup_phase_steps, cfg.min_lr_ratio)
+
+    def for_group(group: dict):
+        head, encoder = group.get("warmup_head", False), group.get("encoder", False)
+        phase_scale = warmup_phase_lr / group["lr"] if (head or encoder) and group["lr"] > 0 else 0.0
+
+        def factor(step: int) -> float:
+            if step < warmup_phase_steps:
+                return phase_scale * phase(step)
+            return 0.0 if head else main(step - warmup_phase_steps)
+
+        return factor
+
+    return [for_group(g) for g in groups]
