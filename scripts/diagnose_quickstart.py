@@ -12,7 +12,7 @@ what the LLM does not read. `standalone`: the quickstart's small_cnn + one linea
 on its max-pooled token, one pass over steps x batch training images (the quickstart's budget),
 AdamW with the quickstart's warmup + cosine; prints held-out accuracy per question. `warmup`: the
 quickstart's encoder warm-up phase alone (lamm/training/encoder_warmup.py: the same model, data stream,
-heads and learning rate), then the held-out accuracy of its answer-word head, each question scored
+heads and learning rate; fp32, no autocast), then the held-out accuracy of its answer-word head, each question scored
 over its options (an option's score: the mean logit of its token buckets).
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
     from lamm.config import compose
     from lamm.training.datamodule import LammDataModule
     from lamm.training.encoder_warmup import AnswerWordHeads, EncoderWarmupConfig
-    from lamm.training.optim import warmup_cosine
+    from lamm.training.optim import OptimConfig, param_groups, warmup_cosine
 
     recs = _records(data, "test", 10**9)
     for steps in steps_list:
@@ -140,8 +140,9 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
         dm = LammDataModule(_data_config(cfg), model, steps)
         dm.setup()
         enc = model.encoders["image"]
-        opt = torch.optim.AdamW([*enc.parameters(), *heads.parameters()], lr=wcfg.lr,
-                                weight_decay=float(cfg.optim.weight_decay))
+        # As in training: the encoder's groups at the warm-up's lr (no decay on norms and biases), heads undecayed.
+        groups = param_groups(enc, OptimConfig(lr=wcfg.lr, weight_decay=float(cfg.optim.weight_decay)))
+        opt = torch.optim.AdamW([*groups, {"params": list(heads.parameters()), "weight_decay": 0.0}], lr=wcfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(wcfg.warmup_steps, steps, float(cfg.optim.min_lr_ratio)))
         model.train()
         start = time.perf_counter()

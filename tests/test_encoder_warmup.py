@@ -24,6 +24,10 @@ def test_targets_are_the_answer_words_normalised() -> None:
     assert target[0].sum() == pytest.approx(1.0)  # a repeated word counts once
     assert all(target[0, b] == pytest.approx(1 / len(buckets)) for b in buckets)
     assert target[1].sum() == 0.0  # whitespace and special tokens name nothing
+    # A word whose bucket is also where a dropped token falls (-100 -> 0) survives what follows it.
+    shared = AnswerWordHeads(model, EncoderWarmupConfig(steps=1, buckets=red[0]))
+    after = shared.targets(torch.tensor([[red[0], -100, -100]]))
+    assert after[0, 0] == 1.0
 
 
 def test_warmup_trains_the_encoder_alone_then_hands_over() -> None:

@@ -121,6 +121,17 @@ def test_exact_resume_after_sigkill(tmp_path: Path, warmup: list[str]) -> None:
         assert torch.allclose(got[name], expected[name], atol=1e-6), name
 
 
+def test_a_run_with_an_encoder_warmup_loads_for_inference(tmp_path: Path) -> None:
+    """Its checkpoints also hold the warm-up heads (for resume); the rebuilt model leaves them out."""
+    from lamm.training.export import load_for_inference
+
+    run_train(tmp_path, "trainer.max_steps=3", "encoder_warmup.steps=2")
+    [run] = run_dirs(tmp_path)
+    assert any(k.startswith("warmup_heads.") for k in final_weights(run))
+    model, _ = load_for_inference(run)
+    assert not any("warmup" in name for name, _ in model.named_parameters())
+
+
 def test_checkpoint_and_export_carry_batchnorm_statistics(tmp_path: Path) -> None:
     """Eval mode normalises with BatchNorm's running statistics: buffers, not parameters, yet trained."""
     from lamm.training.export import LAMM_WEIGHTS, export_model
@@ -175,7 +186,9 @@ def test_init_from_fills_a_frozen_encoder_with_its_batchnorm_statistics(tmp_path
 
 
 def test_ddp_two_cpu_processes_agree(tmp_path: Path) -> None:
-    result = run_train(tmp_path, "trainer=ddp_cpu", "trainer.max_steps=3", "data.num_workers=0", timeout=400)
+    # 2 encoder warm-up steps (no gradient reaches the LLM side) then 2 language-model steps.
+    result = run_train(tmp_path, "trainer=ddp_cpu", "trainer.max_steps=4", "encoder_warmup.steps=2", "data.num_workers=0",
+                       timeout=400)
     assert "all 2 ranks hold identical trainable weights" in result.stdout + result.stderr
 
 

@@ -77,11 +77,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     from lamm.training.checkpoint_io import FolderCheckpointIO
 
     t = cfg.trainer
-    warmup_steps = int(OmegaConf.select(cfg, "encoder_warmup.steps", default=0) or 0)
+    encoder_warmup_steps = int(OmegaConf.select(cfg, "encoder_warmup.steps", default=0) or 0)
     strategy = t.strategy
-    if warmup_steps and strategy == "ddp":
+    if encoder_warmup_steps and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         # Warm-up steps leave the LLM side without gradients; DDP must be told, or it waits for them.
-        strategy = "ddp_find_unused_parameters_true"
+        strategy = f"{strategy}_find_unused_parameters_true"
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
         every_n_train_steps=int(cfg.checkpoint.every_n_steps), save_last=True,
@@ -93,7 +93,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         accumulate_grad_batches=int(t.accumulate_grad_batches), gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=int(t.log_every_n_steps), deterministic=t.deterministic,
         logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")],
-        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir, warmup_steps), RankConsistency()],
+        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir, encoder_warmup_steps), RankConsistency()],
         plugins=[FolderCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=run_dir,
     )

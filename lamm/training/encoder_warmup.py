@@ -60,7 +60,8 @@ class AnswerWordHeads(nn.Module):
         tok = model.tokenizer
         vocab = len(tok)
         names = tok.convert_ids_to_tokens(list(range(vocab)))
-        content = torch.tensor([bool(tok.convert_tokens_to_string([n]).strip(" \t\n.,;:!?'\"")) for n in names])
+        content = torch.tensor([n is not None and bool(tok.convert_tokens_to_string([n]).strip(" \t\n.,;:!?'\""))
+                                for n in names])
         content[list(tok.all_special_ids)] = False
         self.register_buffer("content", content, persistent=False)
 
@@ -68,8 +69,10 @@ class AnswerWordHeads(nn.Module):
         """[B, buckets]: each sample's answer-token buckets, normalised to sum to 1 (0 when none)."""
         ids = labels.clamp(min=0)
         keep = (labels != IGNORE_INDEX) & (ids < len(self.content)) & self.content[ids.clamp(max=len(self.content) - 1)]
-        hot = torch.zeros(len(labels), self.buckets, device=labels.device)
-        hot.scatter_(1, ids % self.buckets, keep.float())  # repeats of a word count once
+        # Dropped tokens write into a spare last column: scattered into a word's bucket they would overwrite it.
+        where = torch.where(keep, ids % self.buckets, self.buckets)
+        hot = torch.zeros(len(labels), self.buckets + 1, device=labels.device)
+        hot = hot.scatter_(1, where, 1.0)[:, :-1]  # repeats of a word count once
         return hot / hot.sum(1, keepdim=True).clamp(min=1.0)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:

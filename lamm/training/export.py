@@ -56,7 +56,8 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
                                     f"(run from the folder training ran in, or restore that run)")
         init_from_run(model, source)
     weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
-    weights = {k.removeprefix("model."): v for k, v in weights.items()}
+    # An encoder warm-up's heads ride in checkpoints for exact resume; they are not part of the model.
+    weights = {k.removeprefix("model."): v for k, v in weights.items() if not k.startswith("warmup_heads.")}
     tensors = model.trained_tensors()
     missing, unexpected = sorted(set(tensors) - set(weights)), sorted(set(weights) - set(tensors))
     if missing or unexpected:

@@ -63,7 +63,8 @@ class LammModule(L.LightningModule):
         # One key for both phases (Lightning repeats a key's last value in later rows once it stops being logged).
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch))
         groups = self.trainer.optimizers[0].param_groups
-        self.log("lr", groups[-1 if warming_up else 0]["lr"], prog_bar=True, on_step=True, batch_size=len(batch))
+        shown = next(g for g in groups if g.get("warmup_head")) if warming_up else groups[0]
+        self.log("lr", shown["lr"], prog_bar=True, on_step=True, batch_size=len(batch))
         return loss
 
     def configure_optimizers(self):
@@ -73,7 +74,7 @@ class LammModule(L.LightningModule):
         else:
             head = {"params": list(self.warmup_heads.parameters()), "lr": self.warmup.lr, "weight_decay": 0.0,
                     "warmup_head": True}
-            optimizer = build_optimizer(self.model, self.optim, [head])
+            optimizer = build_optimizer(self.model, self.optim, [head], split_encoders=True)
             factor = phased_schedule(optimizer.param_groups, self.optim, self.max_steps, self.warmup.steps,
                                      self.warmup.lr, self.warmup.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

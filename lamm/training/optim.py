@@ -36,21 +36,23 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or any(k in lowered for k in ("norm", "embed", "emb.", "_emb", "latents", "gate", "pos"))
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Trainable parameters split by (weight decay?, learning-rate multiplier)."""
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+def param_groups(model: nn.Module, cfg: OptimConfig, split_encoders: bool = False) -> list[dict]:
+    """Trainable parameters split by (weight decay?, learning-rate multiplier), and with
+    `split_encoders` by encoder or not (an encoder warm-up schedules those groups apart; off, the
+    groups stay as before, so older optimizer states still load)."""
+    groups: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         mult = 1.0
+        encoder = name.startswith("encoders.") or ".encoders." in name
         if name.endswith(("attn_gate", "ff_gate")):
             mult = cfg.gate_lr_multiplier
-        elif name.startswith("encoders.") or ".encoders." in name:
+        elif encoder:
             mult = cfg.encoder_lr_multiplier
         elif name.startswith("fusion.") or ".fusion." in name:
             mult = cfg.fusion_lr_multiplier
-        encoder = name.startswith("encoders.") or ".encoders." in name
-        groups.setdefault((_no_decay(name, param), mult, encoder), []).append(param)
+        groups.setdefault((_no_decay(name, param), mult, encoder and split_encoders), []).append(param)
     return [
         # `encoder` marks the groups an encoder warm-up trains (lamm/training/encoder_warmup.py).
         {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult,
@@ -59,8 +61,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_groups: list[dict] = ()) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_groups: list[dict] = (),
+                    split_encoders: bool = False) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, split_encoders)
     if not groups:
         raise ValueError("model.policy leaves nothing to train: every part is frozen")
     return torch.optim.AdamW([*groups, *extra_groups], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
