@@ -12,7 +12,7 @@ what the LLM does not read. `standalone`: the quickstart's small_cnn + one linea
 on its max-pooled token, one pass over steps x batch training images (the quickstart's budget),
 AdamW with the quickstart's warmup + cosine; prints held-out accuracy per question. `warmup`: the
 quickstart's encoder warm-up phase alone (lamm/training/encoder_warmup.py: the same model, data stream,
-heads and learning rate; fp32, no autocast), then the held-out accuracy of its answer-word head, each question scored
+heads, optimizer groups and schedule; fp32, no autocast), then the held-out accuracy of its answer-word head, each question scored
 over its options (an option's score: the mean logit of its token buckets).
 """
 from __future__ import annotations
@@ -123,27 +123,28 @@ def standalone(data: Path, lrs: list[float], steps: int, batch: int, seed: int, 
 
 
 def warmup(data: Path, steps_list: list[int], seed: int) -> None:
+    from dataclasses import replace
+
     from lamm.build import build_model
     from lamm.cli.train import _data_config
     from lamm.config import compose
     from lamm.training.datamodule import LammDataModule
-    from lamm.training.encoder_warmup import AnswerWordHeads, EncoderWarmupConfig
-    from lamm.training.optim import OptimConfig, param_groups, warmup_cosine
+    from lamm.training.encoder_warmup import EncoderWarmupConfig
+    from lamm.training.module import LammModule
+    from lamm.training.optim import OptimConfig
 
     recs = _records(data, "test", 10**9)
     for steps in steps_list:
         torch.manual_seed(seed)
         cfg = compose("train", ["experiment=quickstart", f"seed={seed}"])
         model = build_model(cfg.model)
-        wcfg = EncoderWarmupConfig.from_config(cfg.encoder_warmup)
-        heads = AnswerWordHeads(model, wcfg)
+        # Training's own heads, optimizer groups and phased schedule, stopped where the warm-up ends.
+        wcfg = replace(EncoderWarmupConfig.from_config(cfg.encoder_warmup), steps=steps)
+        module = LammModule(model, OptimConfig.from_config(cfg.optim), steps + 1, encoder_warmup=wcfg)
+        setup = module.configure_optimizers()
+        opt, sched, heads = setup["optimizer"], setup["lr_scheduler"]["scheduler"], module.warmup_heads
         dm = LammDataModule(_data_config(cfg), model, steps)
         dm.setup()
-        enc = model.encoders["image"]
-        # As in training: the encoder's groups at the warm-up's lr (no decay on norms and biases), heads undecayed.
-        groups = param_groups(enc, OptimConfig(lr=wcfg.lr, weight_decay=float(cfg.optim.weight_decay)))
-        opt = torch.optim.AdamW([*groups, {"params": list(heads.parameters()), "weight_decay": 0.0}], lr=wcfg.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(wcfg.warmup_steps, steps, float(cfg.optim.min_lr_ratio)))
         model.train()
         start = time.perf_counter()
         for _, batch in zip(range(steps), dm.train_dataloader()):
@@ -154,8 +155,9 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
             sched.step()
         seconds = time.perf_counter() - start
         model.eval()
+        enc = model.encoders["image"]
         with torch.no_grad():
-            logits = heads.heads["image"](enc(_images(data, recs, enc.transform)).max(1).values)
+            logits = heads.logits(model, "image", _images(data, recs, enc.transform))
         tok, hits = model.tokenizer, {}
         for rec, row in zip(recs, logits):
             scores = [row[[t % heads.buckets for t in tok.encode(o, add_special_tokens=False)]].mean() for o in rec["options"]]

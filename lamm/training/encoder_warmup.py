@@ -75,18 +75,21 @@ class AnswerWordHeads(nn.Module):
         hot = hot.scatter_(1, where, 1.0)[:, :-1]  # repeats of a word count once
         return hot / hot.sum(1, keepdim=True).clamp(min=1.0)
 
+    def logits(self, model: nn.Module, modality: str, media: torch.Tensor) -> torch.Tensor:
+        """[M, buckets] for M media of `modality`: the head on the max over the encoder's tokens."""
+        return self.heads[modality](model.encoders[modality](media).max(1).values)
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over every medium of a warmed modality whose sample has answer words."""
         if batch.labels is None:
             raise ValueError("encoder_warmup needs labelled batches (the response tokens name the targets)")
         target = self.targets(batch.labels)
         losses = []
-        for modality, head in self.heads.items():
+        for modality in self.heads:
             item = batch.media.get(modality)
             if item is None or len(item) == 0:
                 continue
-            pooled = model.encoders[modality](item.data).max(1).values
-            log_p = F.log_softmax(head(pooled).float(), -1)
+            log_p = F.log_softmax(self.logits(model, modality, item.data).float(), -1)
             t = target[item.sample_index]
             has_words = t.sum(1) > 0
             losses.append(-(t * log_p).sum(1)[has_words])
