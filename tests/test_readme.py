@@ -148,3 +148,53 @@ def test_chat_commands_in_the_readme_match_lamm_chat() -> None:
     section = README.read_text().split("## Chat", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(/\w+)", section, flags=re.M))
     assert known and documented == known, (documented, known)
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The `#anchor` of every heading, as GitHub makes them (lower case, punctuation dropped, spaces -> '-')."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#+\s+(.+?)\s*$", strip_code(markdown), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:  # repeated headings get -1, -2, ...
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def strip_code(markdown: str) -> str:
+    """The text outside fenced code blocks and indented (4-space) blocks."""
+    text = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    return re.sub(r"^    .*$", "", text, flags=re.M)
+
+
+MARKDOWN = [README, *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md",
+            REPO / "datasets" / "README.md"]
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+def test_links_point_at_files_and_headings_that_exist(page: Path) -> None:
+    """Every relative link of the README and the docs resolves, `#anchor` included (e.g. docs/results.md#quickstart)."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", strip_code(page.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in github_anchors(linked.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no heading #{anchor} in {linked.relative_to(REPO)}")
+    assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+def test_readme_keeps_the_manual_and_leaves_the_measurements_to_docs_results() -> None:
+    """The README's sections are the user's manual; measured tables live in docs/results.md."""
+    headings = re.findall(r"^## (.+)$", strip_code(README.read_text(encoding="utf-8")), flags=re.M)
+    for needed in ("What to expect", "Concepts", "Command line", "Extending", "Many GPUs", "Sharing a recipe",
+                   "Chat", "Layout"):
+        assert any(h.startswith(needed) for h in headings), f"README.md lacks its '## {needed}' section"
+    assert "Measured" not in headings, "measurements belong in docs/results.md"
+    expect = README.read_text(encoding="utf-8").split("## What to expect", 1)[1].split("\n## ", 1)[0]
+    assert "docs/results.md" in expect and len(expect.strip().splitlines()) <= 8
