@@ -10,7 +10,7 @@ import importlib.util
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,18 +19,24 @@ CONFIG_MODULE = "lamm.conf"
 
 @lru_cache(maxsize=1)
 def cpu_bf16_is_fast() -> bool:
-    """True on a CPU with AMX tiles or AVX512-BF16 dot products, where bf16 matrix multiplies run
-    faster than fp32 (measured here: AMX 2.05 vs 0.23 TFLOP/s; AVX512-BF16 without AMX 0.74 vs 0.16,
-    and a quickstart step 2.3x faster); on other CPUs bf16 is emulated and slower, so configs pick."""
+    """True on a CPU with AMX tiles or AVX512-BF16 dot products, where bf16 matrix multiplies beat fp32
+    (elsewhere bf16 is emulated and slower; figures in docs/results.md, "bf16 on CPU")."""
     import torch
 
     probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return any(probe is not None and probe() for probe in probes)
 
 
-# `${cpu_bf16:A,B}`: A on a CPU with fast bf16 (AMX or AVX512-BF16), else B, e.g. `precision: ${cpu_bf16:bf16-mixed,32-true}`.
-# Registered on import; Hydra's search-path plug-in imports this module in every lamm app.
-OmegaConf.register_new_resolver("cpu_bf16", lambda fast, slow: fast if cpu_bf16_is_fast() else slow, replace=True)
+def cpu_bf16(fast: Any, slow: Any) -> Any:
+    """The `${cpu_bf16:A,B}` resolver: A on a CPU with fast bf16, else B (`precision: ${cpu_bf16:bf16-mixed,32-true}`)."""
+    return fast if cpu_bf16_is_fast() else slow
+
+
+def register_resolvers() -> None:
+    """Register lamm's OmegaConf resolvers (`cpu_bf16`); idempotent. `compose` and every Hydra entry
+    point call it before a config is read, so importing lamm changes no global state."""
+    if not OmegaConf.has_resolver("cpu_bf16"):
+        OmegaConf.register_new_resolver("cpu_bf16", cpu_bf16)
 
 
 def config_dir() -> Path:
@@ -92,6 +98,7 @@ def compose(config_name: str = "train", overrides: Sequence[str] = (),
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    register_resolvers()
     extra = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in config_dirs)}]"] \
         if config_dirs else []
     GlobalHydra.instance().clear()

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -70,7 +73,30 @@ def test_config_errors_name_the_key() -> None:
 def test_cpu_bf16_resolver_picks_by_cpu(monkeypatch) -> None:
     import lamm.config as config
 
+    config.register_resolvers()
+    config.register_resolvers()  # idempotent
     node = OmegaConf.create({"precision": "${cpu_bf16:bf16-mixed,32-true}"})
     for fast, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(config, "cpu_bf16_is_fast", lambda fast=fast: fast)
         assert node.precision == expected
+
+
+def test_importing_lamm_registers_no_resolver() -> None:
+    """Resolvers are registered by an explicit call (compose, the console scripts), not as an import side effect."""
+    probe = ("import lamm, lamm.config, lamm.cli.train, lamm.cli.eval; from omegaconf import OmegaConf; "
+             "print(OmegaConf.has_resolver('cpu_bf16')); lamm.config.compose('train', ['experiment=quickstart']); "
+             "print(OmegaConf.has_resolver('cpu_bf16'))")
+    out = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_lamm_train_resolves_cpu_bf16_in_the_printed_config() -> None:
+    """`lamm-train ... --cfg job --resolve` composes through Hydra's own app, so the entry point registered it."""
+    from lamm.config import cpu_bf16_is_fast
+
+    out = subprocess.run([str(Path(sys.executable).parent / "lamm-train"), "experiment=quickstart", "--cfg", "job",
+                          "--resolve"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"precision: {'bf16-mixed' if cpu_bf16_is_fast() else '32-true'}" in out.stdout
+    assert "cpu_bf16" not in out.stdout

@@ -21,6 +21,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from lamm.config import register_resolvers
+
 log = logging.getLogger("lamm.eval")
 
 # Errors a user can fix from the command line: print one line, no traceback.
@@ -116,6 +118,7 @@ def main() -> None:
         for line in str(exc).splitlines():
             print(f"lamm-eval: error: {line}", file=sys.stderr)
         sys.exit(2)
+    register_resolvers()
     _main()
 
 

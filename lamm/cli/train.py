@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from lamm.config import register_resolvers
+
 log = logging.getLogger("lamm.train")
 # The command line as typed (main() rewrites sys.argv for Hydra: staged recipe files, no --trust-recipe).
 TYPED_COMMAND: list[str] = []
@@ -238,6 +240,7 @@ def main() -> None:
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    register_resolvers()
     _hydra_entry()
 
 
