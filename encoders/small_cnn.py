@@ -13,7 +13,7 @@ from .base import Encoder
 
 
 def _stage(c_in: int, c_out: int) -> nn.Sequential:
-    """Halve the resolution, then refine: conv(stride 2)-BN-ReLU-conv-BN-ReLU."""
+    """Halve the resolution, then refine: conv(stride 2)-BN-ReLU-conv-BN-ReLU (BN learned better than GroupNorm)."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
@@ -32,9 +32,9 @@ class SmallCNNEncoder(Encoder):
     """64x64 RGB -> a 4x4 grid of tokens (by default) with a learned 2D position embedding, then
     optionally one token per pooling in `pooled_tokens` (the grid's features pooled over positions).
 
-    A max-pooled token says "this feature fires somewhere" whatever the position: measured with a
-    linear probe on 1280 shape questions, max-pooled features reach 82-90% where the flat grid reaches
-    44-50% (the grid tokens still carry where things are, for position and counting).
+    A max-pooled token says "this feature fires somewhere" whatever the position, which a linear
+    readout finds far more easily than the same feature spread over the grid; the grid tokens carry
+    where things are (position, counting). Figures in docs/results.md (History).
     """
 
     modality = "image"
@@ -59,7 +59,6 @@ class SmallCNNEncoder(Encoder):
         # Channels double per stage; the last stage emits the token width directly.
         chans = [3] + [base_channels * 2**i for i in range(num_stages - 1)] + [width]
         self.stages = nn.Sequential(*(_stage(a, b) for a, b in zip(chans[:-1], chans[1:])))
-        # BatchNorm + ReLU measured better than a GroupNorm variant in the design prototype.
         # One learned embedding per output token: grid positions, then each pooled token's own.
         self.pos_embed = nn.Parameter(torch.randn(1, self.num_tokens(), width) * 0.02)
 
