@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from lamm.benchmarks import adapters, inferencers, instructions, metrics, scenarios  # noqa: F401  (registration)
 from lamm.benchmarks.base import EvalSample, Example, Inferencer, Instruction, Metric, Prediction, Query, Scenario
-from lamm.benchmarks.evaluator import Evaluator, Recipe, evaluate
+from lamm.benchmarks.evaluator import EvalSpec, Evaluator, evaluate
 
-__all__ = ["EvalSample", "Evaluator", "Example", "Inferencer", "Instruction", "Metric", "Prediction", "Query",
-           "Recipe", "Scenario", "evaluate"]
+__all__ = ["EvalSample", "EvalSpec", "Evaluator", "Example", "Inferencer", "Instruction", "Metric", "Prediction",
+           "Query", "Scenario", "evaluate"]

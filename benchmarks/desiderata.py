@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from lamm.benchmarks.build import to_plain
-from lamm.benchmarks.evaluator import Evaluator, Recipe, dist_info
+from lamm.benchmarks.evaluator import EvalSpec, Evaluator, dist_info
 
 DIMENSIONS = ("calibration", "icl", "instruction_following", "robustness", "hallucination")
 DESIDERATA_KEYS = {"scenario", "dimensions", "inferencer", "option_style", "icl", "instruction_following",
                    "robustness", "hallucination"}
 
 
-def desiderata_recipes(cfg: Any) -> list[tuple[str, str, Recipe]]:
+def desiderata_recipes(cfg: Any) -> list[tuple[str, str, EvalSpec]]:
     """(dimension, variant, recipe) for every evaluation the desiderata config asks for."""
     c = to_plain(cfg)
     unknown = set(c) - DESIDERATA_KEYS
@@ -40,10 +40,10 @@ def desiderata_recipes(cfg: Any) -> list[tuple[str, str, Recipe]]:
     ppl = c.get("inferencer") or {"name": "ppl"}
     style = {"option_style": c["option_style"]} if c.get("option_style") else {}
     standard = {"name": "standard", **style}
-    out: list[tuple[str, str, Recipe]] = []
+    out: list[tuple[str, str, EvalSpec]] = []
 
     def add(dim: str, variant: str, scenario: dict, instruction: dict, metrics: list, inferencer: dict = ppl) -> None:
-        out.append((dim, variant, Recipe(f"{dim}_{variant}", copy.deepcopy(scenario), instruction, inferencer, metrics)))
+        out.append((dim, variant, EvalSpec(f"{dim}_{variant}", copy.deepcopy(scenario), instruction, inferencer, metrics)))
 
     for dim in dims:
         opts = c.get(dim) or {}

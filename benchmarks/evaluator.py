@@ -38,8 +38,9 @@ RECIPE_KEYS = {"name", "scenario", "instruction", "inferencer", "metrics", "desc
 
 
 @dataclass
-class Recipe:
-    """One evaluation: a scenario, an instruction, an inferencer and metrics, each by registry name."""
+class EvalSpec:
+    """One evaluation: a scenario, an instruction, an inferencer and metrics, each by registry name (what a
+    benchmark recipe file holds, parsed; the desiderata derive several from one recipe)."""
 
     name: str
     scenario: dict[str, Any]
@@ -50,7 +51,7 @@ class Recipe:
     batch_size: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Recipe":
+    def from_config(cls, cfg: Any) -> "EvalSpec":
         """From a recipe config node; unknown keys are errors (a typo must not be silently ignored)."""
         plain = to_plain(cfg)
         if not isinstance(plain, dict):
@@ -62,7 +63,7 @@ class Recipe:
             raise ValueError("benchmark.scenario: missing (e.g. {name: synth_shapes})")
         return cls(**{"name": plain.get("name") or "recipe", **{k: v for k, v in plain.items() if k != "name"}})
 
-    def check(self) -> "Recipe":
+    def check(self) -> "EvalSpec":
         """Fail fast (with did-you-mean) on a registry name nobody registered, before any model work."""
         from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
 
@@ -133,7 +134,7 @@ def _extra_for_record(sample: EvalSample, query: Query) -> dict[str, Any]:
 class Evaluator:
     """Evaluates a model on one recipe into `out_dir` (see the module docstring for the guarantees)."""
 
-    def __init__(self, model: Any, recipe: Recipe, out_dir: str | Path, batch_size: int = 16,
+    def __init__(self, model: Any, recipe: EvalSpec, out_dir: str | Path, batch_size: int = 16,
                  template: str = "auto", model_name: str = "model", resume: bool = True,
                  system_prompt: str | None = "none",
                  max_length: int | None = None, progress: bool = True,
@@ -305,8 +306,8 @@ class Evaluator:
         })
 
 
-def evaluate(model: Any, recipe: Recipe | dict | Any, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate `model` on `recipe` (a Recipe or its config) into `out_dir`; returns results.json's content."""
-    if not isinstance(recipe, Recipe):
-        recipe = Recipe.from_config(recipe)
+def evaluate(model: Any, recipe: EvalSpec | dict | Any, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Evaluate `model` on `recipe` (an EvalSpec or a benchmark recipe config) into `out_dir`; returns results.json's content."""
+    if not isinstance(recipe, EvalSpec):
+        recipe = EvalSpec.from_config(recipe)
     return Evaluator(model, recipe, out_dir, **kwargs).run()

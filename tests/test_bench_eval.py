@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from lamm.benchmarks import evaluate
-from lamm.benchmarks.evaluator import Recipe
+from lamm.benchmarks.evaluator import EvalSpec
 from lamm.build import build_model
 from lamm.datasets.synth import generate
 from lamm.registry import UnknownComponentError
@@ -89,16 +89,16 @@ def test_bad_recipes_fail_early_with_suggestions(model, synth_root, tmp_path) ->
     r = _recipe(synth_root)
     r["scenario"]["name"] = "synth_shape"
     with pytest.raises(UnknownComponentError, match="Did you mean 'synth_shapes'"):
-        Recipe.from_config(r).check()
+        EvalSpec.from_config(r).check()
     r = _recipe(synth_root, metrics=("accuracy", "ecee"))
     with pytest.raises(UnknownComponentError, match="Did you mean 'ece'"):
         evaluate(model, r, tmp_path)
     r = _recipe(synth_root)
     r["inferencer"] = {"name": "ppl", "max_row": 3}
     with pytest.raises(ValueError, match="benchmark.inferencer: inferencer 'ppl'.*max_row"):
-        Recipe.from_config(r).check()
+        EvalSpec.from_config(r).check()
     with pytest.raises(ValueError, match="unknown recipe keys"):
-        Recipe.from_config({**_recipe(synth_root), "metric": ["accuracy"]})
+        EvalSpec.from_config({**_recipe(synth_root), "metric": ["accuracy"]})
     with pytest.raises(ValueError, match="needs options"):
         evaluate(model, _recipe(synth_root, tasks=["caption"]), tmp_path)
 
@@ -118,7 +118,7 @@ def test_every_shipped_recipe_composes() -> None:
     for name in names:
         bench = _compose([f"benchmark={name}"]).benchmark
         recipes = [r for _, _, r in desiderata_recipes(bench.desiderata)] if "desiderata" in bench else \
-            [Recipe.from_config(bench)]
+            [EvalSpec.from_config(bench)]
         for r in recipes:
             r.check()
 

@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from lamm.benchmarks.desiderata import run_desiderata
-    from lamm.benchmarks.evaluator import Evaluator, Recipe
+    from lamm.benchmarks.evaluator import EvalSpec, Evaluator
     from lamm.benchmarks.models import load_model
 
     torch.manual_seed(int(cfg.seed))
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         recipe = None
         checks = [sub.check() for _, _, sub in desiderata_recipes(bench.desiderata)]
     else:
-        recipe = Recipe.from_config(bench).check()
+        recipe = EvalSpec.from_config(bench).check()
         checks = [recipe]
     for r in checks:  # constructors are cheap and check their files: a missing meta file fails before the model loads
         build_scenario(r.scenario)

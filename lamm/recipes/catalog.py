@@ -18,8 +18,8 @@ RUNNERS = {"experiment": "lamm-train", "benchmark": "lamm-eval"}
 
 
 @dataclass(frozen=True)
-class RecipeInfo:
-    """One recipe file: `experiment` or `benchmark`, its option name and where it lives."""
+class RecipeFile:
+    """One recipe (a YAML file): `experiment` or `benchmark`, its option name and where it lives."""
 
     kind: str
     name: str
@@ -49,18 +49,18 @@ def describe(text: str) -> str:
     return re.split(r"(?<=[.!?])\s", summary, maxsplit=1)[0]
 
 
-def list_recipes(extra_dirs: Sequence[str | Path] = (), kind: str | None = None) -> list[RecipeInfo]:
+def list_recipes(extra_dirs: Sequence[str | Path] = (), kind: str | None = None) -> list[RecipeFile]:
     """Every recipe, in Hydra's search order (an option shadowed by an earlier folder is left out)."""
-    found: dict[tuple[str, str], RecipeInfo] = {}
+    found: dict[tuple[str, str], RecipeFile] = {}
     for k in KINDS if kind is None else (kind,):
         for folder in config_search_dirs(extra_dirs):
             for path in sorted((folder / k).rglob("*.yaml")):
                 name = path.relative_to(folder / k).with_suffix("").as_posix()
-                found.setdefault((k, name), RecipeInfo(k, name, path))
+                found.setdefault((k, name), RecipeFile(k, name, path))
     return list(found.values())
 
 
-def find_recipe(name: str, extra_dirs: Sequence[str | Path] = (), kind: str | None = None) -> RecipeInfo:
+def find_recipe(name: str, extra_dirs: Sequence[str | Path] = (), kind: str | None = None) -> RecipeFile:
     """The recipe called `name` (or `experiment/NAME`, `benchmark/NAME`); a clear error otherwise."""
     if kind is None and name.split("/", 1)[0] in KINDS and "/" in name:
         kind, name = name.split("/", 1)
