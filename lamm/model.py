@@ -216,7 +216,7 @@ class MultimodalLM(nn.Module):
         cand_pos = pre.next_position[owner].unsqueeze(1) + torch.arange(width, device=device)
         h2, _ = self._decode(self.llm.embed(cand_ids), full_mask, cand_pos, None, cand_ids, cache, use_cache=True)
         # Token j of a continuation is predicted by the state before it: the prompt's last one for j = 0.
-        before = torch.cat([pre.hidden[:, -1][owner].unsqueeze(1), h2[:, :-1]], 1)
+        before = torch.cat([pre.last_hidden[owner].unsqueeze(1), h2[:, :-1]], 1)
         logp = torch.log_softmax(self.llm.logits(before[scored]).float(), -1)
         logp = logp.gather(-1, cand_ids[scored].unsqueeze(-1)).squeeze(-1)
         rows = scored.nonzero()[:, 0]
@@ -241,12 +241,13 @@ class MultimodalLM(nn.Module):
             labels[r, : len(row)] = torch.tensor(lab)
             mask[r, : len(row)] = 1
         media = {}
+        owners = owner.tolist()
         for modality, item in prompts.media.items():
-            # Each row gets its prompt's media, in text order (as if collated row by row).
-            select = torch.cat([(item.sample_index == o).nonzero().flatten() for o in owner.tolist()])
-            row_of = torch.cat([torch.full(((item.sample_index == o).sum(),), r, dtype=torch.long)
-                                for r, o in enumerate(owner.tolist())])
+            # Each row gets its prompt's media, in text order (as the collator stacks them row by row).
+            of_prompt = {o: (item.sample_index == o).nonzero().flatten() for o in set(owners)}
+            select = torch.cat([of_prompt[o] for o in owners])
             if len(select):
+                row_of = torch.cat([torch.full((len(of_prompt[o]),), r, dtype=torch.long) for r, o in enumerate(owners)])
                 media[modality] = MediaBatch(item.data[select], row_of.to(item.sample_index.device))
         batch = Batch(ids.to(device), mask.to(device), labels.to(device), media)
         out = self(batch, logits="labels")
