@@ -424,3 +424,16 @@ def test_loglikelihood_rejects_mismatched_continuations(prefix_model) -> None:
         prefix_model.loglikelihood(batch, [[Continuation([5])]])
     with pytest.raises(ValueError, match="2 ids but 1 scored"):
         Continuation([5, 6], [True])
+
+
+def test_gated_xattn_fails_loudly_when_the_decoder_drops_its_kwargs(xattn_model, monkeypatch) -> None:
+    """The fusion's post-call check: a decoder that swallows the layer kwargs would silently ignore media."""
+    original = xattn_model.llm.hidden_states
+    monkeypatch.setattr(xattn_model.llm, "hidden_states", lambda *args, **kwargs: original(
+        *args, **{k: v for k, v in kwargs.items() if k in ("past_key_values", "use_cache")}))
+    batch = text_batch(xattn_model, [f"{media_text(xattn_model, 'image')} colour?"],
+                       {"image": (random_media(xattn_model, "image", 1), [0])})
+    with pytest.raises(RuntimeError, match="did not pass keyword arguments"):
+        xattn_model(batch)
+    monkeypatch.undo()
+    assert torch.isfinite(xattn_model(batch).loss)
