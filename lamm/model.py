@@ -118,6 +118,16 @@ class MultimodalLM(nn.Module):
             out[modality] = MediaTokens(tokens, item.sample_index)
         return out
 
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LLM's input embeddings [B, T, H] of token ids (media tokens from their trainable table)."""
+        return self.llm.embed(input_ids)
+
+    def media_features(self, modality: str, data: torch.Tensor) -> torch.Tensor:
+        """The encoder's tokens [N, S, D] for transformed media of `modality` (before the projector)."""
+        if modality not in self.encoders:
+            raise ValueError(f"the model has no {modality} encoder (model modalities: {sorted(self.encoders)})")
+        return self.encoders[modality](data)
+
     def forward(self, batch: Batch, logits: str = "labels") -> ModelOutput:
         """Loss on label tokens (IGNORE_INDEX skipped) and the requested logits ("labels" | "all" | "last" | "none")."""
         attention_mask = batch.attention_mask
