@@ -1,12 +1,12 @@
 """Inferencers: how the model answers. Batched direct generation, batched option scoring (PPL),
 multi-turn, chain of thought.
 
-Option scoring runs each prompt once and shares its KV cache with all its candidates, scoring every
-candidate of every sample of a batch in one pass (up to `max_rows` candidate rows); fusions with
-per-token conditioning state (gated_xattn) score full prompt+candidate rows in one forward instead.
-It scores only the candidate's tokens (and the end-of-turn token, so "1" and "12"
-are told apart), and turns the summed log-likelihoods into per-option probabilities by softmax
-(`length_norm: true` uses the mean log-likelihood per token instead, ChEF's option).
+They use only the model's public boundary: `generate` and `loglikelihood`. Option scoring scores
+every candidate of every sample of a batch at once (up to `max_rows` candidate rows); the model runs
+each prompt once and shares its KV cache with the candidates when its fusion allows, full
+prompt+candidate rows otherwise. It scores only the candidate's tokens (and the end-of-turn token,
+so "1" and "12" are told apart), and turns the summed log-likelihoods into per-option probabilities
+by softmax (`length_norm: true` uses the mean log-likelihood per token instead, ChEF's option).
 """
 from __future__ import annotations
 
@@ -17,71 +17,20 @@ import torch
 from lamm.benchmarks.base import EvalSample, Inferencer, Prediction, Query
 from lamm.registry import INFERENCERS
 
-IGNORE_INDEX = -100
 
-
-def _decode(tok: Any, rows: torch.Tensor) -> list[str]:
+def _texts(tok: Any, rows: torch.Tensor) -> list[str]:
     return [t.strip() for t in tok.batch_decode(rows, skip_special_tokens=True)]
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 def generate_texts(model: Any, renderer: Any, items: Sequence[tuple], max_new_tokens: int) -> tuple[list[str], list[str]]:
     """Greedy replies for (id, query, replies, upto) items, in one batched generate call."""
     batch, prompts = renderer.generation_batch(items)
-    device = next(model.parameters()).device
-    out = model.generate(batch.to(device), max_new_tokens=max_new_tokens, eos_token_id=renderer.eos_ids)
-    return _decode(model.tokenizer, out.cpu()), prompts
-
-
-@torch.no_grad()
-def _shared_prefix_loglik(model: Any, renderer: Any, chunk: Sequence[tuple], length_norm: bool
-                          ) -> tuple[list[list[float]], list[str]] | None:
-    """Prompts run once (KV cache), then every candidate of every sample in one pass over the repeated cache.
-
-    Returns None when the fusion keeps per-token conditioning state (gated_xattn): then the caller
-    scores full prompt+candidate rows instead.
-    """
-    from lamm.model import _positions
-
-    device = next(model.parameters()).device
-    batch, prompts, cands = renderer.prompt_and_candidates(chunk)
-    batch = batch.to(device)
-    ids, mask = batch.input_ids, batch.attention_mask
-    media = model.encode_media(batch.media)
-    state = model.fusion.begin(ids, media)
-    if state is not None:
-        return None
-    embeds = model.fusion.embed(ids, model.llm.embed(ids), media)
-    positions = _positions(mask)
-    hidden, past = model._decode(embeds, mask, positions, None, ids, use_cache=True)
-    owner = torch.tensor([i for i, per in enumerate(cands) for _ in per], device=device)
-    flat = [c for per in cands for c in per]
-    width = max(len(c[0]) for c in flat)
-    pad = renderer.tokenizer.pad_token_id or 0
-    cand_ids = torch.full((len(flat), width), pad, dtype=torch.long, device=device)
-    cand_mask = torch.zeros((len(flat), width), dtype=torch.long, device=device)
-    scored = torch.zeros((len(flat), width), dtype=torch.bool, device=device)
-    for r, (toks, use) in enumerate(flat):
-        cand_ids[r, : len(toks)] = torch.tensor(toks, device=device)
-        cand_mask[r, : len(toks)] = 1
-        scored[r, : len(toks)] = torch.tensor(use, device=device)
-    past.reorder_cache(owner)  # repeat each sample's cache once per candidate
-    full_mask = torch.cat([mask[owner], cand_mask], 1)
-    cand_pos = positions.max(1).values[owner].unsqueeze(1) + 1 + torch.arange(width, device=device)
-    h2, _ = model._decode(model.llm.embed(cand_ids), full_mask, cand_pos, None, cand_ids, past, use_cache=True)
-    # Token j of a candidate is predicted by the hidden state before it: the prompt's last one for j = 0.
-    before = torch.cat([hidden[:, -1][owner].unsqueeze(1), h2[:, :-1]], 1)
-    logp = torch.log_softmax(model.llm.logits(before[scored]).float(), -1)
-    logp = logp.gather(-1, cand_ids[scored].unsqueeze(-1)).squeeze(-1)
-    rows = scored.nonzero()[:, 0]
-    total = torch.zeros(len(flat), device=device).index_add_(0, rows, logp)
-    if length_norm:
-        total = total / scored.sum(1).clamp(min=1)
-    values = total.cpu().tolist()
-    out, start = [], 0
-    for per in cands:
-        out.append(values[start:start + len(per)])
-        start += len(per)
-    return out, prompts
+    out = model.generate(batch.to(_device(model)), max_new_tokens=max_new_tokens, eos_token_id=renderer.eos_ids)
+    return _texts(model.tokenizer, out.cpu()), prompts
 
 
 @torch.no_grad()
@@ -89,42 +38,20 @@ def option_loglik(model: Any, renderer: Any, items: Sequence[tuple], max_rows: i
                   length_norm: bool = False, shared_prefix: bool = True) -> tuple[list[list[float]], list[str]]:
     """Per-sample lists of candidate log-likelihoods for (id, query, replies, upto, candidates) items.
 
-    With `shared_prefix` (prefix fusion) each prompt runs once and its KV cache is shared by its
-    candidates; otherwise every (prompt + candidate) row runs in full. Both score the same tokens.
+    `shared_prefix: false` makes the model score full prompt+candidate rows even when its fusion
+    could share the prompt's KV cache (both score the same tokens).
     """
-    device = next(model.parameters()).device
     scores: list[list[float]] = []
     prompts: list[str] = []
     chunk: list[tuple] = []
 
     def flush() -> None:
-        nonlocal shared_prefix
         if not chunk:
             return
-        if shared_prefix:
-            fast = _shared_prefix_loglik(model, renderer, chunk, length_norm)
-            if fast is not None:
-                scores.extend(fast[0])
-                prompts.extend(fast[1])
-                chunk.clear()
-                return
-            shared_prefix = False  # this fusion needs full rows; do not try again
-        batch, p, counts = renderer.scoring_batch(chunk)
+        batch, p, cands = renderer.prompt_and_candidates(chunk)
+        scores.extend(model.loglikelihood(batch.to(_device(model)), cands, mean=length_norm,
+                                          share_prompt_cache=shared_prefix))
         prompts.extend(p)
-        batch = batch.to(device)
-        out = model(batch, logits="labels")
-        targets = batch.labels[:, 1:]
-        where = targets != IGNORE_INDEX
-        logp = torch.log_softmax(out.logits.float(), -1).gather(-1, targets[where].unsqueeze(-1)).squeeze(-1)
-        rows = where.nonzero()[:, 0]
-        total = torch.zeros(len(targets), device=logp.device).index_add_(0, rows, logp)
-        if length_norm:
-            total = total / where.sum(1).clamp(min=1)
-        flat = total.cpu().tolist()
-        start = 0
-        for n in counts:
-            scores.append(flat[start:start + n])
-            start += n
         chunk.clear()
 
     rows_in_chunk = 0

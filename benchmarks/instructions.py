@@ -237,12 +237,12 @@ class InContext(StandardQuery):
                 self._vectorizer = TfidfVectorizer().fit(texts)
             feats = torch.tensor(self._vectorizer.transform(texts).toarray(), dtype=torch.float32)
         else:
-            tok, llm = self._model.tokenizer, self._model.llm
+            tok = self._model.tokenizer
             rows = []
             with torch.no_grad():
                 for t in texts:
                     ids = torch.tensor([tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]])
-                    rows.append(llm.embed(ids)[0].float().mean(0))
+                    rows.append(self._model.embed_text(ids)[0].float().mean(0))
             feats = torch.stack(rows)
         return torch.nn.functional.normalize(feats, dim=-1)
 
@@ -255,9 +255,8 @@ class InContext(StandardQuery):
             if not s.media:
                 raise ValueError(f"instruction icl: retriever topk_image needs media; sample {s.id!r} has none")
             ref = s.media[0]
-            encoder = self._model.encoders[ref.modality]
             x = self._model.media_specs()[ref.modality].transform(load_media(ref))
-            rows.append(encoder(torch.as_tensor(x).unsqueeze(0)).float().mean(1)[0])
+            rows.append(self._model.media_features(ref.modality, torch.as_tensor(x).unsqueeze(0)).float().mean(1)[0])
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
     def select(self, sample: EvalSample) -> list[EvalSample]:

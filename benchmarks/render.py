@@ -10,10 +10,10 @@ from typing import Any, Sequence
 
 import torch
 
-from lamm.batch import Batch
+from lamm.batch import IGNORE_INDEX, Batch, Continuation
 from lamm.benchmarks.base import Query
 from lamm.datasets.collate import build_collator
-from lamm.datasets.processor import IGNORE_INDEX, ProcessedSample, Processor
+from lamm.datasets.processor import ProcessedSample, Processor
 from lamm.datasets.sample import MARKER_RE, Sample, Turn
 from lamm.datasets.templates import get_template
 from lamm.tokens import PLACEHOLDERS
@@ -46,9 +46,9 @@ class Renderer:
         self.tokenizer = tok
         self.template = get_template(template, system_prompt=system_prompt)
         specs = model.media_specs()
-        fusion = model.fusion.layout
-        self.gen = Processor(tok, self.template, specs, fusion, max_length=max_length, training=False)
-        self.train = Processor(tok, self.template, specs, fusion, max_length=max_length, training=True)
+        layout = model.fusion.layout
+        self.gen = Processor(tok, self.template, specs, layout, max_length=max_length, training=False)
+        self.train = Processor(tok, self.template, specs, layout, max_length=max_length, training=True)
         self.left = build_collator(tok, "left")
         self.eos_ids = self._stop_ids(tok)
 
@@ -127,9 +127,10 @@ class Renderer:
         return right(rows), prompts, counts
 
     def prompt_and_candidates(self, items: Sequence[tuple[str, Query, Sequence[str], int | None, Sequence[str]]]
-                              ) -> tuple[Batch, list[str], list[list[tuple[list[int], list[bool]]]]]:
-        """Left-padded prompts (media loaded once) plus, per sample, each candidate's continuation ids and
-        which of them are scored (the answer and its end-of-turn token, not template glue after it)."""
+                              ) -> tuple[Batch, list[str], list[list[Continuation]]]:
+        """Left-padded prompts (media loaded once) plus, per sample, each candidate as a continuation of
+        its prompt: the ids after it and which of them are scored (the answer and its end-of-turn token,
+        not template glue after it). This is what `MultimodalLM.loglikelihood` takes."""
         processed, prompts, cands = [], [], []
         for sid, query, replies, upto, candidates in items:
             conv = self.conversation(sid, query, replies, upto)
@@ -144,6 +145,6 @@ class Renderer:
                 if ids[:n] != prompt_ids:
                     raise RuntimeError(f"sample {sid!r}: the prompt is not a prefix of prompt+answer under template "
                                        f"{self.template.name!r}; option scoring needs a prefix-stable template")
-                per.append((ids[n:], [label != IGNORE_INDEX for label in labels[n:]]))
+                per.append(Continuation(ids[n:], [label != IGNORE_INDEX for label in labels[n:]]))
             cands.append(per)
         return self.left(processed), prompts, cands

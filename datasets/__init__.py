@@ -2,7 +2,8 @@
 
 The built-in formats (lamm, llava, mmgpt, interleaved, webdataset, mixture) register in
 `lamm.registry.DATASETS` on first lookup. The training code calls
-`build_dataset(cfg, media_specs, tokenizer, fusion)` and `build_collator(tokenizer, pad_side)`.
+`build_dataset(cfg, media_specs, tokenizer, layout)` (layout: the model's `fusion.layout`) and
+`build_collator(tokenizer, pad_side)`.
 Attributes load lazily so that light users (`lamm synth --help`) do not import torch.
 """
 from __future__ import annotations

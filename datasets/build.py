@@ -18,6 +18,7 @@ from lamm.datasets.errors import SkipCounter
 from lamm.datasets.processor import Processor
 from lamm.datasets.templates import get_template
 from lamm.registry import DATASETS
+from lamm.tokens import TextLayout
 
 __all__ = ["build_dataset", "build_collator", "build_from_config", "make_processor", "make_policy"]
 
@@ -30,7 +31,7 @@ def make_processor(cfg: DataConfig, ctx: BuildContext, default_template: str = "
         ctx.tokenizer,
         get_template(name, system_prompt=cfg.system_prompt),
         ctx.media_specs,
-        fusion=ctx.fusion,
+        layout=ctx.layout,
         max_length=cfg.max_length,
         truncation=cfg.truncation,
         training=ctx.training,
@@ -53,7 +54,7 @@ def build_dataset(
     cfg: Any,
     media_specs: dict[str, MediaSpec],
     tokenizer,
-    fusion: str,
+    layout: TextLayout,
     split: str = "train",
     training: bool = True,
     counter: SkipCounter | None = None,
@@ -62,8 +63,9 @@ def build_dataset(
 
     `training=False` builds for generation/evaluation: every conversation ends with the assistant's
     generation prompt (a final assistant turn is left out of the prompt and kept as
-    `ProcessedSample.target`), and gated_xattn does not close the last chunk.
+    `ProcessedSample.target`), and a layout with chunk ends does not close the last chunk.
+    `layout` is the model's `fusion.layout`.
     """
     config = DataConfig.from_any(cfg)
-    ctx = BuildContext(dict(media_specs), tokenizer, fusion, counter or SkipCounter(), split, training)
+    ctx = BuildContext(dict(media_specs), tokenizer, layout, counter or SkipCounter(), split, training)
     return build_from_config(config, ctx)

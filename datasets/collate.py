@@ -5,9 +5,9 @@ from typing import Sequence
 
 import torch
 
-from lamm.batch import Batch, MediaBatch
+from lamm.batch import IGNORE_INDEX, Batch, MediaBatch
 from lamm.datasets.errors import WorkerDataError, in_worker
-from lamm.datasets.processor import IGNORE_INDEX, ProcessedSample
+from lamm.datasets.processor import ProcessedSample
 
 PAD_SIDES = ("right", "left")
 

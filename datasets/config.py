@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from lamm.batch import MediaSpec
+from lamm.tokens import TextLayout
 from lamm.datasets.errors import SkipCounter
 
 
@@ -92,11 +93,12 @@ class DataConfig:
 
 @dataclass
 class BuildContext:
-    """What a dataset factory needs from the model: media specs, tokenizer, fusion; plus the shared counter."""
+    """What a dataset factory needs from the model: media specs, tokenizer, how its fusion lays media
+    out in the text; plus the shared counter."""
 
     media_specs: dict[str, MediaSpec]
     tokenizer: Any
-    fusion: str
+    layout: TextLayout
     counter: SkipCounter
     split: str = "train"
     training: bool = True

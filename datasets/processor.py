@@ -1,9 +1,9 @@
 """Sample -> token ids with media placeholder blocks, loss labels and transformed media tensors.
 
 Text is tokenised segment by segment (so label boundaries are exact without offsets); each medium
-becomes a block of placeholder ids: `num_tokens` copies under prefix fusion, one placeholder under
-gated cross-attention, where END_OF_CHUNK also closes the text chunk that follows each medium
-(inserted before the next medium and at the end of a training sequence, as OpenFlamingo does).
+becomes a block of placeholder ids as the model's fusion lays it out (`lamm.tokens.TextLayout`:
+how many placeholders per medium, and whether a chunk-end token closes the text chunk that follows
+each medium, before the next medium and at the end of a training sequence, as OpenFlamingo does).
 
 With `training=False` (generation/evaluation) a conversation ending with an assistant turn is
 rendered without it, ending with the assistant's generation prompt; the answer is kept as
@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lamm.batch import MediaSpec
+from lamm.batch import IGNORE_INDEX, MediaSpec
 from lamm.datasets.errors import DataError, SampleSkipped
 from lamm.datasets.media import load_media
 from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, MediaRef, Sample, with_media_first
 from lamm.datasets.templates import Template
-from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
+from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, TextLayout
 
-IGNORE_INDEX = -100
-FUSIONS = ("prefix", "gated_xattn")
 TRUNCATION_POLICIES = ("right", "skip")
 
 
@@ -71,13 +69,13 @@ class Processor:
         tokenizer,
         template: Template,
         media_specs: dict[str, MediaSpec],
-        fusion: str = "prefix",
+        layout: TextLayout = TextLayout(),
         max_length: int | None = 2048,
         truncation: str = "right",
         training: bool = True,
     ) -> None:
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; expected one of {', '.join(FUSIONS)}")
+        if not isinstance(layout, TextLayout):
+            raise TypeError(f"layout must be a lamm.tokens.TextLayout (the model's fusion.layout), got {layout!r}")
         if truncation not in TRUNCATION_POLICIES:
             raise ValueError(f"unknown truncation policy {truncation!r}; expected one of {', '.join(TRUNCATION_POLICIES)}")
         vocab = tokenizer.get_vocab()
@@ -87,12 +85,12 @@ class Processor:
         self.tokenizer = tokenizer
         self.template = template
         self.media_specs = dict(media_specs)
-        self.fusion = fusion
+        self.layout = layout
         self.max_length = max_length
         self.truncation = truncation
         self.training = training
         self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(t) for m, t in PLACEHOLDERS.items()}
-        self.eoc_id = tokenizer.convert_tokens_to_ids(END_OF_CHUNK)
+        self.chunk_end_id = tokenizer.convert_tokens_to_ids(layout.chunk_end) if layout.chunk_end else None
         self.bos_id = self._bos_id(tokenizer)
 
     @staticmethod
@@ -142,20 +140,20 @@ class Processor:
                     break
                 pos = match.end()
                 modality = MODALITY_OF_MARKER[match.group()]
-                if self.fusion == "gated_xattn" and seen_media:
+                if self.chunk_end_id is not None and seen_media:
                     pieces.append(self._end_of_chunk(sample))
                 seen_media = True
-                k = self.media_specs[modality].num_tokens if self.fusion == "prefix" else 1
+                k = self.layout.placeholders_per_medium(self.media_specs[modality].projected_tokens)
                 pieces.append(_Piece([self.placeholder_ids[modality]] * k, [IGNORE_INDEX] * k, next(next_of[modality])))
-        if self.fusion == "gated_xattn" and seen_media and self.training:
+        if self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk:
             pieces.append(self._end_of_chunk(sample))
         return pieces
 
     def _end_of_chunk(self, sample: Sample) -> _Piece:
         # Documents learn where chunks end (OpenFlamingo trains it on MMC4); conversations stop on the
         # end-of-turn token instead, so there the chunk end is structure only and carries no loss.
-        label = self.eoc_id if sample.kind == "document" else IGNORE_INDEX
-        return _Piece([self.eoc_id], [label])
+        label = self.chunk_end_id if sample.kind == "document" else IGNORE_INDEX
+        return _Piece([self.chunk_end_id], [label])
 
     def _truncate(self, pieces: list[_Piece]) -> tuple[list[_Piece], bool]:
         total = sum(len(p.ids) for p in pieces)

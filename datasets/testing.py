@@ -31,9 +31,9 @@ def point_transform(points: np.ndarray, num_points: int = 128) -> torch.Tensor:
     return torch.from_numpy(xyz[idx].astype(np.float32))
 
 
-def dummy_media_specs(num_tokens: dict[str, int] | None = None) -> dict[str, MediaSpec]:
-    """MediaSpecs for all three modalities with the dummy transforms above."""
-    k = {"image": 4, "video": 6, "pointcloud": 3, **(num_tokens or {})}
+def dummy_media_specs(projected_tokens: dict[str, int] | None = None) -> dict[str, MediaSpec]:
+    """MediaSpecs for all three modalities with the dummy transforms above (and K projected tokens each)."""
+    k = {"image": 4, "video": 6, "pointcloud": 3, **(projected_tokens or {})}
     return {
         "image": MediaSpec(image_transform, k["image"]),
         "video": MediaSpec(video_transform, k["video"]),

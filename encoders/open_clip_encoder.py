@@ -19,7 +19,7 @@ from .base import Encoder
 _TINY_TEXT_CFG = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
 
 
-def _create_clip(
+def create_clip(
     model_name: str, pretrained: str | None, model_cfg: dict[str, Any] | None, image_size: int | None
 ) -> torch.nn.Module:
     """Build the full open_clip model; weight files are loaded by the caller, tags by open_clip."""
@@ -55,7 +55,7 @@ class OpenCLIPEncoder(Encoder):
     ) -> None:
         super().__init__()
         model_cfg = to_plain(model_cfg)
-        visual = _create_clip(model_name, pretrained, model_cfg, image_size).visual
+        visual = create_clip(model_name, pretrained, model_cfg, image_size).visual
         if not hasattr(visual, "transformer") or not hasattr(visual, "grid_size"):
             raise ValueError(
                 f"open_clip encoder expects a ViT vision tower, got {type(visual).__name__} for {model_name!r}"

@@ -41,7 +41,7 @@ def gather_groups(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return points.gather(1, flat).reshape(n, g, k, -1)
 
 
-def _fps_single(xyz: np.ndarray, count: int) -> np.ndarray:
+def farthest_point_sample_numpy(xyz: np.ndarray, count: int) -> np.ndarray:
     """Farthest point sampling of one cloud [P, 3] in numpy, same result as `farthest_point_sample`.
 
     The data pipeline samples one cloud at a time; numpy avoids torch's per-op overhead there
@@ -109,7 +109,7 @@ class PointCloudTransform:
             extra = torch.from_numpy(rng.choice(p, self.num_points - p, replace=True))
             return pts[torch.cat([torch.arange(p), extra])]
         if self.sampling == "fps":
-            return pts[torch.from_numpy(_fps_single(pts[:, :3].numpy(), self.num_points))]
+            return pts[torch.from_numpy(farthest_point_sample_numpy(pts[:, :3].numpy(), self.num_points))]
         return pts[torch.from_numpy(rng.choice(p, self.num_points, replace=False))]
 
 

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 
 MODALITIES = ("image", "video", "pointcloud")
+IGNORE_INDEX = -100  # a label the loss skips (PyTorch cross_entropy's default ignore_index)
 
 
 @dataclass
@@ -29,7 +30,7 @@ class MediaBatch:
 
 @dataclass
 class Batch:
-    """Token ids with media placeholders, the loss labels (-100 = ignored) and the media."""
+    """Token ids with media placeholders, the loss labels (IGNORE_INDEX = no loss) and the media."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -55,4 +56,26 @@ class MediaSpec:
     """What the data pipeline needs to know about one modality of a built model."""
 
     transform: "Callable[[Any], torch.Tensor]"
-    num_tokens: int  # placeholders per medium under prefix fusion (the projector's K)
+    # Tokens the projector makes of one medium; the fusion's TextLayout turns it into placeholders.
+    projected_tokens: int
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Tokens that continue a prompt, for scoring: `ids`, and which of them count (`scored`, default all)."""
+
+    ids: tuple[int, ...]
+    scored: tuple[bool, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(int(i) for i in self.ids))
+        if self.scored is not None:
+            object.__setattr__(self, "scored", tuple(bool(s) for s in self.scored))
+            if len(self.scored) != len(self.ids):
+                raise ValueError(f"Continuation: {len(self.ids)} ids but {len(self.scored)} scored flags")
+        if not self.ids:
+            raise ValueError("Continuation: no tokens to score")
+
+    @property
+    def mask(self) -> tuple[bool, ...]:
+        return self.scored if self.scored is not None else (True,) * len(self.ids)

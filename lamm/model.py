@@ -1,19 +1,22 @@
-"""`MultimodalLM`: encoders and projectors per modality, a fusion, and a language model."""
+"""`MultimodalLM`: encoders and projectors per modality, a fusion, and a language model.
+
+Outside training, everything uses the public model boundary (as lmms-eval's models do):
+`prefill` (a prompt run once), `loglikelihood` (scores of continuations of prompts) and
+`generate`; the fusion decides how each of them conditions on media.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lamm.batch import Batch, MediaBatch, MediaSpec
+from lamm.batch import IGNORE_INDEX, Batch, Continuation, MediaBatch, MediaSpec
 from lamm.fusion.base import Fusion, MediaTokens
 from lamm.llm.language_model import LanguageModel
 from lamm.llm.lora_merge import merged_lora
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -26,6 +29,32 @@ class ModelOutput:
 
     loss: torch.Tensor | None
     logits: torch.Tensor | None
+
+
+@dataclass
+class Prefill:
+    """A batch of prompts run once through the model: what decoding or scoring continues from.
+
+    `hidden` [B, T, H] last-layer states; `cache` the LLM's KV cache (None without `use_cache`);
+    `state` the fusion's conditioning state (None when it keeps none); `positions` [B, T] the
+    position ids used (padding skipped, so left or right padding both work).
+    """
+
+    hidden: torch.Tensor
+    cache: Any
+    state: Any
+    positions: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def last_hidden(self) -> torch.Tensor:
+        """[B, H]: each row's state at its last real token (predicts the first new token)."""
+        return self.hidden[torch.arange(len(self.hidden)), _last_index(self.attention_mask)]
+
+    @property
+    def next_position(self) -> torch.Tensor:
+        """[B]: the position id of each row's first new token."""
+        return self.positions.max(1).values + 1
 
 
 class MultimodalLM(nn.Module):
@@ -51,23 +80,26 @@ class MultimodalLM(nn.Module):
     # -- what the data pipeline needs ----------------------------------------------------------
 
     def media_specs(self) -> dict[str, MediaSpec]:
-        """Per modality: the encoder's transform and how many placeholders one medium takes."""
+        """Per modality: the encoder's transform and how many tokens the projector makes of one medium."""
         specs = {}
         for modality, encoder in self.encoders.items():
             k = self.projectors[modality].num_tokens(encoder.num_tokens())
-            specs[modality] = MediaSpec(encoder.transform, self.fusion.placeholders_per_medium(k))
+            specs[modality] = MediaSpec(encoder.transform, k)
         return specs
 
     def placeholder_text(self, modality: str) -> str:
-        """The text one medium of `modality` occupies in a prompt under this model's fusion."""
-        from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
-
-        n = self.media_specs()[modality].num_tokens
-        return PLACEHOLDERS[modality] * n + ("" if self.fusion.layout == "prefix" else END_OF_CHUNK)
+        """The text one medium of `modality` occupies in a hand-written prompt, as the fusion lays it out."""
+        return self.fusion.layout.medium_text(modality, self.media_specs()[modality].projected_tokens)
 
     @property
     def tokenizer(self) -> Any:
         return self.llm.tokenizer
+
+    @property
+    def context_length(self) -> int | None:
+        """The LLM's context window in tokens (None when its config does not say)."""
+        config = self.llm.causal_lm.config.get_text_config()
+        return getattr(config, "max_position_embeddings", None)
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -86,13 +118,20 @@ class MultimodalLM(nn.Module):
             out[modality] = MediaTokens(tokens, item.sample_index)
         return out
 
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LLM's input embeddings [B, T, H] of token ids (media tokens from their trainable table)."""
+        return self.llm.embed(input_ids)
+
+    def media_features(self, modality: str, data: torch.Tensor) -> torch.Tensor:
+        """The encoder's tokens [N, S, D] for transformed media of `modality` (before the projector)."""
+        if modality not in self.encoders:
+            raise ValueError(f"the model has no {modality} encoder (model modalities: {sorted(self.encoders)})")
+        return self.encoders[modality](data)
+
     def forward(self, batch: Batch, logits: str = "labels") -> ModelOutput:
-        """Loss on label tokens (-100 ignored) and the requested logits ("labels" | "all" | "last" | "none")."""
-        input_ids, attention_mask = batch.input_ids, batch.attention_mask
-        media = self.encode_media(batch.media)
-        embeds = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
-        state = self.fusion.begin(input_ids, media)
-        hidden, _ = self._decode(embeds, attention_mask, _positions(attention_mask), state, input_ids)
+        """Loss on label tokens (IGNORE_INDEX skipped) and the requested logits ("labels" | "all" | "last" | "none")."""
+        attention_mask = batch.attention_mask
+        hidden = self.prefill(batch, use_cache=False).hidden
 
         loss = None
         selected = None
@@ -110,13 +149,124 @@ class MultimodalLM(nn.Module):
             return ModelOutput(loss, selected)
         return ModelOutput(loss, None)
 
+    def prefill(self, batch: Batch, use_cache: bool = True) -> Prefill:
+        """Run prompts once: media encoded, the fusion applied, the decoder's states and KV cache kept."""
+        input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        media = self.encode_media(batch.media)
+        embeds = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
+        state = self.fusion.begin(input_ids, media)
+        positions = _positions(attention_mask)
+        hidden, cache = self._decode(embeds, attention_mask, positions, state, input_ids, use_cache=use_cache)
+        return Prefill(hidden, cache, state, positions, attention_mask)
+
     def _decode(self, embeds, attention_mask, position_ids, state, input_ids, past=None, use_cache=False):
         kwargs = self.fusion.layer_kwargs(state, input_ids) if state is not None else {}
         hidden, past = self.llm.hidden_states(
             embeds, attention_mask, position_ids, past_key_values=past, use_cache=use_cache, **kwargs
         )
-        _check_conditioning_reached(state, kwargs)
+        self.fusion.check_call(state, kwargs)
         return hidden, past
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def loglikelihood(
+        self,
+        prompts: Batch,
+        continuations: Sequence[Sequence[Continuation]],
+        mean: bool = False,
+        share_prompt_cache: bool = True,
+    ) -> list[list[float]]:
+        """Per prompt row, the log-likelihood of each of its continuations given the prompt.
+
+        Sums log p over each continuation's scored tokens (`mean`: their mean instead). When the
+        fusion allows (`Fusion.shares_prompt_cache`) and `share_prompt_cache` is on, every prompt
+        runs once and all its continuations are scored in one pass over its repeated KV cache;
+        otherwise each prompt + continuation row runs in full. Both score the same tokens.
+        """
+        if len(continuations) != len(prompts):
+            raise ValueError(f"loglikelihood: {len(prompts)} prompts but continuations for {len(continuations)}")
+        flat = [c for per in continuations for c in per]
+        if not flat:
+            return [[] for _ in continuations]
+        owner = torch.tensor([i for i, per in enumerate(continuations) for _ in per], device=prompts.input_ids.device)
+        if share_prompt_cache and self.fusion.shares_prompt_cache:
+            total, count = self._score_from_shared_prompt(prompts, flat, owner)
+        else:
+            total, count = self._score_full_rows(prompts, flat, owner)
+        if mean:
+            total = total / count.clamp(min=1)
+        values = total.cpu().tolist()
+        out, start = [], 0
+        for per in continuations:
+            out.append(values[start:start + len(per)])
+            start += len(per)
+        return out
+
+    def _continuation_tensors(self, flat: Sequence[Continuation], device: torch.device):
+        width = max(len(c.ids) for c in flat)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(flat), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(flat), width), dtype=torch.long, device=device)
+        scored = torch.zeros((len(flat), width), dtype=torch.bool, device=device)
+        for r, c in enumerate(flat):
+            ids[r, : len(c.ids)] = torch.tensor(c.ids, device=device)
+            mask[r, : len(c.ids)] = 1
+            scored[r, : len(c.ids)] = torch.tensor(c.mask, device=device)
+        return ids, mask, scored
+
+    def _score_from_shared_prompt(self, prompts: Batch, flat: Sequence[Continuation], owner: torch.Tensor):
+        device = prompts.input_ids.device
+        pre = self.prefill(prompts, use_cache=True)
+        cand_ids, cand_mask, scored = self._continuation_tensors(flat, device)
+        cache = pre.cache
+        cache.reorder_cache(owner)  # each prompt's cache, once per continuation
+        full_mask = torch.cat([pre.attention_mask[owner], cand_mask], 1)
+        width = cand_ids.shape[1]
+        cand_pos = pre.next_position[owner].unsqueeze(1) + torch.arange(width, device=device)
+        h2, _ = self._decode(self.llm.embed(cand_ids), full_mask, cand_pos, None, cand_ids, cache, use_cache=True)
+        # Token j of a continuation is predicted by the state before it: the prompt's last one for j = 0.
+        before = torch.cat([pre.last_hidden[owner].unsqueeze(1), h2[:, :-1]], 1)
+        logp = torch.log_softmax(self.llm.logits(before[scored]).float(), -1)
+        logp = logp.gather(-1, cand_ids[scored].unsqueeze(-1)).squeeze(-1)
+        rows = scored.nonzero()[:, 0]
+        total = torch.zeros(len(flat), device=device).index_add_(0, rows, logp)
+        return total, scored.sum(1)
+
+    def _score_full_rows(self, prompts: Batch, flat: Sequence[Continuation], owner: torch.Tensor):
+        device = prompts.input_ids.device
+        real = prompts.attention_mask.bool()
+        rows_ids, rows_labels = [], []
+        for r, c in enumerate(flat):
+            prompt = prompts.input_ids[owner[r]][real[owner[r]]].tolist()
+            rows_ids.append(prompt + list(c.ids))
+            rows_labels.append([IGNORE_INDEX] * len(prompt) + [i if s else IGNORE_INDEX for i, s in zip(c.ids, c.mask)])
+        width = max(len(r) for r in rows_ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.full((len(flat), width), pad, dtype=torch.long)
+        labels = torch.full((len(flat), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(flat), width), dtype=torch.long)
+        for r, (row, lab) in enumerate(zip(rows_ids, rows_labels)):
+            ids[r, : len(row)] = torch.tensor(row)
+            labels[r, : len(row)] = torch.tensor(lab)
+            mask[r, : len(row)] = 1
+        media = {}
+        owners = owner.tolist()
+        for modality, item in prompts.media.items():
+            # Each row gets its prompt's media, in text order (as the collator stacks them row by row).
+            of_prompt = {o: (item.sample_index == o).nonzero().flatten() for o in set(owners)}
+            select = torch.cat([of_prompt[o] for o in owners])
+            if len(select):
+                row_of = torch.cat([torch.full((len(of_prompt[o]),), r, dtype=torch.long) for r, o in enumerate(owners)])
+                media[modality] = MediaBatch(item.data[select], row_of.to(item.sample_index.device))
+        batch = Batch(ids.to(device), mask.to(device), labels.to(device), media)
+        out = self(batch, logits="labels")
+        targets = batch.labels[:, 1:]
+        where = targets != IGNORE_INDEX
+        logp = torch.log_softmax(out.logits.float(), -1).gather(-1, targets[where].unsqueeze(-1)).squeeze(-1)
+        rows = where.nonzero()[:, 0]
+        total = torch.zeros(len(targets), device=logp.device).index_add_(0, rows, logp)
+        return total, where.sum(1)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -153,16 +303,21 @@ class MultimodalLM(nn.Module):
         eos = _as_list(eos_token_id if eos_token_id is not None else tok.eos_token_id)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
-        media = self.encode_media(batch.media)
-        prompt_embeds = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
-        state = self.fusion.begin(input_ids, media)
         eos_t = torch.tensor(eos, device=input_ids.device)
 
-        positions = _positions(attention_mask)
-        hidden, past = self._decode(prompt_embeds, attention_mask, positions, state, input_ids, use_cache=use_cache)
-        last_hidden = hidden[torch.arange(len(hidden)), _last_index(attention_mask)]
-        next_position = positions.max(1).values + 1
-        embeds_so_far, ids_so_far = prompt_embeds, input_ids
+        if use_cache:
+            pre = self.prefill(batch, use_cache=True)
+            state, past, positions = pre.state, pre.cache, pre.positions
+        else:  # reference path: keep what re-running the whole sequence needs
+            media = self.encode_media(batch.media)
+            embeds_so_far = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
+            state = self.fusion.begin(input_ids, media)
+            positions = _positions(attention_mask)
+            hidden, _ = self._decode(embeds_so_far, attention_mask, positions, state, input_ids)
+            pre = Prefill(hidden, None, state, positions, attention_mask)
+        last_hidden = pre.last_hidden
+        next_position = pre.next_position
+        ids_so_far = input_ids
         finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
         new_tokens = []
         for _ in range(max_new_tokens):
@@ -259,12 +414,3 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _check_conditioning_reached(state: Any, kwargs: dict) -> None:
-    """Fail loudly if the decoder swallowed the conditioning kwargs instead of passing them on."""
-    for cond in kwargs.values():
-        calls = getattr(cond, "calls", None)
-        if calls is not None and getattr(state, "media", None) is not None and not calls:
-            raise RuntimeError(
-                "gated_xattn: the LLM's decoder did not pass keyword arguments to its layers, so "
-                "cross-attention never ran; this model family is not supported by gated_xattn"
-            )

@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from lamm.batch import Batch, MediaBatch
+from lamm.batch import IGNORE_INDEX, Batch, MediaBatch
 
 TINY_LLM = {"name": "tiny_random", "hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2}
 TINY_ENCODERS = {
@@ -84,7 +84,7 @@ def text_batch(model, texts: list[str], media: dict[str, tuple[torch.Tensor, lis
                padding_side: str = "left", labels: bool = True) -> Batch:
     """Tokenise `texts` (placeholders already in them) into a Batch with the given media."""
     enc = model.tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side)
-    lab = enc.input_ids.masked_fill(enc.attention_mask == 0, -100) if labels else None
+    lab = enc.input_ids.masked_fill(enc.attention_mask == 0, IGNORE_INDEX) if labels else None
     mb = {m: MediaBatch(data, torch.tensor(owners)) for m, (data, owners) in (media or {}).items()}
     return Batch(enc.input_ids, enc.attention_mask, lab, mb, [str(i) for i in range(len(texts))])
 
@@ -94,7 +94,7 @@ def colour_answer_batch(model) -> Batch:
     ph = media_text(model, "image")
     batch = text_batch(model, [f"{ph} colour? red", f"{ph} colour? blue"], {"image": (random_media(model, "image", 2), [0, 1])},
                        padding_side="left")
-    batch.labels[:, :-1] = -100
+    batch.labels[:, :-1] = IGNORE_INDEX
     return batch
 
 

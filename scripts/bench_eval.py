@@ -53,7 +53,7 @@ def main() -> None:
         cfg = compose("train", args.overrides).model
     model = build_model(cfg).eval()
     print(f"model built in {time.perf_counter() - t0:.1f} s; llm={model.llm.name} ({model.llm.causal_lm.dtype}) "
-          f"fusion={model.fusion.layout} threads={torch.get_num_threads()}")
+          f"fusion={type(model.fusion).__name__} threads={torch.get_num_threads()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(tmp, seed=0, sizes={"train": 4, "test": 2 * args.n}, kinds=("shapes",))

@@ -205,7 +205,8 @@ def build_ours(args, fusion: str, data) -> Runner:
     }
     model = build_model(cfg)
     model.train()
-    ids, labels, gen_ids = data.layout(fusion)
+    placeholders = model.fusion.layout.placeholders_per_medium(model.media_specs()["image"].projected_tokens)
+    ids, labels, gen_ids = data.layout(placeholders)
     mask = torch.ones_like(ids)
     media = {"image": MediaBatch(data.images, torch.arange(len(ids)))}
     batch = Batch(ids, mask, labels, media)
@@ -280,7 +281,7 @@ def build_llava(args, data, smol, ours_prefix: Runner | None) -> Runner:
     model.model.vision_tower.eval()
     notes.append(f"attn_implementation={model.config.text_config._attn_implementation}")
 
-    ids, labels, gen_ids = data.layout("prefix")
+    ids, labels, gen_ids = data.layout(49)  # LLaVA: one <image> token per patch feature
     mask = torch.ones_like(ids)
     keep = args.loss_tokens + 1 if args.peer_logits_to_keep else 0
 
@@ -355,7 +356,7 @@ def build_idefics(args, data, smol) -> Runner:
     model.model.vision_model.eval()
     notes.append(f"attn_implementation={model.config._attn_implementation}")
 
-    ids, labels, gen_ids = data.layout("gated_xattn")
+    ids, labels, gen_ids = data.layout(1)  # Idefics: one <image> marker per image
     mask = torch.ones_like(ids)
     pixels = data.images.unsqueeze(1)  # [B, num_images=1, 3, H, W]
     img_mask = torch.ones(len(ids), ids.shape[1], 1, dtype=torch.long)  # every token sees the image (it is first)
@@ -396,12 +397,12 @@ class Data:
         self.text = torch.randint(low, high, (b, t), generator=g)
         self.prompt = torch.randint(low, high, (b, args.gen_prompt), generator=g)
 
-    def layout(self, fusion: str):
-        """(train ids [B, T], labels [B, T] with only the last `loss_tokens` set, generation prompt ids)."""
+    def layout(self, n_media: int):
+        """(train ids [B, T], labels [B, T] with only the last `loss_tokens` set, generation prompt ids),
+        each row starting with `n_media` image placeholders (as many as the model writes per image)."""
         import torch
 
         b, t = self.text.shape
-        n_media = 49 if fusion == "prefix" else 1  # prefix: K placeholders; xattn: one marker token
         media = torch.full((b, n_media), self.image_id)
         ids = torch.cat([media, self.text[:, : t - n_media]], 1)  # exactly T positions
         labels = torch.full_like(ids, -100)

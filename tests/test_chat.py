@@ -146,7 +146,7 @@ def test_session_turns_media_and_reset(media, fusion) -> None:
     session.attach("image", str(media["image"]))
     third = session.reply("and this?", options)
     per = model.media_specs()
-    k = {m: per[m].num_tokens if fusion == "prefix" else 1 for m in per}
+    k = {m: per[m].projected_tokens if fusion == "prefix" else 1 for m in per}
     assert first.media == {} and second.media == {"image": 1, "pointcloud": 1}
     assert third.media == {"image": 2, "pointcloud": 1}
     assert third.placeholders == {"image": 2 * k["image"], "pointcloud": k["pointcloud"]}

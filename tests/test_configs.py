@@ -53,7 +53,7 @@ def test_shipped_yaml_composes_validates_and_builds(group: str, option: str) -> 
         encoder.update(model_name="vit_tiny_patch16_224", img_size=32)
     built = build_model(model)
     assert built.media_specs()
-    assert built.fusion.layout == model["fusion"]["name"]
+    assert isinstance(built.fusion, FUSIONS.get(model["fusion"]["name"]))
 
 
 def test_config_errors_name_the_key() -> None:

@@ -12,8 +12,10 @@ import torch
 
 from lamm.datasets import DataError, build_collator, build_dataset
 from lamm.datasets.testing import dummy_media_specs, write_image, write_video
+from lamm.registry import FUSIONS
 
 SPECS = dummy_media_specs()
+PREFIX = FUSIONS.get("prefix").layout
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def test_bad_input_raises_one_line(tok, media, tmp_path, case):
     record, field, reason, fragment, eager = CASES[case]
     path = _write(tmp_path, media, [GOOD, record])
     with pytest.raises(DataError) as info:
-        ds = build_dataset(_cfg(path, media), SPECS, tok, "prefix")
+        ds = build_dataset(_cfg(path, media), SPECS, tok, PREFIX)
         assert not eager, "structural errors must be found when the dataset is built"
         assert ds[0] is not None
         ds[1]
@@ -105,7 +107,7 @@ def test_bad_input_raises_one_line(tok, media, tmp_path, case):
 def test_bad_input_skipped_and_counted(tok, media, tmp_path, case):
     record, _, reason, _, eager = CASES[case]
     path = _write(tmp_path, media, [GOOD, record, GOOD])
-    ds = build_dataset(_cfg(path, media, "skip"), SPECS, tok, "prefix")
+    ds = build_dataset(_cfg(path, media, "skip"), SPECS, tok, PREFIX)
     items = [ds[i] for i in range(len(ds))]
     assert len(ds) == (2 if eager else 3)
     batch = build_collator(tok)(items)
@@ -119,7 +121,7 @@ def test_malformed_json_names_file_and_line(tok, media, tmp_path):
     path.write_text('[\n  {"id": "a", "conversations": []},\n  {"id": "b" "conversations": []}\n]\n')
     for on_error in ("raise", "skip"):  # a broken JSON array cannot be skipped past
         with pytest.raises(DataError) as info:
-            build_dataset(_cfg(path, media, on_error), SPECS, tok, "prefix")
+            build_dataset(_cfg(path, media, on_error), SPECS, tok, PREFIX)
         text = str(info.value)
         assert "\n" not in text and text.startswith(f"data error in {path} line 3: malformed JSON")
 
@@ -128,35 +130,35 @@ def test_malformed_jsonl_line(tok, media, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + '{"id": "x", "conversations": [\n' + "\n" + json.dumps(GOOD) + "\n")
     with pytest.raises(DataError) as info:
-        build_dataset(_cfg(path, media), SPECS, tok, "prefix")
+        build_dataset(_cfg(path, media), SPECS, tok, PREFIX)
     assert str(info.value).startswith(f"data error in {path} line 2: malformed JSON line")
-    ds = build_dataset(_cfg(path, media, "skip"), SPECS, tok, "prefix")
+    ds = build_dataset(_cfg(path, media, "skip"), SPECS, tok, PREFIX)
     assert len(ds) == 2 and ds.skipped.counts() == {"malformed_json": 1}
 
 
 def test_missing_data_file(tok, media, tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        build_dataset(_cfg(tmp_path / "nope.json", media), SPECS, tok, "prefix")
+        build_dataset(_cfg(tmp_path / "nope.json", media), SPECS, tok, PREFIX)
 
 
 def test_mmgpt_and_interleaved_missing_keys(tok, media, tmp_path):
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps([{"instruction": "Do it."}]))
     with pytest.raises(DataError) as info:
-        build_dataset(_cfg(path, media, name="mmgpt"), SPECS, tok, "prefix")
+        build_dataset(_cfg(path, media, name="mmgpt"), SPECS, tok, PREFIX)
     _assert_one_line(info.value, path, "#0", "output", "missing key 'output'")
     doc = tmp_path / "docs.jsonl"
     doc.write_text(json.dumps({"id": "d", "text_list": ["a"], "image_info": [{"image_name": "good.png",
                                                                               "matched_text_index": 4}]}) + "\n")
     with pytest.raises(DataError) as info:
-        build_dataset(_cfg(doc, media, name="interleaved"), SPECS, tok, "prefix")
+        build_dataset(_cfg(doc, media, name="interleaved"), SPECS, tok, PREFIX)
     _assert_one_line(info.value, doc, "d", "image_info[0].matched_text_index", "out of range")
     assert "line 1" in str(info.value)
 
 
 def test_unsupported_modality(tok, media, tmp_path):
     path = _write(tmp_path, media, [{"id": "v", "video": "good.mp4", "conversations": conv()}])
-    ds = build_dataset(_cfg(path, media), {"image": SPECS["image"]}, tok, "prefix")
+    ds = build_dataset(_cfg(path, media), {"image": SPECS["image"]}, tok, PREFIX)
     with pytest.raises(DataError, match="no video encoder") as info:
         ds[0]
     assert info.value.reason == "unsupported_modality"
@@ -165,7 +167,7 @@ def test_unsupported_modality(tok, media, tmp_path):
 def test_skip_counts_survive_dataloader_workers(tok, media, tmp_path):
     bad = CASES["corrupt_image"][0]
     path = _write(tmp_path, media, [GOOD, bad, GOOD, bad, GOOD, dict(bad, id="bad2", image="nope.png")])
-    ds = build_dataset(_cfg(path, media, "skip"), SPECS, tok, "prefix")
+    ds = build_dataset(_cfg(path, media, "skip"), SPECS, tok, PREFIX)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=build_collator(tok))
     batches = [b for b in loader if b is not None]
     assert sum(len(b) for b in batches) == 3
@@ -175,7 +177,7 @@ def test_skip_counts_survive_dataloader_workers(tok, media, tmp_path):
 
 def test_raise_in_worker_propagates(tok, media, tmp_path):
     path = _write(tmp_path, media, [GOOD, CASES["corrupt_image"][0]])
-    ds = build_dataset(_cfg(path, media), SPECS, tok, "prefix")
+    ds = build_dataset(_cfg(path, media), SPECS, tok, PREFIX)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=build_collator(tok))
     batches = iter(loader)
     try:
@@ -197,11 +199,11 @@ def test_webdataset_bad_member_skipped(tok, media, tmp_path):
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
     cfg = {"name": "webdataset", "path": str(shard), "on_error": "skip", "shuffle": False}
-    ds = build_dataset(cfg, SPECS, tok, "prefix")
+    ds = build_dataset(cfg, SPECS, tok, PREFIX)
     assert [s.id for s in ds] == ["ok"]
     assert ds.skipped.counts() == {"corrupt_image": 1, "missing_key": 1}
     with pytest.raises(DataError) as info:
-        list(build_dataset({**cfg, "on_error": "raise"}, SPECS, tok, "prefix"))
+        list(build_dataset({**cfg, "on_error": "raise"}, SPECS, tok, PREFIX))
     assert str(info.value) == (f"data error in {shard} sample 'bad' field 'png': cannot read image "
                                f"{shard}:bad.png (cannot identify image file)")
 
@@ -224,7 +226,7 @@ def test_real_point_bert_transform_takes_coloured_clouds(tok, media, tmp_path):
     xyz_only, with_rgb = _tiny_point_bert(), _tiny_point_bert(extra_channels=3)
     for encoder, channels in ((xyz_only, 3), (with_rgb, 6)):
         specs = {"pointcloud": MediaSpec(encoder.transform, encoder.num_tokens())}
-        ds = build_dataset({**_cfg(path, tmp_path)}, specs, tok, "prefix")
+        ds = build_dataset({**_cfg(path, tmp_path)}, specs, tok, PREFIX)
         batch = build_collator(tok)([ds[0], ds[1]])
         assert batch.media["pointcloud"].data.shape == (2, 128, channels)
         assert encoder.eval()(batch.media["pointcloud"].data).shape == (2, 8, 32)
@@ -237,7 +239,7 @@ def test_real_point_bert_transform_bad_clouds_are_one_line_data_errors(tok, medi
     specs = {"pointcloud": MediaSpec(encoder.transform, encoder.num_tokens())}
     path = _write(tmp_path, media, [{"id": "nan", "pcl": "nan.npy", "conversations": conv()},
                                     {"id": "xyz", "pointcloud": "good.npy", "conversations": conv()}])
-    ds = build_dataset(_cfg(path, media), specs, tok, "prefix")
+    ds = build_dataset(_cfg(path, media), specs, tok, PREFIX)
     with pytest.raises(DataError) as info:
         ds[0]
     _assert_one_line(info.value, path, "nan", "pcl", "NaN/inf")
@@ -246,7 +248,7 @@ def test_real_point_bert_transform_bad_clouds_are_one_line_data_errors(tok, medi
         ds[1]
     _assert_one_line(info.value, path, "xyz", "pointcloud", "pointcloud transform rejected")
     assert "good.npy" in str(info.value) and "[P, 6], got [50, 3]" in str(info.value) and info.value.reason == "bad_media"
-    skipping = build_dataset(_cfg(path, media, "skip"), specs, tok, "prefix")
+    skipping = build_dataset(_cfg(path, media, "skip"), specs, tok, PREFIX)
     assert [skipping[i] for i in range(2)] == [None, None]
     assert skipping.skipped.counts() == {"bad_pointcloud": 1, "bad_media": 1}
 
@@ -258,7 +260,7 @@ def test_transform_bug_is_not_a_data_error(tok, media, tmp_path):
         return img.no_such_attribute
 
     path = _write(tmp_path, media, [GOOD])
-    ds = build_dataset(_cfg(path, media, "skip"), {"image": MediaSpec(buggy, 4)}, tok, "prefix")
+    ds = build_dataset(_cfg(path, media, "skip"), {"image": MediaSpec(buggy, 4)}, tok, PREFIX)
     with pytest.raises(AttributeError) as info:  # a programming error is never skipped
         ds[0]
     assert any("while transforming image" in note and "'good'" in note for note in info.value.__notes__)
@@ -276,7 +278,7 @@ def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
 def test_raise_in_workers_is_one_line(tok, media, tmp_path):
     records = [dict(GOOD, id=f"g{i}") for i in range(5)] + [CASES["corrupt_image"][0]] + [dict(GOOD, id="g9")]
     path = _write(tmp_path, media, records)
-    ds = build_dataset(_cfg(path, media), SPECS, tok, "prefix")
+    ds = build_dataset(_cfg(path, media), SPECS, tok, PREFIX)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=build_collator(tok))
     batches = iter(loader)
     try:
@@ -295,7 +297,7 @@ def test_raise_in_workers_is_one_line(tok, media, tmp_path):
                                       ("ok.png", (media / "good.png").read_bytes()),
                                       ("bad.json", json.dumps({"conversations": conv()}).encode()),
                                       ("bad.png", b"garbage")])
-    stream = build_dataset({"name": "webdataset", "path": str(shard), "shuffle": False}, SPECS, tok, "prefix")
+    stream = build_dataset({"name": "webdataset", "path": str(shard), "shuffle": False}, SPECS, tok, PREFIX)
     batches = iter(torch.utils.data.DataLoader(stream, batch_size=2, num_workers=2, collate_fn=build_collator(tok)))
     try:
         with pytest.raises(DataError) as info:

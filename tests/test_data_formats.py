@@ -15,11 +15,12 @@ from lamm.batch import Batch
 from lamm.datasets import build_collator, build_dataset
 from lamm.datasets.mixture import MixtureDataset
 from lamm.datasets.testing import dummy_media_specs, write_image, write_points, write_video
-from lamm.registry import DATASETS
+from lamm.registry import DATASETS, FUSIONS
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
 
 K = {"image": 4, "video": 6, "pointcloud": 3}
 SPECS = dummy_media_specs(K)
+PREFIX = FUSIONS.get("prefix").layout
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 
@@ -50,7 +51,7 @@ def write_json(path: Path, records) -> str:
 
 
 def load_all(tok, cfg: dict, fusion: str = "prefix", pad_side: str = "right") -> tuple[object, Batch]:
-    ds = build_dataset(cfg, SPECS, tok, fusion)
+    ds = build_dataset(cfg, SPECS, tok, FUSIONS.get(fusion).layout)
     return ds, build_collator(tok, pad_side)([ds[i] for i in range(len(ds))])
 
 
@@ -222,7 +223,7 @@ def test_webdataset_stream(tok, media, tmp_path):
         sample("s3", {"conversations": conv("Hi", "Hello")})
         sample("s4", {"image": ["1.jpg", "0.png"], "conversations": conv("<image> vs <image>?", "blue red")},
                **{"0_png": (media / "red.png").read_bytes(), "1_jpg": (media / "blue.jpg").read_bytes()})
-    ds = build_dataset({"name": "webdataset", "path": str(shard), "shuffle": False}, SPECS, tok, "prefix")
+    ds = build_dataset({"name": "webdataset", "path": str(shard), "shuffle": False}, SPECS, tok, PREFIX)
     assert isinstance(ds, torch.utils.data.IterableDataset)
     loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=build_collator(tok))
     (batch,) = list(loader)
@@ -246,7 +247,7 @@ def test_mixture_mixed(tok, tmp_path):
     lang, other = _mixture_sources(tmp_path)
     cfg = {"name": "mixture", "num_samples": 400, "max_length": 128, "seed": 3,
            "datasets": [{"name": "mmgpt", "path": lang, "weight": 3}, {"name": "mmgpt", "path": other, "weight": 1}]}
-    ds = build_dataset(cfg, SPECS, tok, "prefix")
+    ds = build_dataset(cfg, SPECS, tok, PREFIX)
     assert isinstance(ds, MixtureDataset) and len(ds) == 400
     share = np.mean([ds.source_of(i) == 0 for i in range(len(ds))])
     assert 0.65 < share < 0.85
@@ -259,7 +260,7 @@ def test_mixture_alternating(tok, tmp_path):
     lang, other = _mixture_sources(tmp_path)
     cfg = OmegaConf.create({"name": "mixture", "mode": "alternating", "batch_size": 4, "num_samples": 32,
                             "datasets": [{"name": "mmgpt", "path": lang}, {"name": "mmgpt", "path": other}]})
-    ds = build_dataset(cfg, SPECS, tok, "prefix")
+    ds = build_dataset(cfg, SPECS, tok, PREFIX)
     collate = build_collator(tok)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=ds.batch_sampler(shuffle=True), collate_fn=collate)
     sources = []
@@ -297,7 +298,7 @@ def test_conf_data_yaml_builds(tok, media, tmp_path, yaml_file):
         path = Path(write_json(tmp_path / "d.json", [{"id": "x", "instruction": "Hi", "output": "Hello",
                                                      "conversations": conv("Hi", "Hello")}]))
     _fill_paths(cfg, str(path))
-    ds = build_dataset(cfg, SPECS, tok, "prefix")
+    ds = build_dataset(cfg, SPECS, tok, PREFIX)
     first = next(iter(ds)) if isinstance(ds, torch.utils.data.IterableDataset) else ds[0]
     assert first is not None and (first.labels != -100).any()
 
@@ -305,9 +306,9 @@ def test_conf_data_yaml_builds(tok, media, tmp_path, yaml_file):
 def test_unknown_config_key_is_reported(tok, tmp_path):
     path = write_json(tmp_path / "d.json", [{"id": "x", "conversations": conv("Hi", "Hello")}])
     with pytest.raises(ValueError, match="'shuffle_bufer'"):
-        build_dataset({"name": "lamm", "path": path, "shuffle_bufer": 3}, SPECS, tok, "prefix")
+        build_dataset({"name": "lamm", "path": path, "shuffle_bufer": 3}, SPECS, tok, PREFIX)
     with pytest.raises(KeyError, match="Did you mean 'lamm'"):
-        build_dataset({"name": "lam", "path": path}, SPECS, tok, "prefix")
+        build_dataset({"name": "lam", "path": path}, SPECS, tok, PREFIX)
 
 
 def _shards(tmp_path: Path, media: Path, sizes: list[int], stem: str = "shard") -> tuple[list[Path], list[str]]:
@@ -332,7 +333,7 @@ def test_webdataset_shipped_config_with_workers_reads_every_sample_once(tok, med
     assert cfg.num_workers == 2
     paths, ids = _shards(tmp_path, media, sizes)
     cfg.path = str(tmp_path / f"shard-{{0..{len(sizes) - 1}}}.tar")  # a brace pattern, expanded
-    ds = build_dataset(cfg, SPECS, tok, "prefix")
+    ds = build_dataset(cfg, SPECS, tok, PREFIX)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=cfg.num_workers, collate_fn=build_collator(tok))
     for epoch in range(2):
         if epoch:
@@ -346,7 +347,7 @@ def test_webdataset_shipped_config_with_workers_reads_every_sample_once(tok, med
 def test_webdataset_split_across_ranks_and_workers(tok, media, tmp_path, monkeypatch, caplog, num_shards):
     paths, ids = _shards(tmp_path, media, [4 + s for s in range(num_shards)])
     ds = build_dataset({"name": "webdataset", "path": [str(p) for p in paths], "shuffle": True, "seed": 1},
-                       SPECS, tok, "prefix")
+                       SPECS, tok, PREFIX)
     world, workers = 2, 2
     for epoch in range(2):
         if epoch:

@@ -8,11 +8,13 @@ import torch
 
 from lamm.datasets import build_collator
 from lamm.datasets.errors import SampleSkipped
-from lamm.datasets.processor import IGNORE_INDEX, Processor
+from lamm.batch import IGNORE_INDEX
+from lamm.datasets.processor import Processor
 from lamm.datasets.sample import MediaRef, Sample, Turn
 from lamm.datasets.templates import TemplateError, get_template
 from lamm.datasets.testing import dummy_media_specs, write_image, write_points, write_video
 from lamm.llm.tiny import tiny_tokenizer
+from lamm.registry import FUSIONS
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, add_media_tokens
 
 K = {"image": 5, "video": 2, "pointcloud": 3}
@@ -31,7 +33,7 @@ def media(tmp_path_factory) -> Path:
 
 def proc(tok, template: str = "vicuna_lamm", fusion: str = "prefix", **kw) -> Processor:
     system = kw.pop("system_prompt", "none")
-    return Processor(tok, get_template(template, system_prompt=system), SPECS, fusion=fusion, **kw)
+    return Processor(tok, get_template(template, system_prompt=system), SPECS, layout=FUSIONS.get(fusion).layout, **kw)
 
 
 def chat(media: list[MediaRef], *texts: str, sid: str = "s") -> Sample:
@@ -195,5 +197,5 @@ def test_missing_media_tokens_and_unknown_fusion():
     with pytest.raises(ValueError, match="add_media_tokens"):
         Processor(t, get_template("vicuna_lamm"), SPECS)
     add_media_tokens(t)
-    with pytest.raises(ValueError, match="unknown fusion"):
-        Processor(t, get_template("vicuna_lamm"), SPECS, fusion="xattn")
+    with pytest.raises(TypeError, match="TextLayout"):
+        Processor(t, get_template("vicuna_lamm"), SPECS, layout="xattn")

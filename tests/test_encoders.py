@@ -154,10 +154,10 @@ def test_open_clip_tiny_layers_cls_and_transform() -> None:
 def test_open_clip_loads_local_checkpoints(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from lamm.encoders.open_clip_encoder import _create_clip
+    from lamm.encoders.open_clip_encoder import create_clip
 
     torch.manual_seed(1)
-    clip = _create_clip("tiny", None, TINY_CLIP, None).eval()
+    clip = create_clip("tiny", None, TINY_CLIP, None).eval()
     torch.save(clip.state_dict(), tmp_path / "clip.pt")  # a full CLIP checkpoint (visual.* and text)
     x = torch.randn(2, 3, 32, 32)
     ref = clip.visual.forward_intermediates(x, indices=[1], intermediates_only=True, output_fmt="NLC")
@@ -261,9 +261,9 @@ def test_fps_distinct_and_knn_contains_center() -> None:
     groups = knn_indices(xyz, centers, 8)
     assert groups.shape == (3, 16, 8)
     assert (groups[..., 0] == idx).all()  # each group's nearest point is its own center
-    from lamm.encoders.point_bert import _fps_single
+    from lamm.encoders.point_bert import farthest_point_sample_numpy
 
-    assert (torch.from_numpy(_fps_single(xyz[0].numpy(), 16)) == idx[0]).all()  # pipeline FPS agrees
+    assert (torch.from_numpy(farthest_point_sample_numpy(xyz[0].numpy(), 16)) == idx[0]).all()  # pipeline FPS agrees
     enc = PointBERTEncoder(**TINY_POINT)
     _, rel = enc.group(xyz)
     assert torch.allclose(rel[:, :, 0], torch.zeros(3, 8, 3))  # relative coords: the center sits at 0

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from lamm.batch import Batch, MediaBatch
 from lamm.build import build_model
 from lamm.fusion.base import MediaCountError
 from lamm.testing import (
@@ -362,3 +363,77 @@ def test_lr_multipliers_reach_their_parameter_groups() -> None:
     assert lr_of[id(named[gate])] == 10.0
     assert lr_of[id(named[block_weight])] == 3.0
     assert lr_of[id(named[encoder_weight])] == 2.0
+
+
+# -- the public boundary: prefill and loglikelihood ------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_loglikelihood_equals_full_logits_either_way(fusion: str, padding_side: str, xattn_model, prefix_model) -> None:
+    from lamm.batch import Continuation
+
+    model = xattn_model if fusion == "gated_xattn" else prefix_model
+    if fusion == "gated_xattn":
+        open_gates(model)
+    images = random_media(model, "image", 3)
+    ph = media_text(model, "image")
+    prompts = text_batch(model, [f"Look at {ph} and {ph}: colour?", f"One {ph} shape:"],
+                         {"image": (images, [0, 0, 1])}, padding_side, labels=False)
+    tok = model.tokenizer
+    words = [[" red", " blue the"], [" square", " disc", " cone"]]
+    conts = [[Continuation(tok(w, add_special_tokens=False)["input_ids"]) for w in per] for per in words]
+    conts[1][0] = Continuation(conts[1][0].ids + (tok.eos_token_id,), [True] * len(conts[1][0].ids) + [False])
+    shared = model.loglikelihood(prompts, conts)
+    full = model.loglikelihood(prompts, conts, share_prompt_cache=False)
+    mean = model.loglikelihood(prompts, conts, mean=True)
+    # By hand: one forward over prompt + continuation, summing log p of the scored tokens.
+    for row, per in enumerate(conts):
+        real = prompts.input_ids[row][prompts.attention_mask[row].bool()].tolist()
+        media = images[:2] if row == 0 else images[2:]
+        for j, c in enumerate(per):
+            ids = torch.tensor([real + list(c.ids)])
+            one = Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(media, torch.zeros(len(media), dtype=torch.long))})
+            with torch.no_grad():
+                logp = model(one, logits="all").logits[0].float().log_softmax(-1)
+            n = len(real)
+            expected = sum(float(logp[n + k - 1, t]) for k, (t, s) in enumerate(zip(c.ids, c.mask)) if s)
+            assert shared[row][j] == pytest.approx(expected, abs=1e-4)
+            assert full[row][j] == pytest.approx(expected, abs=1e-4)
+            assert mean[row][j] == pytest.approx(expected / sum(c.mask), abs=1e-4)
+
+
+def test_prefill_is_what_forward_and_generate_continue_from(prefix_model) -> None:
+    images = random_media(prefix_model, "image", 2)
+    batch = two_image_batch(prefix_model, images[:1], images[1:])
+    with torch.no_grad():
+        pre = prefix_model.prefill(batch)
+        last = prefix_model(batch, logits="last").logits
+    assert pre.cache is not None and pre.state is None  # prefix fusion keeps no per-token state
+    assert torch.allclose(prefix_model.llm.logits(pre.last_hidden), last, atol=1e-5)
+    assert pre.next_position.tolist() == batch.attention_mask.sum(1).tolist()
+    first = prefix_model.generate(batch, max_new_tokens=1, eos_token_id=-1)[:, 0]
+    assert torch.equal(first, last.argmax(-1))
+
+
+def test_loglikelihood_rejects_mismatched_continuations(prefix_model) -> None:
+    from lamm.batch import Continuation
+
+    batch = text_batch(prefix_model, ["a", "b"], labels=False)
+    with pytest.raises(ValueError, match="2 prompts but continuations for 1"):
+        prefix_model.loglikelihood(batch, [[Continuation([5])]])
+    with pytest.raises(ValueError, match="2 ids but 1 scored"):
+        Continuation([5, 6], [True])
+
+
+def test_gated_xattn_fails_loudly_when_the_decoder_drops_its_kwargs(xattn_model, monkeypatch) -> None:
+    """The fusion's post-call check: a decoder that swallows the layer kwargs would silently ignore media."""
+    original = xattn_model.llm.hidden_states
+    monkeypatch.setattr(xattn_model.llm, "hidden_states", lambda *args, **kwargs: original(
+        *args, **{k: v for k, v in kwargs.items() if k in ("past_key_values", "use_cache")}))
+    batch = text_batch(xattn_model, [f"{media_text(xattn_model, 'image')} colour?"],
+                       {"image": (random_media(xattn_model, "image", 1), [0])})
+    with pytest.raises(RuntimeError, match="did not pass keyword arguments"):
+        xattn_model(batch)
+    monkeypatch.undo()
+    assert torch.isfinite(xattn_model(batch).loss)

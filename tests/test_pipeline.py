@@ -118,7 +118,8 @@ def test_image_video_points_and_text_only_through_processor_and_model(tmp_path, 
     for row, sample_id in enumerate(batch.ids):
         for modality, placeholder in PLACEHOLDERS.items():
             count = int((batch.input_ids[row] == model.tokenizer.convert_tokens_to_ids(placeholder)).sum())
-            expected = specs[modality].num_tokens if media_of[sample_id] == modality else 0
+            per_medium = model.fusion.layout.placeholders_per_medium(specs[modality].projected_tokens)
+            expected = per_medium if media_of[sample_id] == modality else 0
             assert count == expected, (sample_id, modality, count)
     assert {m: mb.sample_index.tolist() for m, mb in batch.media.items()} == {
         "image": [0], "video": [1], "pointcloud": [2]}

@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 import torch
 
-from lamm.batch import Batch
+from lamm.batch import IGNORE_INDEX, Batch
 from lamm.datasets.errors import DataError
-from lamm.datasets.processor import IGNORE_INDEX, ProcessedSample
+from lamm.datasets.processor import ProcessedSample
 from lamm.datasets.sample import MARKER_RE, MediaRef, Sample, Turn
 from lamm.tokens import PLACEHOLDERS
 
@@ -61,8 +61,7 @@ class ChatSession:
         # No truncation: cutting the end of a chat prompt would drop the question itself.
         self.renderer = Renderer(model, template=template, system_prompt=system_prompt, max_length=None)
         self.specs = model.media_specs()
-        llm_config = model.llm.causal_lm.config.get_text_config()
-        self.context: int | None = getattr(llm_config, "max_position_embeddings", None)
+        self.context: int | None = model.context_length
         self.turns: list[Turn] = []
         self.media: list[MediaRef] = []  # in text order, for the turns in `turns`
         self.pending: list[MediaRef] = []  # attached for the next user turn

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lamm.tokens import PLACEHOLDERS
+from lamm.tokens import PLACEHOLDERS, TextLayout
 
 
 @dataclass
@@ -24,13 +24,20 @@ class MediaCountError(ValueError):
 
 
 class Fusion(nn.Module, ABC):
-    """Prefix fusion rewrites input embeddings; cross-attention fusion conditions decoder layers.
+    """How projected media reach the LLM: everything fusion-specific lives behind this contract.
 
-    `layout` tells the data processor which placeholders to insert ("prefix": K per medium;
-    "gated_xattn": one per medium plus an end-of-chunk token).
+    A fusion says how one medium is written into the text (`layout`, plain data the data
+    pipeline follows), how media enter the forward pass (`embed` rewrites input embeddings;
+    `begin` + `layer_kwargs` condition the decoder layers), whether option scoring may continue
+    candidates from a shared prompt KV cache (`shares_prompt_cache`), and what to check after
+    each decoder call (`check_call`). Nothing outside `lamm.fusion` branches on a fusion's name.
     """
 
-    layout: str
+    # One medium = the projector's K placeholders, no chunk marks (override per fusion).
+    layout: TextLayout = TextLayout()
+    # True when tokens after a cached prompt need no conditioning beyond that cache, so scoring
+    # runs each prompt once and continues every candidate from its repeated cache.
+    shares_prompt_cache: bool = True
 
     def attach(self, llm: Any) -> None:
         """Hook into the LLM once, after it is loaded and before LoRA is applied."""
@@ -47,9 +54,8 @@ class Fusion(nn.Module, ABC):
         """Keyword arguments passed explicitly to the decoder layers for the tokens `input_ids`."""
         return {}
 
-    def placeholders_per_medium(self, projector_tokens: int) -> int:
-        """How many placeholder tokens one medium occupies in the text."""
-        return projector_tokens if self.layout == "prefix" else 1
+    def check_call(self, state: Any, layer_kwargs: dict[str, Any]) -> None:
+        """Called after every decoder call with the state and the kwargs it was given; raise if it went wrong."""
 
 
 def placeholder_masks(input_ids: torch.Tensor, media_token_ids: dict[str, int], modalities) -> dict[str, torch.Tensor]:

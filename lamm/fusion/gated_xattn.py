@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lamm.fusion.base import Fusion, MediaTokens, check_media_counts, placeholder_masks
 from lamm.registry import FUSIONS
-from lamm.tokens import PLACEHOLDERS
+from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, TextLayout
 
 LAYER_KWARG = "lamm_xattn"
 
@@ -93,7 +93,7 @@ class CrossAttentionState:
     key_valid: torch.Tensor | None  # [B, L]: False for padding slots/tokens
     last_slot: torch.Tensor  # [B]: slot of the most recent media token seen so far (-1: none yet)
     only_latest: bool
-    kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    kv_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block key -> K/V
 
 
 @dataclass
@@ -109,7 +109,10 @@ class CallConditioning:
 class GatedCrossAttentionFusion(Fusion):
     """Flamingo-style fusion; `every`: a block before every n-th decoder layer."""
 
-    layout = "gated_xattn"
+    # One placeholder per medium; <|endofchunk|> closes the text that follows it (OpenFlamingo).
+    layout = TextLayout(placeholders=1, chunk_end=END_OF_CHUNK)
+    # Every later token attends to the media through per-token state, not through the prompt's cache.
+    shares_prompt_cache = False
 
     def __init__(
         self,
@@ -232,3 +235,12 @@ class GatedCrossAttentionFusion(Fusion):
         token_slot = state.last_slot.unsqueeze(1) + is_media.long().cumsum(1)
         state.last_slot = token_slot[:, -1]
         return {LAYER_KWARG: CallConditioning(state, token_slot)}
+
+    def check_call(self, state: CrossAttentionState | None, layer_kwargs: dict[str, Any]) -> None:
+        """Fail loudly if the decoder swallowed the conditioning kwargs instead of passing them on."""
+        cond = layer_kwargs.get(LAYER_KWARG)
+        if cond is not None and state is not None and state.media is not None and not cond.calls:
+            raise RuntimeError(
+                "gated_xattn: the LLM's decoder did not pass keyword arguments to its layers, so "
+                "cross-attention never ran; this model family is not supported by gated_xattn"
+            )

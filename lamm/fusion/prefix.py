@@ -7,14 +7,15 @@ import torch
 
 from lamm.fusion.base import Fusion, MediaTokens, check_media_counts, placeholder_masks
 from lamm.registry import FUSIONS
-from lamm.tokens import PLACEHOLDERS
+from lamm.tokens import PLACEHOLDERS, TextLayout
 
 
 @FUSIONS.register("prefix")
 class PrefixFusion(Fusion):
     """Scatter each medium's K tokens into its K placeholder positions, anywhere in the text."""
 
-    layout = "prefix"
+    layout = TextLayout()  # K placeholders per medium, no chunk marks
+    shares_prompt_cache = True  # media live in the prompt's cache only
 
     def __init__(self, hidden_size: int | None = None, **_: Any) -> None:
         super().__init__()

@@ -20,7 +20,7 @@ class LammDataModule(L.LightningDataModule):
         self.config = DataConfig.from_any(data_cfg)
         self.media_specs = model.media_specs()
         self.tokenizer = model.tokenizer
-        self.fusion = model.fusion.layout
+        self.layout = model.fusion.layout  # how the model's fusion writes media into the text
         self.max_steps, self.accumulate = max_steps, accumulate
         self.consumed = 0  # global samples consumed, restored from a checkpoint
         self.train_set = None
@@ -32,7 +32,7 @@ class LammDataModule(L.LightningDataModule):
             # Not yet supported by the resumable stream sampler: say so before any training work.
             if self.config.name == "mixture" and self.config.extra.get("mode") == "alternating":
                 raise ValueError("data.mode=alternating is not supported by lamm-train yet; use data.mode=mixed")
-            self.train_set = build_dataset(self.data_cfg, self.media_specs, self.tokenizer, self.fusion)
+            self.train_set = build_dataset(self.data_cfg, self.media_specs, self.tokenizer, self.layout)
             if not hasattr(self.train_set, "__len__"):
                 raise ValueError(f"data.name={self.config.name}: streaming datasets are not supported by "
                                  "lamm-train yet (it needs a map-style dataset for exact resume)")
