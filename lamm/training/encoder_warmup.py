@@ -39,9 +39,15 @@ class EncoderWarmupConfig:
 
     @classmethod
     def from_config(cls, node) -> "EncoderWarmupConfig":
+        from dataclasses import fields
+
         from omegaconf import OmegaConf
 
-        return cls(**OmegaConf.to_container(node, resolve=True)) if node is not None else cls()
+        data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"encoder_warmup: unknown key(s) {unknown}; keys are {[f.name for f in fields(cls)]}")
+        return cls(**data)
 
 
 class EncoderWarmup(TrainingMethod):
@@ -54,6 +60,7 @@ class EncoderWarmup(TrainingMethod):
         if not 0 <= cfg.steps < max_steps:
             raise ValueError(f"encoder_warmup.steps={cfg.steps} must be >= 0 and below "
                              f"trainer.max_steps={max_steps} (the warm-up steps count within the run)")
+        super().__init__()
         self.cfg = cfg
         self.heads = AnswerWordHeads(model, cfg)
 
