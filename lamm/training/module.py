@@ -82,7 +82,7 @@ class LammModule(L.LightningModule):
             groups = param_groups(self.model, self.optim)
             factor = warmup_cosine(self.optim.warmup_steps, self.max_steps, self.optim.min_lr_ratio)
             plan = OptimizationPlan(groups, [factor] * len(groups))
-        optimizer = build_optimizer(plan.groups, self.optim)
+        optimizer = build_optimizer(self.model, self.optim, plan.groups)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

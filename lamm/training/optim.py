@@ -60,7 +60,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig, apart: tuple[str, ...] = ()
     ]
 
 
-def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """AdamW over `groups` (default: `param_groups(model, cfg)`)."""
+    groups = param_groups(model, cfg) if groups is None else groups
     if not any(g["params"] for g in groups):
         raise ValueError("model.policy leaves nothing to train: every part is frozen")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
