@@ -44,7 +44,8 @@ class TrainablePolicy:
 
 
 def part_of(name: str) -> str:
-    """The policy part a MultimodalLM parameter name belongs to."""
+    """The policy part a MultimodalLM parameter name belongs to (the one classifier: the policy, the
+    parameter report and the optimizer's groups, lamm.training.optim.param_groups, all use it)."""
     if name.startswith("encoders."):
         return "encoder"
     if name.startswith("projectors."):

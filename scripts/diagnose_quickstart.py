@@ -129,7 +129,7 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
     from lamm.cli.train import _data_config
     from lamm.config import compose
     from lamm.training.datamodule import LammDataModule
-    from lamm.training.encoder_warmup import EncoderWarmupConfig
+    from lamm.training.encoder_warmup import EncoderWarmup, EncoderWarmupConfig
     from lamm.training.module import LammModule
     from lamm.training.optim import OptimConfig
 
@@ -140,9 +140,10 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
         model = build_model(cfg.model)
         # Training's own heads, optimizer groups and phased schedule, stopped where the warm-up ends.
         wcfg = replace(EncoderWarmupConfig.from_config(cfg.encoder_warmup), steps=steps)
-        module = LammModule(model, OptimConfig.from_config(cfg.optim), steps + 1, encoder_warmup=wcfg)
+        method = EncoderWarmup(model, wcfg, steps + 1)
+        module = LammModule(model, OptimConfig.from_config(cfg.optim), steps + 1, methods=[method])
         setup = module.configure_optimizers()
-        opt, sched, heads = setup["optimizer"], setup["lr_scheduler"]["scheduler"], module.warmup_heads
+        opt, sched, heads = setup["optimizer"], setup["lr_scheduler"]["scheduler"], method.heads
         dm = LammDataModule(_data_config(cfg), model, steps)
         dm.setup()
         model.train()

@@ -70,35 +70,12 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     return str(cfg.resume)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path):
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def build_trainer(cfg: DictConfig, run_dir: Path, methods: Sequence[Any] = ()):
+    """The run's Lightning Trainer (lamm/training/trainer.py: `trainer.*` passes through, loggers and
+    callbacks by name, accumulation from data.global_batch_size)."""
+    from lamm.training.trainer import build_trainer as build
 
-    from lamm.training.callbacks import LossCurve, RankConsistency
-    from lamm.training.checkpoint_io import FolderCheckpointIO
-
-    t = cfg.trainer
-    encoder_warmup_steps = int(OmegaConf.select(cfg, "encoder_warmup.steps", default=0) or 0)
-    strategy = t.strategy
-    if encoder_warmup_steps and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
-        # Warm-up steps leave the LLM side without gradients; DDP must be told, or it waits for them.
-        strategy = f"{strategy}_find_unused_parameters_true"
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step={step:06d}", auto_insert_metric_name=False,
-        every_n_train_steps=int(cfg.checkpoint.every_n_steps), save_last=True,
-        save_top_k=-1 if cfg.checkpoint.keep_all else 0,
-    )
-    return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=t.precision, max_steps=int(t.max_steps), max_epochs=1,  # one epoch: the sampler is one stream
-        accumulate_grad_batches=int(t.accumulate_grad_batches), gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=int(t.log_every_n_steps), deterministic=t.deterministic,
-        logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tb")],
-        callbacks=[checkpoint, RichProgressBar(leave=True), LossCurve(run_dir, encoder_warmup_steps), RankConsistency()],
-        plugins=[FolderCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=run_dir,
-    )
+    return build(cfg, run_dir, methods)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> Path:
@@ -109,16 +86,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from lamm.build import build_model
     from lamm.policy import parameter_report
     from lamm.training.datamodule import LammDataModule
-    from lamm.training.encoder_warmup import EncoderWarmupConfig
     from lamm.training.export import EXPORT_DIR, export_model, init_from_run
+    from lamm.training.method import build_methods
     from lamm.training.module import LammModule
     from lamm.training.optim import OptimConfig
     from lamm.training.run_folder import check_writable, write_run_info
+    from lamm.training.trainer import check_run_config
 
     check_writable(run_dir)
+    check_run_config(cfg)  # trainer keys, loggers, callbacks, global batch: one line before any model is built
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ckpt_path = resolve_resume(cfg, run_dir)
     data_cfg = _data_config(cfg)
+    data_cfg.pop("global_batch_size", None)  # read by the trainer (accumulation), not by the datasets
     model = build_model(cfg.model)
     console = Console()
     if cfg.get("init_from"):
@@ -127,11 +107,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     counts = parameter_report(model)
     console.print("trainable parameters: " + ", ".join(f"{k} {t:,}/{n:,}" for k, (t, n) in counts.items() if n))
     max_steps = int(cfg.trainer.max_steps)
+    methods = build_methods(cfg, model, max_steps)  # e.g. the encoder warm-up (lamm/training/method.py)
     module = LammModule(model, OptimConfig.from_config(cfg.optim), max_steps,
-                        gradient_checkpointing=bool(cfg.gradient_checkpointing),
-                        encoder_warmup=EncoderWarmupConfig.from_config(cfg.get("encoder_warmup")))
-    datamodule = LammDataModule(data_cfg, model, max_steps, int(cfg.trainer.accumulate_grad_batches))
-    trainer = build_trainer(cfg, run_dir)
+                        gradient_checkpointing=bool(cfg.gradient_checkpointing), methods=methods)
+    trainer = build_trainer(cfg, run_dir, methods)
+    datamodule = LammDataModule(data_cfg, model, max_steps, trainer.accumulate_grad_batches)
     if trainer.is_global_zero:
         from lamm.recipes.hashing import current_recipe
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning as L
 
 
-def plot_loss_curve(metrics_csv: Path, out_png: Path, encoder_warmup_steps: int = 0) -> bool:
+def plot_loss_curve(metrics_csv: Path, out_png: Path, phases: list[tuple[int, str]] = ()) -> bool:
     """Plot train/loss against step from Lightning's CSV log; False when there is nothing to plot.
-    With an encoder warm-up its steps (a different loss: answer words from media) get their own line."""
+    `phases` (first step after, label) are leading phases whose loss differs in kind: one line each."""
     if not metrics_csv.exists():
         return False
     steps, losses = [], []
@@ -26,10 +26,12 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path, encoder_warmup_steps: int 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if encoder_warmup_steps:
-        cut = sum(step < encoder_warmup_steps for step in steps)
-        ax.plot(steps[:cut], losses[:cut], lw=1, label="encoder warm-up (answer words)")
-        ax.plot(steps[cut:], losses[cut:], lw=1, label="language model")
+    if phases:
+        start = 0
+        for end, label in [*sorted(phases), (steps[-1] + 1, "language model")]:
+            rows = [i for i, step in enumerate(steps) if start <= step < end]
+            ax.plot([steps[i] for i in rows], [losses[i] for i in rows], lw=1, label=label)
+            start = end
         ax.legend()
     else:
         ax.plot(steps, losses, lw=1)
@@ -44,19 +46,21 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path, encoder_warmup_steps: int 
 
 
 class LossCurve(L.Callback):
-    """Writes `loss.png` next to the CSV log when training ends (rank 0 only)."""
+    """Writes `loss.png` next to the CSV log when training ends (rank 0 only); the training methods
+    among the trainer's callbacks name their phases."""
 
-    def __init__(self, run_dir: Path, encoder_warmup_steps: int = 0) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.encoder_warmup_steps = encoder_warmup_steps
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
+            from lamm.training.method import TrainingMethod
+
+            phases = [p for cb in trainer.callbacks if isinstance(cb, TrainingMethod) for p in cb.loss_phases()]
             for logger in trainer.loggers:
                 if isinstance(logger, L.pytorch.loggers.CSVLogger):
                     logger.save()
-                    plot_loss_curve(Path(logger.log_dir) / "metrics.csv", self.run_dir / "loss.png",
-                                    self.encoder_warmup_steps)
+                    plot_loss_curve(Path(logger.log_dir) / "metrics.csv", self.run_dir / "loss.png", phases)
 
 
 class RankConsistency(L.Callback):

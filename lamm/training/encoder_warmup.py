@@ -1,19 +1,18 @@
-"""Encoder warm-up: the first steps of a run teach the trainable encoders to name the words of each
-sample's answers from its media alone, without the LLM.
+"""Encoder warm-up: the first `steps` of a run teach the trainable encoders to name the words of each
+sample's answers from its media alone, without the LLM; then the language-model loss takes over.
 
-A from-scratch encoder learns slowly through a frozen LLM: its only signal is the language-model loss
-back-propagated through every decoder layer (measured on the quickstart: 64% mean held-out accuracy
-after 300 steps, 93% when the same CNN was first trained alone). This phase gives it a direct signal
-at a few percent of an LLM step's cost: a linear head on the encoder's tokens (max over tokens, so
-any token may carry a word) predicts the bag of answer tokens, softmax cross-entropy against the
-normalised multi-hot target, as in classification-style vision-language pre-training (Joulin et al.
-2016, "Learning Visual Features from Large Weakly Supervised Data"; Huang et al. 2024, SuperClass).
-It reads only what the data already holds (the response tokens the LM loss is computed on), so it
-works for any instruction data. The head is discarded: the language-model phase starts after it.
+A from-scratch encoder learns slowly through a frozen LLM, whose every decoder layer dilutes its only
+signal; this phase gives it a direct one at a few percent of an LLM step's cost. A linear head on the
+encoder's tokens (max over tokens, so any token may carry a word) predicts the bag of answer tokens,
+softmax cross-entropy against the normalised multi-hot target, as in classification-style
+vision-language pre-training (Joulin et al. 2016; SuperClass, Huang et al. 2024). It reads only what
+the data already holds (the response tokens the LM loss is computed on), so it works for any
+instruction data.
 
-Token ids are hashed into `buckets` classes (id mod buckets) so the head stays small (~1M parameters
-for a 256-wide encoder; the whole vocabulary would be 12M plus their AdamW state in every checkpoint).
-Two answer words that share a bucket share a target, which a warm-up tolerates.
+Everything about the phase lives here, as one training method (lamm/training/method.py): the heads
+(held by LammModule under `warmup_heads`, so checkpoints keep them for exact resume and the export,
+which takes only the model's tensors, leaves them out), the optimizer groups and phased schedule, the
+loss during the first `steps`, and its phase on the loss curve.
 """
 from __future__ import annotations
 
@@ -25,6 +24,8 @@ from torch import nn
 
 from lamm.batch import Batch
 from lamm.model import IGNORE_INDEX
+from lamm.training.method import OptimizationPlan, TrainingMethod
+from lamm.training.optim import OptimConfig, param_groups, warmup_cosine
 
 
 @dataclass
@@ -34,13 +35,78 @@ class EncoderWarmupConfig:
     steps: int = 0
     lr: float = 1e-3
     warmup_steps: int = 20  # linear ramp, then cosine to lr * optim.min_lr_ratio at `steps`
-    buckets: int = 4096
+    buckets: int = 4096  # answer-token ids hashed (id mod buckets): a small head; words sharing a bucket share a target
 
     @classmethod
     def from_config(cls, node) -> "EncoderWarmupConfig":
+        from dataclasses import fields
+
         from omegaconf import OmegaConf
 
-        return cls(**OmegaConf.to_container(node, resolve=True)) if node is not None else cls()
+        data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"encoder_warmup: unknown key(s) {unknown}; keys are {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+
+class EncoderWarmup(TrainingMethod):
+    """The warm-up phase as a training method: its heads, optimizer groups, schedule and loss."""
+
+    name = "warmup_heads"  # the checkpoint key prefix runs have always used, so their checkpoints still resume
+    leaves_parameters_unused = True  # warm-up steps give the LLM side no gradient
+
+    def __init__(self, model: nn.Module, cfg: EncoderWarmupConfig, max_steps: int) -> None:
+        if not 0 <= cfg.steps < max_steps:
+            raise ValueError(f"encoder_warmup.steps={cfg.steps} must be >= 0 and below "
+                             f"trainer.max_steps={max_steps} (the warm-up steps count within the run)")
+        super().__init__()
+        self.cfg = cfg
+        self.heads = AnswerWordHeads(model, cfg)
+
+    @classmethod
+    def from_config(cls, node, model: nn.Module, max_steps: int) -> "EncoderWarmup | None":
+        cfg = EncoderWarmupConfig.from_config(node)
+        if cfg.steps < 0:
+            raise ValueError(f"encoder_warmup.steps={cfg.steps} must be >= 0")
+        return cls(model, cfg, max_steps) if cfg.steps else None
+
+    def modules(self) -> nn.Module:
+        return self.heads
+
+    def optimization(self, model: nn.Module, optim: OptimConfig, max_steps: int) -> OptimizationPlan:
+        """The encoders' groups apart from the rest, plus the heads' group; see `phased_schedule`."""
+        head = {"params": list(self.heads.parameters()), "lr": self.cfg.lr, "weight_decay": 0.0, "part": "",
+                "warmup_head": True}
+        groups = [*param_groups(model, optim, apart=("encoder",)), head]
+        return OptimizationPlan(groups, phased_schedule(groups, optim, max_steps, self.cfg))
+
+    def loss(self, step: int, model: nn.Module, batch: Batch) -> torch.Tensor | None:
+        return self.heads.loss(model, batch) if step < self.cfg.steps else None
+
+    def loss_phases(self) -> list[tuple[int, str]]:
+        return [(self.cfg.steps, "encoder warm-up (answer words)")]
+
+
+def phased_schedule(groups: list[dict], optim: OptimConfig, total_steps: int, cfg: EncoderWarmupConfig) -> list:
+    """One LR multiplier per group: during the first `cfg.steps` the encoder groups and the heads run
+    at `cfg.lr` (ramp over `cfg.warmup_steps`, then cosine), everything else at 0; afterwards every
+    group but the heads follows `optim`'s warmup + cosine over the remaining steps."""
+    main = warmup_cosine(optim.warmup_steps, total_steps - cfg.steps, optim.min_lr_ratio)
+    phase = warmup_cosine(cfg.warmup_steps, cfg.steps, optim.min_lr_ratio)
+
+    def for_group(group: dict):
+        head, warmed = group.get("warmup_head", False), group["part"] == "encoder" or group.get("warmup_head", False)
+        phase_scale = cfg.lr / group["lr"] if warmed and group["lr"] > 0 else 0.0
+
+        def factor(step: int) -> float:
+            if step < cfg.steps:
+                return phase_scale * phase(step)
+            return 0.0 if head else main(step - cfg.steps)
+
+        return factor
+
+    return [for_group(g) for g in groups]
 
 
 class AnswerWordHeads(nn.Module):

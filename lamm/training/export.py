@@ -56,8 +56,8 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
                                     f"(run from the folder training ran in, or restore that run)")
         init_from_run(model, source)
     weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
-    # An encoder warm-up's heads ride in checkpoints for exact resume; they are not part of the model.
-    weights = {k.removeprefix("model."): v for k, v in weights.items() if not k.startswith("warmup_heads.")}
+    # Only the model's own tensors: a training method's modules (e.g. probe heads) ride beside them for resume.
+    weights = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
     tensors = model.trained_tensors()
     missing, unexpected = sorted(set(tensors) - set(weights)), sorted(set(weights) - set(tensors))
     if missing or unexpected:

@@ -1,4 +1,8 @@
-"""The LightningModule around MultimodalLM: loss, optimiser, schedule, trainable-only checkpoints."""
+"""The LightningModule around MultimodalLM: loss, optimiser, schedule, trainable-only checkpoints.
+
+Training methods (lamm/training/method.py) may own extra modules, set the optimizer plan and replace
+the loss for some steps; this module only asks them, it knows none by name.
+"""
 from __future__ import annotations
 
 import random
@@ -9,8 +13,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from lamm.training.encoder_warmup import AnswerWordHeads, EncoderWarmupConfig
-from lamm.training.optim import OptimConfig, build_optimizer, phased_schedule, warmup_cosine
+from lamm.training.method import OptimizationPlan, TrainingMethod
+from lamm.training.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
 
 
 class NonFiniteLossError(RuntimeError):
@@ -25,17 +29,19 @@ class LammModule(L.LightningModule):
     """Trains the parts the model's policy declares; checkpoints hold only those parts."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, max_steps: int,
-                 gradient_checkpointing: bool = False, encoder_warmup: EncoderWarmupConfig | None = None) -> None:
+                 gradient_checkpointing: bool = False, methods: list[TrainingMethod] = ()) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
-        self.warmup = encoder_warmup or EncoderWarmupConfig()
-        if not 0 <= self.warmup.steps < max_steps:
-            raise ValueError(f"encoder_warmup.steps={self.warmup.steps} must be >= 0 and below "
-                             f"trainer.max_steps={max_steps} (the warm-up steps count within the run)")
-        # Trained during the first encoder_warmup.steps only; kept in checkpoints so a resume mid-warm-up is exact.
-        self.warmup_heads = AnswerWordHeads(model, self.warmup) if self.warmup.steps else None
+        self.methods = list(methods)
+        for method in self.methods:
+            extra = method.modules()
+            if extra is None:
+                continue
+            if not method.name or hasattr(self, method.name):
+                raise ValueError(f"training method {type(method).__name__} needs a free attribute name, got {method.name!r}")
+            self.add_module(method.name, extra)  # inside the module: DDP syncs it, checkpoints carry it
         if gradient_checkpointing:
             model.llm.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._last_time: float | None = None
@@ -45,10 +51,8 @@ class LammModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         if batch is None:  # every sample of this batch was skipped (data.on_error=skip)
             return None
-        warming_up = self.global_step < self.warmup.steps
-        if warming_up:
-            loss = self.warmup_heads.loss(self.model, batch)
-        else:
+        loss = next((out for m in self.methods if (out := m.loss(self.global_step, self.model, batch)) is not None), None)
+        if loss is None:
             loss = self.model(batch, logits="none").loss
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -60,24 +64,26 @@ class LammModule(L.LightningModule):
             rate = len(batch) * self.trainer.world_size / max(now - self._last_time, 1e-9)
             self.log("samples_per_s", rate, prog_bar=True, on_step=True, batch_size=len(batch))
         self._last_time = now
-        # One key for both phases (Lightning repeats a key's last value in later rows once it stops being logged).
+        # One key whichever method gives the loss (Lightning repeats a key's last value once it stops being logged).
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(batch))
         groups = self.trainer.optimizers[0].param_groups
-        shown = next(g for g in groups if g.get("warmup_head")) if warming_up else groups[0]
+        shown = next((g for g in groups if g["lr"] > 0), groups[0])  # the first group this step trains
         self.log("lr", shown["lr"], prog_bar=True, on_step=True, batch_size=len(batch))
         return loss
 
     def configure_optimizers(self):
-        if self.warmup_heads is None:
-            optimizer = build_optimizer(self.model, self.optim)
-            factor = warmup_cosine(self.optim.warmup_steps, self.max_steps, self.optim.min_lr_ratio)
+        plans = [(m, p) for m in self.methods if (p := m.optimization(self.model, self.optim, self.max_steps))]
+        if len(plans) > 1:
+            raise ValueError("training methods " + " and ".join(type(m).__name__ for m, _ in plans)
+                             + " each set the optimizer's groups and schedule; at most one may")
+        if plans:
+            plan = plans[0][1]
         else:
-            head = {"params": list(self.warmup_heads.parameters()), "lr": self.warmup.lr, "weight_decay": 0.0,
-                    "warmup_head": True}
-            optimizer = build_optimizer(self.model, self.optim, [head], split_encoders=True)
-            factor = phased_schedule(optimizer.param_groups, self.optim, self.max_steps, self.warmup.steps,
-                                     self.warmup.lr, self.warmup.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            groups = param_groups(self.model, self.optim)
+            factor = warmup_cosine(self.optim.warmup_steps, self.max_steps, self.optim.min_lr_ratio)
+            plan = OptimizationPlan(groups, [factor] * len(groups))
+        optimizer = build_optimizer(self.model, self.optim, plan.groups)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -90,25 +96,30 @@ class LammModule(L.LightningModule):
 
     # -- checkpoints: trainable weights only ---------------------------------------------------
 
+    def _own_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must carry: what training changes in the model (`MultimodalLM.trained_tensors`,
+        nothing frozen) under `model.`, and the training methods' own modules under their names."""
+        own = {f"model.{n}": t for n, t in self.model.trained_tensors().items()}
+        for method in self.methods:
+            extra = method.modules()
+            if extra is not None:
+                own |= {f"{method.name}.{n}": t for n, t in extra.state_dict().items()}
+        return own
+
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Only what training changed (`MultimodalLM.trained_tensors`, nothing frozen): what a checkpoint must carry."""
-        names = set(self.model.trained_tensors())
+        names = set(self._own_tensors())
         full = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in full.items() if k.removeprefix("model.") in names or k.startswith("warmup_heads.")}
+        return {k: v for k, v in full.items() if k in names}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, **kwargs: Any):
-        expected = {f"model.{n}" for n in self.model.trained_tensors()}
-        if self.warmup_heads is not None:
-            expected |= {f"warmup_heads.{n}" for n in self.warmup_heads.state_dict()}
+        own = self._own_tensors()
+        expected = set(own)
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
         if strict and (missing or unexpected):
             raise CheckpointMismatchError(
                 "checkpoint does not match this model config: "
                 f"missing {_preview(missing)}; unexpected {_preview(unexpected)}"
             )
-        own = {f"model.{n}": t for n, t in self.model.trained_tensors().items()}
-        if self.warmup_heads is not None:
-            own |= {f"warmup_heads.{n}": t for n, t in self.warmup_heads.state_dict().items()}
         for key, value in state_dict.items():
             if key in own and own[key].shape != value.shape:
                 raise CheckpointMismatchError(

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+
+from lamm.policy import part_of
 
 
 @dataclass
@@ -36,40 +39,36 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or any(k in lowered for k in ("norm", "embed", "emb.", "_emb", "latents", "gate", "pos"))
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig, split_encoders: bool = False) -> list[dict]:
-    """Trainable parameters split by (weight decay?, learning-rate multiplier), and with
-    `split_encoders` by encoder or not (an encoder warm-up schedules those groups apart; off, the
-    groups stay as before, so older optimizer states still load)."""
-    groups: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
+def param_groups(model: nn.Module, cfg: OptimConfig, apart: tuple[str, ...] = ()) -> list[dict]:
+    """A MultimodalLM's trainable parameters grouped by (weight decay?, learning-rate multiplier), and
+    by policy part for the parts named in `apart` (a training method that schedules them on their own
+    asks for that; without it the groups stay as they were, so older optimizer states still load).
+    Each group's `part` is its part when in `apart`, else ""."""
+    groups: dict[tuple[bool, float, str], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        mult = 1.0
-        encoder = name.startswith("encoders.") or ".encoders." in name
+        part = part_of(name)
         if name.endswith(("attn_gate", "ff_gate")):
             mult = cfg.gate_lr_multiplier
-        elif encoder:
-            mult = cfg.encoder_lr_multiplier
-        elif name.startswith("fusion.") or ".fusion." in name:
-            mult = cfg.fusion_lr_multiplier
-        groups.setdefault((_no_decay(name, param), mult, encoder and split_encoders), []).append(param)
+        else:
+            mult = {"encoder": cfg.encoder_lr_multiplier, "fusion": cfg.fusion_lr_multiplier}.get(part, 1.0)
+        groups.setdefault((_no_decay(name, param), mult, part if part in apart else ""), []).append(param)
     return [
-        # `encoder` marks the groups an encoder warm-up trains (lamm/training/encoder_warmup.py).
-        {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult,
-         "encoder": encoder}
-        for (no_decay, mult, encoder), params in sorted(groups.items())
+        {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": cfg.lr * mult, "part": part}
+        for (no_decay, mult, part), params in sorted(groups.items())
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_groups: list[dict] = (),
-                    split_encoders: bool = False) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg, split_encoders)
-    if not groups:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """AdamW over `groups` (default: `param_groups(model, cfg)`)."""
+    groups = param_groups(model, cfg) if groups is None else groups
+    if not any(g["params"] for g in groups):
         raise ValueError("model.policy leaves nothing to train: every part is frozen")
-    return torch.optim.AdamW([*groups, *extra_groups], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
     """LR multiplier: linear warmup, then cosine from 1 to `min_ratio` at `total_steps`."""
 
     def factor(step: int) -> float:
@@ -79,25 +78,3 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def phased_schedule(groups: list[dict], cfg: OptimConfig, total_steps: int, warmup_phase_steps: int,
-                    warmup_phase_lr: float, warmup_phase_ramp: int) -> list:
-    """One LR multiplier per parameter group for a run whose first `warmup_phase_steps` warm up the
-    encoders (their groups and the `warmup_head` groups at `warmup_phase_lr`, everything else at 0),
-    after which every group but the heads follows warmup + cosine over the remaining steps."""
-    main = warmup_cosine(cfg.warmup_steps, total_steps - warmup_phase_steps, cfg.min_lr_ratio)
-    phase = warmup_cosine(warmup_phase_ramp, warmup_phase_steps, cfg.min_lr_ratio)
-
-    def for_group(group: dict):
-        head, encoder = group.get("warmup_head", False), group.get("encoder", False)
-        phase_scale = warmup_phase_lr / group["lr"] if (head or encoder) and group["lr"] > 0 else 0.0
-
-        def factor(step: int) -> float:
-            if step < warmup_phase_steps:
-                return phase_scale * phase(step)
-            return 0.0 if head else main(step - warmup_phase_steps)
-
-        return factor
-
-    return [for_group(g) for g in groups]
