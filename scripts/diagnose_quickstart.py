@@ -126,7 +126,7 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
     from dataclasses import replace
 
     from lamm.build import build_model
-    from lamm.cli.train import _data_config
+    from lamm.cli.train import data_config
     from lamm.config import compose
     from lamm.training.datamodule import LammDataModule
     from lamm.training.encoder_warmup import EncoderWarmup, EncoderWarmupConfig
@@ -144,7 +144,7 @@ def warmup(data: Path, steps_list: list[int], seed: int) -> None:
         module = LammModule(model, OptimConfig.from_config(cfg.optim), steps + 1, methods=[method])
         setup = module.configure_optimizers()
         opt, sched, heads = setup["optimizer"], setup["lr_scheduler"]["scheduler"], method.heads
-        dm = LammDataModule(_data_config(cfg), model, steps)
+        dm = LammDataModule(data_config(cfg), model, steps)
         dm.setup()
         model.train()
         start = time.perf_counter()

@@ -33,8 +33,6 @@ FOLDERS = {
 # (file, private name) pairs tolerated for now.
 ALLOWED = {
     ("benchmarks/build.py", "lamm.build._plain"),  # removed by helpers-merge
-    # lamm/cli/train.py belongs to the training-stages rewrite (arch-train); make `_data_config` public there.
-    ("scripts/diagnose_quickstart.py", "lamm.cli.train._data_config"),
 }
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger("lamm.train")
 TYPED_COMMAND: list[str] = []
 
 
-def _data_config(cfg: DictConfig) -> dict[str, Any]:
+def data_config(cfg: DictConfig) -> dict[str, Any]:
     """The data node without lamm-train's own `synth` key, generating the built-in data if asked."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     synth = data.pop("synth", None)
@@ -97,7 +97,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     check_run_config(cfg)  # trainer keys, loggers, callbacks, global batch: one line before any model is built
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ckpt_path = resolve_resume(cfg, run_dir)
-    data_cfg = _data_config(cfg)
+    data_cfg = data_config(cfg)
     data_cfg.pop("global_batch_size", None)  # read by the trainer (accumulation), not by the datasets
     model = build_model(cfg.model)
     console = Console()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lamm.batch import Batch
-from lamm.model import IGNORE_INDEX
+from lamm.batch import IGNORE_INDEX
 from lamm.training.method import OptimizationPlan, TrainingMethod
 from lamm.training.optim import OptimConfig, param_groups, warmup_cosine
 
