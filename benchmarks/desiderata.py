@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lamm.benchmarks.build import to_plain
+from lamm.plain_config import to_plain
 from lamm.benchmarks.evaluator import Evaluator, Recipe, dist_info
 
 DIMENSIONS = ("calibration", "icl", "instruction_following", "robustness", "hallucination")
