@@ -22,15 +22,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
 from lamm.benchmarks.base import EvalSample, Query
 from lamm.benchmarks.build import build_inferencer, build_instruction, build_metrics, build_scenario
 from lamm.benchmarks.render import Renderer
-from lamm.components import check_component
+from lamm.components import ConfigProblem, check_component
 from lamm.plain_config import to_plain
+from lamm.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ class Recipe:
         plain = to_plain(cfg)
         if not isinstance(plain, dict):
             raise ValueError(f"benchmark: expected a recipe mapping, found {type(plain).__name__}")
-        unknown = set(plain) - RECIPE_KEYS
-        if unknown:
-            raise ValueError(f"benchmark: unknown recipe keys {sorted(unknown)}; allowed: {', '.join(sorted(RECIPE_KEYS))}")
+        problems = recipe_key_problems(plain)
+        if problems:
+            raise ValueError(f"benchmark.{problems[0]}")
         if "scenario" not in plain:
             raise ValueError("benchmark.scenario: missing (e.g. {name: synth_shapes})")
         return cls(**{"name": plain.get("name") or "recipe", **{k: v for k, v in plain.items() if k != "name"}})
@@ -75,6 +76,13 @@ class Recipe:
         for i, m in enumerate(metrics if isinstance(metrics, list) else [metrics]):
             check_component(METRICS, m, f"benchmark.metrics[{i}]")
         return self
+
+
+def recipe_key_problems(recipe: Mapping[str, Any], allowed: Collection[str] = RECIPE_KEYS) -> list[ConfigProblem]:
+    """One problem, with a did-you-mean, for each key of a recipe mapping that is not in `allowed`."""
+    keys = sorted(allowed)
+    return [ConfigProblem(str(key), f"unknown recipe key.{did_you_mean(key, keys)} Keys: {', '.join(keys)}")
+            for key in recipe if key not in allowed]
 
 
 def dist_info() -> tuple[int, int]:

@@ -21,7 +21,7 @@ def build_model(cfg: Any) -> MultimodalLM:
     cfg = to_plain(cfg) or {}
     for key in ("encoder", "projector", "fusion", "llm"):
         if key not in cfg:
-            raise ValueError(f"model.{key}: missing (choose one with model/{key}=NAME)")
+            raise ValueError(f"model.{key}: missing required key (choose one with model/{key}=NAME)")
     policy = TrainablePolicy.from_config(cfg.get("policy"))
     llm = build_component(LLMS, cfg["llm"], "model.llm")
 

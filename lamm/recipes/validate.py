@@ -5,7 +5,8 @@ Checked, each problem as one line `FILE:LINE: KEY: message`:
 - experiments: the `# @package _global_` header, every defaults-list group and option exists;
 - the composed config has the required keys (model parts, data.name, trainer.max_steps for an
   experiment; a scenario or desiderata, and metrics, for a benchmark);
-- every registry name exists and its keys bind to the component's parameters;
+- every registry name exists and its keys bind to the component's parameters (`lamm.components`, the
+  same check building runs, so both say the same words);
 - values have the type of the shipped default at the same key, or of the component's parameter.
 Lines come from PyYAML's node marks; a key the file does not set points at the defaults entry that
 brought it in.
@@ -22,7 +23,7 @@ import yaml
 
 from lamm.components import ConfigProblem, component_problems, name_problems, type_name
 from lamm.config import config_search_dirs, group_options, is_config_group
-from lamm.plain_config import MISSING
+from lamm.plain_config import MISSING, to_plain
 from lamm.recipes.hashing import sha256_file
 from lamm.recipes.safety import Problem, package_header, scan_text, walk_nodes
 from lamm.recipes.staging import stage_file
@@ -141,11 +142,10 @@ def _missing_values(tree: Any, prefix: str = "") -> list[str]:
 
 def _resolved(cfg: Any, checker: _Checker, key_prefix: str = "") -> dict | None:
     """The config as plain containers, interpolations resolved (`???` kept); a failure is a problem."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        return to_plain(cfg)
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", "") or "").removeprefix(key_prefix)
         checker.add(key, f"cannot resolve: {str(exc).splitlines()[0]}")
@@ -316,13 +316,10 @@ def _check_against_defaults(checker: _Checker, data: dict, resolved: dict, base:
 
 def _check_benchmark(checker: _Checker, data: dict, dirs: list[Path], report: Report) -> None:
     from lamm.benchmarks.desiderata import desiderata_recipes
-    from lamm.benchmarks.evaluator import RECIPE_KEYS
+    from lamm.benchmarks.evaluator import RECIPE_KEYS, recipe_key_problems
     from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
 
-    allowed = sorted(RECIPE_KEYS | {"desiderata"})
-    for key in data:
-        if key not in allowed:
-            checker.add(str(key), f"unknown recipe key.{did_you_mean(key, allowed)} Keys: {', '.join(allowed)}")
+    checker.add_all(recipe_key_problems(data, RECIPE_KEYS | {"desiderata"}))
     if "scenario" not in data and "desiderata" not in data:
         checker.add("scenario", "missing required key (a scenario by registry name, e.g. "
                                 "{name: synth_shapes}, or a desiderata block)", 1)
