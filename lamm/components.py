@@ -132,10 +132,11 @@ def check_component(registry: Registry, node: Any, key: str, fixed: Collection[s
                     nested: Mapping[str, Registry] | None = None) -> None:
     """Raise the first of `component_problems`: UnknownComponentError for a name nobody registered
     (with its did-you-mean), ValueError `KEY: message` otherwise."""
-    for problem in component_problems(registry, node, key, fixed, nested=nested):
-        if problem.unknown_name:
-            raise UnknownComponentError(problem.message)
-        raise ValueError(str(problem))
+    problems = component_problems(registry, node, key, fixed, nested=nested)
+    if problems and problems[0].unknown_name:
+        raise UnknownComponentError(problems[0].message)
+    if problems:
+        raise ValueError(str(problems[0]))
 
 
 def build_component(registry: Registry, node: Any, key: str, **fixed: Any) -> Any:
