@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lamm.benchmarks.build import to_plain
-from lamm.benchmarks.evaluator import EvalSpec, Evaluator, dist_info
+from lamm.plain_config import to_plain
+from lamm.benchmarks.evaluator import Evaluator, EvalSpec, dist_info
 
 DIMENSIONS = ("calibration", "icl", "instruction_following", "robustness", "hallucination")
 DESIDERATA_KEYS = {"scenario", "dimensions", "inferencer", "option_style", "icl", "instruction_following",

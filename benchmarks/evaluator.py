@@ -22,13 +22,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
 from lamm.benchmarks.base import EvalSample, Query
-from lamm.benchmarks.build import build_inferencer, build_instruction, build_metrics, build_scenario, to_plain
+from lamm.benchmarks.build import build_inferencer, build_instruction, build_metrics, build_scenario
 from lamm.benchmarks.render import Renderer
+from lamm.components import ConfigProblem, check_component
+from lamm.plain_config import to_plain
+from lamm.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +59,31 @@ class EvalSpec:
         plain = to_plain(cfg)
         if not isinstance(plain, dict):
             raise ValueError(f"benchmark: expected a recipe mapping, found {type(plain).__name__}")
-        unknown = set(plain) - RECIPE_KEYS
-        if unknown:
-            raise ValueError(f"benchmark: unknown recipe keys {sorted(unknown)}; allowed: {', '.join(sorted(RECIPE_KEYS))}")
+        problems = recipe_key_problems(plain)
+        if problems:
+            raise ValueError(f"benchmark.{problems[0]}")
         if "scenario" not in plain:
             raise ValueError("benchmark.scenario: missing (e.g. {name: synth_shapes})")
         return cls(**{"name": plain.get("name") or "recipe", **{k: v for k, v in plain.items() if k != "name"}})
 
     def check(self) -> "EvalSpec":
-        """Fail fast (with did-you-mean) on a registry name nobody registered, before any model work."""
+        """Fail fast (with did-you-mean) on a registry name nobody registered or keys its factory lacks."""
         from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
 
-        import inspect
-
-        def checked(registry: Any, node: Any, key: str) -> None:
-            node = to_plain(node)
-            node = {"name": node} if isinstance(node, str) else node
-            if not isinstance(node, dict) or "name" not in node:
-                raise ValueError(f"{key}: missing `name`")
-            args = {k: v for k, v in node.items() if k != "name"}
-            try:  # the recipe's keys must bind to the factory's signature (a typo fails here)
-                inspect.signature(registry.get(node["name"])).bind(**args)
-            except TypeError as exc:
-                raise ValueError(f"{key}: {registry.kind} {node['name']!r}: {exc}") from None
-
-        scen = to_plain(self.scenario)
-        checked(SCENARIOS, scen, "benchmark.scenario")
-        while isinstance(scen, dict) and isinstance(scen.get("scenario"), dict):  # wrappers (corrupted)
-            scen = scen["scenario"]
-            checked(SCENARIOS, scen, "benchmark.scenario.scenario")
-        checked(INSTRUCTIONS, self.instruction, "benchmark.instruction")
-        checked(INFERENCERS, self.inferencer, "benchmark.inferencer")
+        check_component(SCENARIOS, self.scenario, "benchmark.scenario", nested={"scenario": SCENARIOS})
+        check_component(INSTRUCTIONS, self.instruction, "benchmark.instruction")
+        check_component(INFERENCERS, self.inferencer, "benchmark.inferencer")
         metrics = to_plain(self.metrics)
         for i, m in enumerate(metrics if isinstance(metrics, list) else [metrics]):
-            checked(METRICS, m, f"benchmark.metrics[{i}]")
+            check_component(METRICS, m, f"benchmark.metrics[{i}]")
         return self
+
+
+def recipe_key_problems(recipe: Mapping[str, Any], allowed: Collection[str] = RECIPE_KEYS) -> list[ConfigProblem]:
+    """One problem, with a did-you-mean, for each key of a recipe mapping that is not in `allowed`."""
+    keys = sorted(allowed)
+    return [ConfigProblem(str(key), f"unknown recipe key.{did_you_mean(key, keys)} Keys: {', '.join(keys)}")
+            for key in recipe if key not in allowed]
 
 
 def dist_info() -> tuple[int, int]:

@@ -32,7 +32,7 @@ def load_run(path: str) -> tuple[Any, dict[str, Any]]:
 
 def load_hf(llm: dict[str, Any]) -> Any:
     """A plain causal LM from the LLM registry, as a text-only MultimodalLM."""
-    from lamm.build import build_component
+    from lamm.components import build_component
     from lamm.model import MultimodalLM
     from lamm.registry import FUSIONS, LLMS
 
@@ -56,7 +56,7 @@ def load_config(model_cfg: Any = None, overrides: Any = ()) -> Any:
 def load_model(cfg: Any) -> tuple[Any, str, dict[str, Any]]:
     """The model a `model` node of conf/eval.yaml describes, a short name for output folders, and prompt
     hints (`template`, `system_prompt` a run was trained with; empty for other sources)."""
-    from lamm.benchmarks.build import to_plain
+    from lamm.plain_config import to_plain
 
     c = to_plain(cfg) or {}
     source = c.get("source", "config")

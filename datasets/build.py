@@ -16,17 +16,19 @@ from lamm.datasets.collate import build_collator
 from lamm.datasets.config import BuildContext, DataConfig
 from lamm.datasets.errors import SkipCounter
 from lamm.datasets.processor import Processor
-from lamm.datasets.templates import get_template
+from lamm.datasets.templates import format_template, get_template
 from lamm.registry import DATASETS
 from lamm.tokens import TextLayout
 
 __all__ = ["build_dataset", "build_collator", "build_from_config", "make_processor", "make_policy"]
 
 
-def make_processor(cfg: DataConfig, ctx: BuildContext, default_template: str = "vicuna_lamm",
+def make_processor(cfg: DataConfig, ctx: BuildContext, default_template: str | None = None,
                    template: str | None = None) -> Processor:
-    """The processor a format uses: its template (config wins over the format default) and limits."""
-    name = template or cfg.template or default_template
+    """The processor a format uses: its template (config wins over the format default) and limits.
+
+    `default_template` is for formats `format_template` does not know (plug-ins)."""
+    name = template or cfg.template or default_template or format_template(cfg.name) or "vicuna_lamm"
     return Processor(
         ctx.tokenizer,
         get_template(name, system_prompt=cfg.system_prompt),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -10,20 +9,16 @@ from typing import Any, Mapping
 from lamm.batch import MediaSpec
 from lamm.tokens import TextLayout
 from lamm.datasets.errors import SkipCounter
+from lamm.plain_config import to_plain
+from lamm.suggest import closest
 
 
-def to_plain(cfg: Any) -> dict[str, Any]:
-    """An OmegaConf node or mapping as a plain dict (interpolations resolved)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # omegaconf is a dependency, but plain dicts must work without it
-        pass
-    if not isinstance(cfg, Mapping):
+def data_mapping(cfg: Any) -> dict[str, Any]:
+    """A data config node as a new plain dict (see `to_plain`); anything but a mapping is a TypeError."""
+    plain = to_plain(cfg)
+    if not isinstance(plain, Mapping):
         raise TypeError(f"data config must be a mapping, found {type(cfg).__name__}")
-    return dict(cfg)
+    return plain
 
 
 @dataclass
@@ -51,7 +46,7 @@ class DataConfig:
     @classmethod
     def from_any(cls, cfg: Any) -> "DataConfig":
         """Build from an OmegaConf node or dict; keys the dataclass lacks go to `extra`."""
-        plain = to_plain(cfg)
+        plain = data_mapping(cfg)
         if "name" not in plain:
             raise ValueError("data config has no 'name' (the dataset format, e.g. lamm, llava, mmgpt, "
                              "interleaved, webdataset, mixture)")
@@ -75,8 +70,8 @@ class DataConfig:
         candidates = [f.name for f in dataclasses.fields(self) if not f.name.startswith("_")] + sorted(self._consumed)
         parts = []
         for key in unused:
-            close = difflib.get_close_matches(key, candidates, n=1)
-            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            match = closest(key, candidates)
+            parts.append(f"{key!r}" + (f" (did you mean {match!r}?)" if match else ""))
         raise ValueError(f"unknown key(s) in data config for dataset {self.name!r}: {', '.join(parts)}")
 
     def paths(self, split: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from lamm.datasets.config import BuildContext, DataConfig, to_plain
+from lamm.datasets.config import BuildContext, DataConfig, data_mapping
 from lamm.datasets.errors import SkipCounter
 from lamm.datasets.processor import ProcessedSample
 from lamm.registry import DATASETS
@@ -144,10 +144,10 @@ def build_mixture(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     if not specs:
         raise ValueError("data config 'mixture' needs a non-empty 'datasets' list")
     if isinstance(specs, dict):  # a mapping name -> config reads well in YAML too
-        specs = [{"name": k, **to_plain(v)} if "name" not in v else to_plain(v) for k, v in specs.items()]
+        specs = [{"name": k, **data_mapping(v)} if "name" not in v else data_mapping(v) for k, v in specs.items()]
     sources, weights = [], []
     for spec in specs:
-        spec = to_plain(spec)
+        spec = data_mapping(spec)
         weights.append(float(spec.pop("weight", 1.0)))
         for key in INHERITED:
             spec.setdefault(key, getattr(cfg, key))

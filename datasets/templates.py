@@ -6,12 +6,12 @@ that ends with a user turn is rendered with the assistant's prompt at the end (r
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, Sample, Turn
 from lamm.datasets.system_prompts import system_prompt_for
+from lamm.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,16 @@ TEMPLATES: dict[str, Callable[..., Template]] = {
 def get_template(name: str, **options: Any) -> Template:
     """Build the template registered as `name`; unknown names list the known ones."""
     if name not in TEMPLATES:
-        close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise TemplateError(f"unknown template {name!r}.{hint} Known templates: {', '.join(sorted(TEMPLATES))}")
+        raise TemplateError(f"unknown template {name!r}.{did_you_mean(name, TEMPLATES)} "
+                            f"Known templates: {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name](**options)
+
+
+# The template each built-in data format renders with when its config names none.
+FORMAT_TEMPLATES = {"lamm": "vicuna_lamm", "llava": "vicuna_lamm", "webdataset": "vicuna_lamm", "mmgpt": "mmgpt",
+                    "interleaved": "document"}
+
+
+def format_template(data_format: str) -> str | None:
+    """The template data format `data_format` (a dataset registry name) renders with by default; None if unknown."""
+    return FORMAT_TEMPLATES.get(data_format)

@@ -1,7 +1,7 @@
-"""Helpers shared by the encoder modules: input checks, plain configs, weight files, image transforms."""
+"""Helpers shared by the encoder modules: input checks, weight files, image transforms."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +20,6 @@ def check_shape(encoder: str, what: str, x: Any, expected: Sequence[int | str]) 
     else:
         got = str(list(x.shape))
     raise ValueError(f"{encoder} expects {what} [{', '.join(map(str, expected))}], got {got}")
-
-
-def to_plain(cfg: Any) -> Any:
-    """Turn OmegaConf containers (what Hydra passes) into plain dicts/lists, recursively."""
-    try:  # omegaconf is a dependency, but encoders must not need it when built from Python
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(cfg, Mapping):
-        return {k: to_plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return [to_plain(v) for v in cfg]
-    return cfg
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

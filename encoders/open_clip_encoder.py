@@ -9,9 +9,10 @@ from typing import Any, Callable
 
 import torch
 
+from lamm.plain_config import to_plain
 from lamm.registry import ENCODERS
 
-from ._utils import check_shape, load_weights, to_plain
+from ._utils import check_shape, load_weights
 from .base import Encoder
 
 # open_clip builds the text tower too; a custom architecture given without one gets this tiny

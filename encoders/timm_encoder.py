@@ -5,9 +5,10 @@ from typing import Any, Callable
 
 import torch
 
+from lamm.plain_config import to_plain
 from lamm.registry import ENCODERS
 
-from ._utils import check_shape, to_plain
+from ._utils import check_shape
 from .base import Encoder
 
 

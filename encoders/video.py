@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lamm.plain_config import to_plain
 from lamm.registry import ENCODERS
 
-from ._utils import check_shape, to_plain
+from ._utils import check_shape
 from .base import Encoder
 
 

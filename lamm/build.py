@@ -1,48 +1,27 @@
 """Assemble a MultimodalLM from the `model` config: every part named by registry name."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from lamm.components import build_component
 from lamm.model import MultimodalLM
+from lamm.plain_config import to_plain
 from lamm.policy import TrainablePolicy, apply_policy
 from lamm.registry import ENCODERS, FUSIONS, LLMS, PROJECTORS
 
 
-def _plain(cfg: Any) -> dict:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg or {})
-
-
-def build_component(registry, cfg: Mapping, key: str, **fixed: Any) -> Any:
-    """`registry.build(cfg.name, **fixed, **rest)` with config errors that name the key."""
-    cfg = _plain(cfg)
-    if "name" not in cfg:
-        raise ValueError(f"{key}: missing `name` (one of: {', '.join(registry.names())})")
-    name = cfg.pop("name")
-    factory = registry.get(name)
-    try:
-        return factory(**fixed, **cfg)
-    except TypeError as exc:
-        if "argument" in str(exc) or "keyword" in str(exc):
-            raise ValueError(f"{key}: {registry.kind} {name!r}: {exc}") from exc
-        raise
-
-
 def _per_modality(cfg: Any) -> dict[str, dict] | None:
     """A `{modality: component}` mapping, or None when `cfg` is a single component."""
-    cfg = _plain(cfg)
+    cfg = to_plain(cfg) or {}
     return None if "name" in cfg else cfg
 
 
 def build_model(cfg: Any) -> MultimodalLM:
     """Build the model described by a `model` config node (or a plain dict)."""
-    cfg = _plain(cfg)
+    cfg = to_plain(cfg) or {}
     for key in ("encoder", "projector", "fusion", "llm"):
         if key not in cfg:
-            raise ValueError(f"model.{key}: missing (choose one with model/{key}=NAME)")
+            raise ValueError(f"model.{key}: missing required key (choose one with model/{key}=NAME)")
     policy = TrainablePolicy.from_config(cfg.get("policy"))
     llm = build_component(LLMS, cfg["llm"], "model.llm")
 
@@ -72,7 +51,7 @@ def build_model(cfg: Any) -> MultimodalLM:
     )
     model = MultimodalLM(llm, encoders, projectors, fusion)
 
-    lora = _plain(cfg.get("lora"))
+    lora = to_plain(cfg.get("lora")) or {}
     if policy.llm == "lora" or policy.fusion == "lora":
         if not lora:
             raise ValueError("model.lora: missing, but model.policy asks for LoRA (choose model/lora=NAME)")

@@ -5,11 +5,12 @@ that name only, so a shared YAML can never point at an arbitrary import path.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator, TypeVar
+
+from lamm.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,8 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         known = sorted(self._entries)
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownComponentError(
-            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}"
-        )
+        raise UnknownComponentError(f"unknown {self.kind} {name!r}.{did_you_mean(name, known)} "
+                                    f"Known {self.kind}s: {', '.join(known) or '(none)'}")
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Look up `name` and call its factory."""

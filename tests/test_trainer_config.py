@@ -32,7 +32,7 @@ def test_a_wrong_trainer_key_is_one_line_with_a_suggestion(tmp_path: Path) -> No
     result = run_train(tmp_path, "+trainer.max_step=5")
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = [ln for ln in result.stderr.splitlines() if "error" in ln]
-    assert "unknown trainer key 'trainer.max_step'" in line and "did you mean trainer.max_steps?" in line
+    assert "unknown trainer key 'trainer.max_step'" in line and "Did you mean 'trainer.max_steps'?" in line
     assert "Traceback" not in result.stderr
     # Without `+` the key-check of the command line refuses it before Hydra starts, also in one line.
     plain = run_train(tmp_path, "trainer.bogus_key=1")
@@ -63,7 +63,7 @@ def test_trainer_arguments_pass_through_and_loggers_by_name(tmp_path: Path) -> N
 
 def test_unknown_logger_and_missing_package_are_one_line(tmp_path: Path) -> None:
     result = run_train(tmp_path, "+logger.tensorbord={}")
-    assert result.returncode == 2 and "unknown logger 'tensorbord'; did you mean tensorboard?" in result.stderr
+    assert result.returncode == 2 and "unknown logger 'tensorbord'. Did you mean 'tensorboard'?" in result.stderr
     if importlib.util.find_spec("wandb") is None:  # the missing-package line, where wandb is not installed
         missing = run_train(tmp_path, "logger=[csv,wandb]")
         assert missing.returncode == 2

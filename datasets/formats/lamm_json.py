@@ -16,7 +16,7 @@ from lamm.datasets.formats.conversation import parse_conversation_record
 from lamm.registry import DATASETS
 
 
-def _build(cfg: DataConfig, ctx: BuildContext, default_template: str) -> Dataset:
+def _build(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     policy = make_policy(cfg, ctx)
     samples = parse_files(cfg.paths(ctx.split), partial(parse_conversation_record, root=cfg.root), policy)
     tasks = cfg.option("tasks")
@@ -25,16 +25,16 @@ def _build(cfg: DataConfig, ctx: BuildContext, default_template: str) -> Dataset
         samples = [s for s in samples if s.extra.get("task") in wanted]
         if not samples:
             raise ValueError(f"data.tasks {sorted(wanted)} matches no sample in {cfg.paths(ctx.split)}")
-    return SampleDataset(samples, make_processor(cfg, ctx, default_template), policy, name=cfg.name)
+    return SampleDataset(samples, make_processor(cfg, ctx), policy, name=cfg.name)
 
 
 @DATASETS.register("lamm")
 def build_lamm(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     """LAMM instruction JSON: `image`, `pcl`/`pointcloud` or `video` plus a conversation and `task_type`."""
-    return _build(cfg, ctx, "vicuna_lamm")
+    return _build(cfg, ctx)
 
 
 @DATASETS.register("llava")
 def build_llava(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     """LLaVA instruction JSON: `<image>` in the text marks the image (media first if absent)."""
-    return _build(cfg, ctx, "vicuna_lamm")
+    return _build(cfg, ctx)

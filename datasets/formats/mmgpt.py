@@ -61,4 +61,4 @@ def build_mmgpt(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     """Multimodal-GPT instruction data (language-only and/or vision-language)."""
     policy = make_policy(cfg, ctx)
     samples = parse_files(cfg.paths(ctx.split), partial(parse_instruction_record, root=cfg.root), policy)
-    return SampleDataset(samples, make_processor(cfg, ctx, "mmgpt"), policy, name=cfg.name)
+    return SampleDataset(samples, make_processor(cfg, ctx), policy, name=cfg.name)

@@ -220,7 +220,7 @@ def build_webdataset(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     buffer = int(cfg.option("shuffle_buffer", 1000))
     return WebDatasetStream(
         cfg.paths(ctx.split),
-        make_processor(cfg, ctx, "vicuna_lamm"),
+        make_processor(cfg, ctx),
         make_policy(cfg, ctx),
         shuffle_buffer=buffer if cfg.shuffle and train else 0,
         shuffle_shards=bool(cfg.shuffle and train),

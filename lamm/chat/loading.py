@@ -11,9 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-# The template a data format renders with when its config names none (see lamm.datasets.formats).
-FORMAT_TEMPLATES = {"lamm": "vicuna_lamm", "llava": "vicuna_lamm", "webdataset": "vicuna_lamm", "mmgpt": "mmgpt"}
-
 
 @dataclass
 class ChatModel:
@@ -30,10 +27,12 @@ def prompt_layout(data: Mapping[str, Any] | None) -> tuple[str, str | None]:
 
     A mixture trains with the layouts of its parts; the chat uses its first dataset's.
     """
+    from lamm.datasets.templates import format_template
+
     data = dict(data or {})
     if data.get("name") == "mixture" and data.get("datasets"):
         return prompt_layout(data["datasets"][0])
-    template = data.get("template") or FORMAT_TEMPLATES.get(str(data.get("name")))
+    template = data.get("template") or format_template(str(data.get("name")))
     if template is None or template == "document":  # documents have no turns to chat in
         return "auto", "none"
     return template, data.get("system_prompt")
@@ -42,7 +41,7 @@ def prompt_layout(data: Mapping[str, Any] | None) -> tuple[str, str | None]:
 def load_chat_model(run: str | None = None, overrides: Sequence[str] = (),
                     config_dirs: Sequence[str | Path] = ()) -> ChatModel:
     """A trained run (folder or checkpoint), or an untrained model composed from Hydra overrides."""
-    from omegaconf import OmegaConf
+    from lamm.plain_config import to_plain
 
     if run:
         from lamm.training.export import load_for_inference
@@ -59,6 +58,6 @@ def load_chat_model(run: str | None = None, overrides: Sequence[str] = (),
         torch.manual_seed(int(cfg.get("seed") or 0))  # the same random weights every time
         model = build_model(cfg.model).eval()
         name = "untrained " + str(cfg.model.llm.get("name", "model"))
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+    data = to_plain(cfg.get("data"))
     template, system_prompt = prompt_layout(data)  # type: ignore[arg-type]
     return ChatModel(model, name, template, system_prompt)

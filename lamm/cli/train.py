@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from lamm.config import register_resolvers
+from lamm.plain_config import to_plain
 
 log = logging.getLogger("lamm.train")
 # The command line as typed (main() rewrites sys.argv for Hydra: staged recipe files, no --trust-recipe).
@@ -29,7 +30,7 @@ TYPED_COMMAND: list[str] = []
 
 def data_config(cfg: DictConfig) -> dict[str, Any]:
     """The data node without lamm-train's own `synth` key, generating the built-in data if asked."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data = to_plain(cfg.data)
     synth = data.pop("synth", None)
     if synth:
         ensure_synthetic_data(Path(cfg.paths.data_dir) / f"synth-{synth.get('seed', 0)}", synth)

@@ -2,7 +2,6 @@
 config folder (shipped, plug-ins, `--config-dir`), to list, show and copy."""
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tempfile
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lamm.config import config_search_dirs
+from lamm.suggest import did_you_mean
 
 KINDS = ("experiment", "benchmark")
 # Which CLI runs each kind, and with which config group.
@@ -73,9 +73,8 @@ def find_recipe(name: str, extra_dirs: Sequence[str | Path] = (), kind: str | No
         raise ValueError(f"recipe {name!r} is both an experiment and a benchmark; say experiment/{name} "
                          f"or benchmark/{name}")
     names = sorted({r.name for r in recipes})
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown recipe {name!r}.{hint} Known: {', '.join(names)} (see `lamm recipes list`)")
+    raise ValueError(f"unknown recipe {name!r}.{did_you_mean(name, names)} Known: {', '.join(names)} "
+                     "(see `lamm recipes list`)")
 
 
 def copy_recipe(name: str, dest: str | Path, extra_dirs: Sequence[str | Path] = ()) -> Path:

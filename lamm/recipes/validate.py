@@ -5,29 +5,30 @@ Checked, each problem as one line `FILE:LINE: KEY: message`:
 - experiments: the `# @package _global_` header, every defaults-list group and option exists;
 - the composed config has the required keys (model parts, data.name, trainer.max_steps for an
   experiment; a scenario or desiderata, and metrics, for a benchmark);
-- every registry name exists and its keys bind to the component's parameters;
+- every registry name exists and its keys bind to the component's parameters (`lamm.components`, the
+  same check building runs, so both say the same words);
 - values have the type of the shipped default at the same key, or of the component's parameter.
 Lines come from PyYAML's node marks; a key the file does not set points at the defaults entry that
 brought it in.
 """
 from __future__ import annotations
 
-import difflib
-import inspect
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
+from lamm.components import ConfigProblem, component_problems, name_problems, type_name
 from lamm.config import config_search_dirs, group_options, is_config_group
+from lamm.plain_config import MISSING, to_plain
 from lamm.recipes.hashing import sha256_file
 from lamm.recipes.safety import Problem, package_header, scan_text, walk_nodes
 from lamm.recipes.staging import stage_file
+from lamm.suggest import did_you_mean
 
-MISSING = "???"
 # Keys only a benchmark recipe has (an experiment file is recognised by everything else).
 BENCHMARK_KEYS = {"scenario", "desiderata", "instruction", "inferencer", "metrics"}
 # Sections whose keys are a fixed set (a typo there is silently ignored or fails late).
@@ -88,6 +89,10 @@ class _Checker:
             return
         self.problems.append(Problem(self.path, line or self.lines(key), key, message))
 
+    def add_all(self, problems: list[ConfigProblem]) -> None:
+        for problem in problems:
+            self.add(problem.key, problem.message)
+
     def add_message(self, message: str, fallback_key: str = "") -> None:
         """A message from lamm's own checks, which start with the key they are about."""
         match = _KEY_MESSAGE.match(message)
@@ -96,11 +101,6 @@ class _Checker:
 
 
 # ---------------------------------------------------------------------------------------------- types
-
-def _type_name(value: Any) -> str:
-    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping",
-            type(None): "null"}.get(type(value), type(value).__name__)
-
 
 def fits_default(value: Any, default: Any) -> bool:
     """True if `value` may stand where the shipped default `default` stands (None on either side fits)."""
@@ -119,78 +119,6 @@ def fits_default(value: Any, default: Any) -> bool:
     if isinstance(default, dict):
         return isinstance(value, dict)
     return True
-
-
-_ANNOTATION_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),),
-    "list": (list,), "tuple": (list,), "Sequence": (list,), "dict": (dict,), "Mapping": (dict,),
-}
-
-
-def fits_annotation(value: Any, annotation: Any) -> tuple[bool, str]:
-    """(fits, expected) for a parameter annotation like `int | None` or `Sequence[str]`; unknown ones fit."""
-    if annotation is inspect.Parameter.empty or value == MISSING:
-        return True, ""
-    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-    alternatives = [a.strip().split("[", 1)[0].split(".")[-1] for a in re.split(r"\|(?![^\[]*\])", text)]
-    if any(a not in _ANNOTATION_TYPES for a in alternatives):
-        return True, ""  # Any, a class, a protocol: nothing simple to say
-    allowed = tuple(t for a in alternatives for t in _ANNOTATION_TYPES[a])
-    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-    return ok, " or ".join("null" if a == "None" else a for a in alternatives)
-
-
-def check_component(checker: _Checker, registry: Any, node: Any, key: str, fixed: dict[str, Any] | None = None,
-                    nested: dict[str, Any] | None = None) -> None:
-    """The node names a registered component and its keys bind to the factory's parameters, with fitting types."""
-    from lamm.registry import UnknownComponentError
-
-    name_key = key if isinstance(node, str) else f"{key}.name"
-    if isinstance(node, str):  # `metrics: [accuracy]` is shorthand for [{name: accuracy}]
-        node = {"name": node}
-    if not isinstance(node, dict):
-        checker.add(key, f"expected a mapping with a `name` (a {registry.kind} name), found {_type_name(node)}")
-        return
-    name = node.get("name")
-    if name is None or name == MISSING:
-        checker.add(name_key, f"missing required key (a {registry.kind}: {', '.join(registry.names())})")
-        return
-    try:
-        factory = registry.get(name)
-    except UnknownComponentError as exc:
-        checker.add(name_key, str(exc))
-        return
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    args = {k: v for k, v in node.items() if k != "name"}
-    for arg, value in args.items():
-        param = params.get(arg)
-        if param is None:
-            if not takes_any:
-                names = [p for p in params if p not in (fixed or {})]
-                close = difflib.get_close_matches(arg, names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                checker.add(f"{key}.{arg}", f"{registry.kind} {name!r} has no parameter {arg!r}.{hint} "
-                                            f"Parameters: {', '.join(names) or '(none)'}")
-            continue
-        if nested and arg in nested:
-            check_component(checker, nested[arg], value, f"{key}.{arg}")
-            continue
-        annotation = param.annotation
-        if annotation is inspect.Parameter.empty and param.default not in (None, inspect.Parameter.empty):
-            annotation = type(param.default).__name__
-        ok, expected = fits_annotation(value, annotation)
-        if not ok:
-            checker.add(f"{key}.{arg}", f"expected {expected} ({registry.kind} {name!r}), found "
-                                        f"{_type_name(value)} {value!r}")
-    for pname, param in params.items():
-        required = param.default is inspect.Parameter.empty and param.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        if required and pname not in args and pname not in (fixed or {}):
-            checker.add(f"{key}.{pname}", f"missing required key ({registry.kind} {name!r} needs it)")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -214,11 +142,10 @@ def _missing_values(tree: Any, prefix: str = "") -> list[str]:
 
 def _resolved(cfg: Any, checker: _Checker, key_prefix: str = "") -> dict | None:
     """The config as plain containers, interpolations resolved (`???` kept); a failure is a problem."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        return to_plain(cfg)
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", "") or "").removeprefix(key_prefix)
         checker.add(key, f"cannot resolve: {str(exc).splitlines()[0]}")
@@ -249,7 +176,7 @@ def _all_groups(dirs: Sequence[Path]) -> list[str]:
 def _check_defaults(checker: _Checker, defaults: Any, lines: _Lines, dirs: Sequence[Path]) -> None:
     """Every defaults entry names an existing group and option (Hydra's own message is less precise)."""
     if not isinstance(defaults, list):
-        checker.add("defaults", f"expected a list, found {_type_name(defaults)}")
+        checker.add("defaults", f"expected a list, found {type_name(defaults)}")
         return
     for i, entry in enumerate(defaults):
         where = f"defaults[{i}]"
@@ -277,22 +204,18 @@ def _check_defaults(checker: _Checker, defaults: Any, lines: _Lines, dirs: Seque
             checker.add(where, "expected `_self_`, an experiment name or one `group: option` mapping", lines(where))
             continue
         if not is_config_group(group, dirs):
-            close = difflib.get_close_matches(group, _all_groups(dirs), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            checker.add(where, f"unknown config group {group!r}.{hint}", line)
+            checker.add(where, f"unknown config group {group!r}.{did_you_mean(group, _all_groups(dirs))}", line)
             continue
         known = group_options(group, dirs)
         for option in options:
             if optional or option in (None, MISSING) or (isinstance(option, str) and "${" in option):
                 continue  # null removes the group (required keys are checked after composition)
             if str(option) not in known:
-                close = difflib.get_close_matches(str(option), known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                checker.add(where, f"unknown option {option!r} for group {group}.{hint} Options: {', '.join(known)}",
-                            line)
+                checker.add(where, f"unknown option {option!r} for group {group}.{did_you_mean(option, known)} "
+                                   f"Options: {', '.join(known)}", line)
 
 
-def _check_parts(checker: _Checker, model: dict, part: str, registry: Any, fixed: dict,
+def _check_parts(checker: _Checker, model: dict, part: str, registry: Any, fixed: tuple[str, ...] = (),
                  nested: dict | None = None) -> None:
     """model.<part>: one component, or one per modality, each checked against the registry."""
     node = model.get(part)
@@ -302,9 +225,10 @@ def _check_parts(checker: _Checker, model: dict, part: str, registry: Any, fixed
         return
     if isinstance(node, dict) and "name" not in node and node and all(isinstance(v, dict) for v in node.values()):
         for modality, sub in node.items():  # one component per modality
-            check_component(checker, registry, sub, f"{key}.{modality}", fixed, nested)
+            checker.add_all(component_problems(registry, sub, f"{key}.{modality}", fixed, check_types=True,
+                                               nested=nested))
     else:
-        check_component(checker, registry, node, key, fixed, nested)
+        checker.add_all(component_problems(registry, node, key, fixed, check_types=True, nested=nested))
 
 
 def _check_experiment(checker: _Checker, text: str, data: dict, lines: _Lines, dirs: list[Path],
@@ -333,10 +257,10 @@ def _check_experiment(checker: _Checker, text: str, data: dict, lines: _Lines, d
         return
     report.needs = _missing_values(resolved)
     model = resolved.get("model") or {}
-    _check_parts(checker, model, "llm", LLMS, {})
-    _check_parts(checker, model, "encoder", ENCODERS, {}, nested={"image_encoder": ENCODERS})
-    _check_parts(checker, model, "projector", PROJECTORS, {"in_dim": 1, "out_dim": 1})
-    _check_parts(checker, model, "fusion", FUSIONS, {"hidden_size": 1, "num_layers": 1})
+    _check_parts(checker, model, "llm", LLMS)
+    _check_parts(checker, model, "encoder", ENCODERS, nested={"image_encoder": ENCODERS})
+    _check_parts(checker, model, "projector", PROJECTORS, ("in_dim", "out_dim"))  # what build_model passes
+    _check_parts(checker, model, "fusion", FUSIONS, ("hidden_size", "num_layers"))
     try:
         from lamm.policy import TrainablePolicy
 
@@ -347,37 +271,22 @@ def _check_experiment(checker: _Checker, text: str, data: dict, lines: _Lines, d
     if not isinstance(data_cfg, dict) or data_cfg.get("name") in (None, MISSING):
         checker.add("data.name", "missing required key (choose a data config with data=NAME)")
     else:
-        check_component(checker, _NameOnly(DATASETS), data_cfg, "data")
+        # Names only: a dataset factory takes the whole data config, not its keys.
+        checker.add_all(name_problems(DATASETS, data_cfg, "data"))
         for i, sub in enumerate(data_cfg.get("datasets") or []):
-            check_component(checker, _NameOnly(DATASETS), sub, f"data.datasets[{i}]")
+            checker.add_all(name_problems(DATASETS, sub, f"data.datasets[{i}]"))
     max_steps = (resolved.get("trainer") or {}).get("max_steps")
     if max_steps in (None, MISSING):
         checker.add("trainer.max_steps", "missing required key (a positive int)")
     elif not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
-        checker.add("trainer.max_steps", f"expected a positive int, found {_type_name(max_steps)} {max_steps!r}")
+        checker.add("trainer.max_steps", f"expected a positive int, found {type_name(max_steps)} {max_steps!r}")
     benchmarks = group_options("benchmark", dirs)
     evaluate = resolved.get("evaluate") or []
     for i, bench in enumerate(evaluate if isinstance(evaluate, list) else [evaluate]):
         if bench not in benchmarks:
-            close = difflib.get_close_matches(str(bench), benchmarks, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            checker.add(f"evaluate[{i}]", f"unknown benchmark recipe {bench!r}.{hint}")
+            checker.add(f"evaluate[{i}]", f"unknown benchmark recipe {bench!r}.{did_you_mean(bench, benchmarks)}")
     if base_resolved is not None:
         _check_against_defaults(checker, data, resolved, base_resolved)
-
-
-class _NameOnly:
-    """A registry view that checks the name only (dataset factories take a whole data config)."""
-
-    def __init__(self, registry: Any) -> None:
-        self.registry, self.kind = registry, registry.kind
-
-    def get(self, name: str) -> Callable[..., Any]:
-        self.registry.get(name)
-        return lambda **_: None
-
-    def names(self) -> list[str]:
-        return self.registry.names()
 
 
 def _check_against_defaults(checker: _Checker, data: dict, resolved: dict, base: dict) -> None:
@@ -392,31 +301,25 @@ def _check_against_defaults(checker: _Checker, data: dict, resolved: dict, base:
         if section in STRICT_SECTIONS and rest and isinstance(base.get(section), dict):
             first = rest.split(".")[0]
             if first not in base[section]:
-                close = difflib.get_close_matches(first, list(base[section]), n=1)
-                hint = f" Did you mean {section}.{close[0]}?" if close else ""
+                hint = did_you_mean(f"{section}.{first}", [f"{section}.{k}" for k in base[section]])
                 checker.add(key, f"unknown key in {section}.{hint} Keys: {', '.join(base[section])}")
                 continue
         has_default, default = _get(base, key)
         found, value = _get(resolved, key)
         if not (has_default and found) or key in LOOSE_KEYS or fits_default(value, default):
             continue
-        checker.add(key, f"expected {_type_name(default)} like the shipped default ({default!r}), "
-                         f"found {_type_name(value)} {value!r}")
+        checker.add(key, f"expected {type_name(default)} like the shipped default ({default!r}), "
+                         f"found {type_name(value)} {value!r}")
 
 
 # ---------------------------------------------------------------------------------------- benchmarks
 
 def _check_benchmark(checker: _Checker, data: dict, dirs: list[Path], report: Report) -> None:
     from lamm.benchmarks.desiderata import desiderata_recipes
-    from lamm.benchmarks.evaluator import RECIPE_KEYS
+    from lamm.benchmarks.evaluator import RECIPE_KEYS, recipe_key_problems
     from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
 
-    allowed = sorted(RECIPE_KEYS | {"desiderata"})
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            checker.add(str(key), f"unknown recipe key.{hint} Keys: {', '.join(allowed)}")
+    checker.add_all(recipe_key_problems(data, RECIPE_KEYS | {"desiderata"}))
     if "scenario" not in data and "desiderata" not in data:
         checker.add("scenario", "missing required key (a scenario by registry name, e.g. "
                                 "{name: synth_shapes}, or a desiderata block)", 1)
@@ -432,7 +335,7 @@ def _check_benchmark(checker: _Checker, data: dict, dirs: list[Path], report: Re
     report.needs = _missing_values(bench)
     for key, expected in (("name", str), ("description", str), ("batch_size", int)):
         if bench.get(key) is not None and not isinstance(bench[key], expected):
-            checker.add(key, f"expected {expected.__name__}, found {_type_name(bench[key])} {bench[key]!r}")
+            checker.add(key, f"expected {expected.__name__}, found {type_name(bench[key])} {bench[key]!r}")
     if "desiderata" in bench:
         try:
             subs = desiderata_recipes(bench["desiderata"])
@@ -445,16 +348,17 @@ def _check_benchmark(checker: _Checker, data: dict, dirs: list[Path], report: Re
         parts = [(bench.get("scenario"), bench.get("instruction"), bench.get("inferencer"), bench.get("metrics"), "")]
         scenario_key = "scenario"
     for scenario, instruction, inferencer, metrics, where in parts:
-        check_component(checker, SCENARIOS, scenario, scenario_key, nested={"scenario": SCENARIOS})
+        checker.add_all(component_problems(SCENARIOS, scenario, scenario_key, check_types=True,
+                                           nested={"scenario": SCENARIOS}))
         if instruction is not None:
-            check_component(checker, INSTRUCTIONS, instruction, where or "instruction")
+            checker.add_all(component_problems(INSTRUCTIONS, instruction, where or "instruction", check_types=True))
         if inferencer is not None:
-            check_component(checker, INFERENCERS, inferencer, where or "inferencer")
+            checker.add_all(component_problems(INFERENCERS, inferencer, where or "inferencer", check_types=True))
         metric_list = metrics if isinstance(metrics, list) else [metrics] if metrics else []
         if not where and not metric_list and "metrics" in data:
             checker.add("metrics", "empty; name at least one metric (e.g. [accuracy])")
         for i, metric in enumerate(metric_list):
-            check_component(checker, METRICS, metric, where or f"metrics[{i}]")
+            checker.add_all(component_problems(METRICS, metric, where or f"metrics[{i}]", check_types=True))
 
 
 # ------------------------------------------------------------------------------------------- entry
@@ -485,7 +389,7 @@ def validate_file(path: str | Path, kind: str | None = None, extra_dirs: Sequenc
     checker = _Checker(path, lines)
     report.kind = kind or guess_kind(path, data)
     if not isinstance(data, dict):
-        checker.add("", f"expected a mapping of keys, found {_type_name(data)}", 1)
+        checker.add("", f"expected a mapping of keys, found {type_name(data)}", 1)
     else:
         dirs = [Path(d) for d in extra_dirs]
         if path.parent.name == report.kind:  # a file inside a config folder sees its sibling groups

@@ -41,9 +41,9 @@ class EncoderWarmupConfig:
     def from_config(cls, node) -> "EncoderWarmupConfig":
         from dataclasses import fields
 
-        from omegaconf import OmegaConf
+        from lamm.plain_config import to_plain
 
-        data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        data = to_plain(node) if node is not None else {}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"encoder_warmup: unknown key(s) {unknown}; keys are {[f.name for f in fields(cls)]}")

@@ -28,9 +28,9 @@ class OptimConfig:
     @classmethod
     def from_config(cls, node) -> "OptimConfig":
         """From the `optim` config node, interpolations resolved (recipes may compute values)."""
-        from omegaconf import OmegaConf
+        from lamm.plain_config import to_plain
 
-        return cls(**OmegaConf.to_container(node, resolve=True))
+        return cls(**to_plain(node))
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:

@@ -4,13 +4,15 @@ path from a recipe), and gradient accumulation follows from `data.global_batch_s
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import inspect
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from lamm.plain_config import to_plain
+from lamm.suggest import did_you_mean
 
 # Trainer arguments lamm-train sets itself; a config that sets them is refused, with the reason.
 LAMM_SETS = {
@@ -32,22 +34,17 @@ def _trainer_arguments() -> list[str]:
     return [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
 
 
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def trainer_arguments(trainer_cfg: Any) -> dict[str, Any]:
     """The `trainer` node as `Trainer(...)` keyword arguments; ValueError (one line) naming a key
     Lightning's Trainer does not take or one lamm-train sets itself."""
-    node = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) else dict(trainer_cfg)
+    node = dict(to_plain(trainer_cfg))
     accepted = _trainer_arguments()
     for key in node:
         if key in LAMM_SETS:
             raise ValueError(f"trainer.{key} cannot be set: lamm-train sets it ({LAMM_SETS[key]})")
         if key not in accepted:
-            raise ValueError(f"unknown trainer key 'trainer.{key}': lightning.Trainer has no argument {key!r}"
-                             + _did_you_mean(key, [f"trainer.{a}" for a in accepted if a not in LAMM_SETS]))
+            raise ValueError(f"unknown trainer key 'trainer.{key}': lightning.Trainer has no argument {key!r}."
+                             + did_you_mean(key, [f"trainer.{a}" for a in accepted if a not in LAMM_SETS]))
     return node
 
 
@@ -165,9 +162,9 @@ CALLBACKS: dict[str, Callable[..., Any]] = {
 def _build_named(node: Any, table: dict[str, Callable[..., Any]], group: str, run_dir: Path) -> list[Any]:
     """One object per entry of a `{name: {options}}` node; an unknown name or option is one line."""
     out = []
-    for name, options in (OmegaConf.to_container(node, resolve=True) if node is not None else {}).items():
+    for name, options in (to_plain(node) if node is not None else {}).items():
         if name not in table:
-            raise ValueError(f"unknown {group} '{name}'{_did_you_mean(name, list(table))} (known: {', '.join(table)})")
+            raise ValueError(f"unknown {group} '{name}'.{did_you_mean(name, list(table))} (known: {', '.join(table)})")
         try:
             out.append(table[name](run_dir, **(options or {})))
         except TypeError as exc:  # a wrong option name reaches the class's constructor
@@ -181,7 +178,7 @@ def check_run_config(cfg: DictConfig) -> None:
     for group, table in (("logger", LOGGERS), ("callbacks", CALLBACKS)):
         for name in (cfg.get(group) or {}):
             if name not in table:
-                raise ValueError(f"unknown {group} '{name}'{_did_you_mean(name, list(table))} (known: {', '.join(table)})")
+                raise ValueError(f"unknown {group} '{name}'.{did_you_mean(name, list(table))} (known: {', '.join(table)})")
     devices = devices_in_config(cfg.trainer)
     if devices is not None:
         accumulation_for(cfg, devices, int(cfg.trainer.get("num_nodes", 1)))
