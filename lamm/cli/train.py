@@ -111,11 +111,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from lamm.training.export import EXPORT_DIR, export_model, init_from_run
     from lamm.training.module import LammModule
     from lamm.training.optim import OptimConfig
-    from lamm.training.run_folder import check_writable, write_run_info
+    from lamm.training.run_folder import check_writable, lock_run, write_run_info
 
     check_writable(run_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ckpt_path = resolve_resume(cfg, run_dir)
+    lock_run(run_dir, ckpt_path)  # refused while another process trains this run or resumes the same one
     data_cfg = _data_config(cfg)
     model = build_model(cfg.model)
     console = Console()
@@ -161,7 +162,7 @@ def _hydra_entry() -> None:
     def _main(cfg: DictConfig) -> None:
         try:
             train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except (PermissionError, FileNotFoundError, ValueError, NonFiniteLossError, CheckpointMismatchError) as exc:
+        except (OSError, ValueError, NonFiniteLossError, CheckpointMismatchError) as exc:  # OSError: a full disk too
             # Bad input gets one line and a non-zero exit, not a traceback.
             print(f"lamm-train: error: {exc}", file=sys.stderr)
             sys.exit(2)
