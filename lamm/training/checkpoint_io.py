@@ -119,8 +119,8 @@ def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
-        if triggered("checkpoint.between_renames"):
-            kill_self()
+    if triggered("checkpoint.between_renames"):
+        kill_self()
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
