@@ -6,7 +6,8 @@ or on the number of processes:
   with i % W == r (whole batches, so a batch's padding -- and its floats -- are the same everywhere);
 - after each batch the new records are appended to the rank's samples file and flushed; a restarted
   run reads the ids already there and skips them (a batch with some done samples is rerun whole and
-  only the missing records are written);
+  only the missing records are written); a line that is not a whole record (a kill mid-write) is
+  never trusted: the rank cuts it off before appending, says so in one log line, and reruns its sample;
 - at the end the records of all ranks are merged once with `torch.distributed.all_gather_object`
   (no file polling), rank 0 rewrites samples.jsonl in scenario order and writes results.json,
   report.md and chart.png.

@@ -12,7 +12,8 @@ inside a write. The points, each named where the writer calls `triggered`:
 - `samples.torn_line`: SIGKILL with half of a batch's records written to samples.jsonl, the last one
   cut mid-line (lamm/benchmarks/evaluator.py)
 
-Every pass through a point counts, so `checkpoint.between_renames@2` hits the second checkpoint save (the first had nothing to move).
+Every pass through a point counts, so `checkpoint.between_renames@2` hits the second checkpoint save
+(the first had no old checkpoint to move).
 """
 from __future__ import annotations
 
