@@ -74,7 +74,10 @@ def straight(tmp_path_factory, data_dir: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("point", ["weights_partial", "before_rename", "between_renames"])
+# The kill between the renames (loading falls back to `.old`) runs by default; the two that leave
+# last.ckpt untouched run with the slow tests.
+@pytest.mark.parametrize("point", [pytest.param("weights_partial", marks=pytest.mark.slow),
+                                   pytest.param("before_rename", marks=pytest.mark.slow), "between_renames"])
 def test_sigkill_during_a_checkpoint_save_then_resume_auto_is_exact(tmp_path: Path, data_dir: Path, straight: Path,
                                                                    point: str) -> None:
     killed = lamm_train(tmp_path, data_dir, "run_name=r", fault=f"checkpoint.{point}@2")
@@ -141,6 +144,7 @@ def small_tmpfs(tmp_path: Path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_while_saving(tmp_path: Path, data_dir: Path, small_tmpfs: Path) -> None:
     """The same on a real full file system: the libraries' own ENOSPC errors become the same one line."""
     args = ["run_name=full", f"paths.runs_dir={small_tmpfs / 'runs'}", f"paths.data_dir={data_dir}"]
