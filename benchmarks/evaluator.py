@@ -6,7 +6,8 @@ or on the number of processes:
   with i % W == r (whole batches, so a batch's padding -- and its floats -- are the same everywhere);
 - after each batch the new records are appended to the rank's samples file and flushed; a restarted
   run reads the ids already there and skips them (a batch with some done samples is rerun whole and
-  only the missing records are written);
+  only the missing records are written); a line that is not a whole record (a kill mid-write) is
+  never trusted: the rank cuts it off before appending, says so in one log line, and reruns its sample;
 - at the end the records of all ranks are merged once with `torch.distributed.all_gather_object`
   (no file polling), rank 0 rewrites samples.jsonl in scenario order and writes results.json,
   report.md and chart.png.
@@ -30,6 +31,7 @@ from lamm.benchmarks.base import EvalSample, Query
 from lamm.benchmarks.build import build_inferencer, build_instruction, build_metrics, build_scenario
 from lamm.benchmarks.render import Renderer
 from lamm.components import ConfigProblem, check_component
+from lamm.faults import kill_self, triggered
 from lamm.plain_config import to_plain
 from lamm.suggest import did_you_mean
 
@@ -93,17 +95,50 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and "id" in rec else None
+
+
+def _split_records(path: Path) -> tuple[list[dict[str, Any]], int, list[int]]:
+    """The records of a samples file, the byte length up to its last record, and the numbers of the
+    lines that are not records (a kill mid-write tears the last line; nothing that is not a whole
+    record is trusted: its sample is evaluated again)."""
+    *lines, tail = path.read_bytes().split(b"\n")  # `tail`: bytes after the last newline (a torn line)
+    out, good, bad, offset = [], 0, [], 0
+    for number, line in enumerate(lines, 1):
+        offset += len(line) + 1
+        rec = _parse_record(line)
+        if rec is not None:
+            out.append(rec)
+            good = offset
+        elif line.strip():
+            bad.append(number)
+    if tail:
+        bad.append(len(lines) + 1)
+    return out, good, bad
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a samples file; a torn last line (killed mid-write) is ignored."""
+    """Records of a samples file; a torn line (killed mid-write) is left out."""
+    return _split_records(path)[0] if path.is_file() else []
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut what follows the last record off a samples file before appending (a new record starts a line)."""
     if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+        return
+    _, good, bad = _split_records(path)
+    size = path.stat().st_size
+    if size > good:
+        os.truncate(path, good)
+    if bad:
+        log.warning("%s: line %s %s not a whole record (an interrupted run); %s evaluated again", path,
+                    ", ".join(map(str, bad)), "is" if len(bad) == 1 else "are",
+                    "its sample is" if len(bad) == 1 else "their samples are")
 
 
 def _jsonable(x: Any) -> Any:
@@ -205,6 +240,7 @@ class Evaluator:
         todo = [b for i, b in enumerate(batches) if i % world == rank and any(s.id not in done for s in b)]
         start, n_new = time.perf_counter(), 0
         path = self._samples_path(rank, world)
+        drop_torn_tail(path)
         with open(path, "a", encoding="utf-8") as fh:
             for k, batch in enumerate(todo):
                 queries = [self.instruction.query(s) for s in batch]
@@ -216,7 +252,12 @@ class Evaluator:
                     rec = self._record(s, q, p)
                     mine.append(rec)
                     lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-                fh.write("".join(lines))
+                text = "".join(lines)
+                if lines and triggered("samples.torn_line"):  # the test hook: killed mid-line
+                    fh.write(text[:len(text) - len(lines[-1]) // 2])
+                    fh.flush()
+                    kill_self()
+                fh.write(text)  # one write per batch, then flushed: a kill tears at most the last line
                 fh.flush()
                 os.fsync(fh.fileno())
                 n_new += len(lines)

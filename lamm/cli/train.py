@@ -91,13 +91,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from lamm.training.method import build_methods
     from lamm.training.module import LammModule
     from lamm.training.optim import OptimConfig
-    from lamm.training.run_folder import check_writable, write_run_info
+    from lamm.training.run_folder import check_writable, lock_run, write_run_info
     from lamm.training.trainer import check_run_config
 
     check_writable(run_dir)
     check_run_config(cfg)  # trainer keys, loggers, callbacks, global batch: one line before any model is built
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     ckpt_path = resolve_resume(cfg, run_dir)
+    lock_run(run_dir, ckpt_path)  # refused while another process trains this run or resumes the same one
     data_cfg = data_config(cfg)
     data_cfg.pop("global_batch_size", None)  # read by the trainer (accumulation), not by the datasets
     model = build_model(cfg.model)
@@ -144,7 +145,7 @@ def _hydra_entry() -> None:
     def _main(cfg: DictConfig) -> None:
         try:
             train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except (PermissionError, FileNotFoundError, ValueError, NonFiniteLossError, CheckpointMismatchError) as exc:
+        except (OSError, ValueError, NonFiniteLossError, CheckpointMismatchError) as exc:  # OSError: a full disk too
             # Bad input gets one line and a non-zero exit, not a traceback.
             print(f"lamm-train: error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -5,17 +5,24 @@ parameters only) and `state.pt` (optimizer, scheduler, loop counters, data posit
 loads with `torch.load(weights_only=True)` — never an unrestricted unpickle. Writes go to a
 temporary folder that replaces the old one by rename, so a kill mid-save never leaves a corrupt
 checkpoint: at worst the previous version survives as `<name>.old`, which loading falls back to.
+A failed write (a full disk) removes the temporary folder and raises `CheckpointWriteError`; the
+previous checkpoint stays in place. tests/test_faults.py kills real runs at each step of a save
+(`LAMM_FAULT_INJECT`, lamm/faults.py).
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from safetensors.torch import load_file, save_file
+
+from lamm.faults import kill_self, triggered
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.pt"
@@ -29,24 +36,91 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the previous checkpoint is kept."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror} ({self.filename})"
+
+
+class _RememberedErrors:
+    """A binary file that remembers its write error: torch's zip writer replaces it by a RuntimeError."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _os_error_of(exc: Exception) -> OSError | None:
+    """The operating-system error behind a failed write, if there was one (safetensors names it as text)."""
+    if isinstance(exc, OSError):
+        return exc
+    code = re.search(r"\(os error (\d+)\)", str(exc))
+    return OSError(int(code.group(1)), os.strerror(int(code.group(1)))) if code else None
+
+
+def _write_weights(weights: dict[str, torch.Tensor], file: Path) -> None:
+    if triggered("checkpoint.enospc"):  # the test hook: a disk that fills up half way through
+        save_file(weights, str(file))
+        os.truncate(file, file.stat().st_size // 2)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    save_file(weights, str(file))
+    if triggered("checkpoint.weights_partial"):
+        os.truncate(file, file.stat().st_size // 2)
+        kill_self()
+    with open(file, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_folder(checkpoint: dict[str, Any], folder: Path) -> None:
+    """The checkpoint's two files in `folder`, on disk (fsynced) when this returns."""
+    folder.mkdir()
+    state = dict(checkpoint)
+    weights = {k: v.detach().contiguous().cpu() for k, v in state.pop("state_dict", {}).items()}
+    _write_weights(weights, folder / WEIGHTS)
+    with open(folder / STATE, "wb") as raw:
+        f = _RememberedErrors(raw)
+        try:
+            torch.save(state, f)
+        except RuntimeError as exc:
+            raise f.error or exc
+        raw.flush()
+        os.fsync(raw.fileno())
+    _fsync_dir(folder)
+
+
 def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write atomically: tmp folder -> rename over the old folder."""
+    """Write atomically: tmp folder -> rename over the old folder (CheckpointWriteError if it cannot be written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = dict(checkpoint)
-    weights = {k: v.detach().contiguous().cpu() for k, v in state.pop("state_dict", {}).items()}
-    save_file(weights, str(tmp / WEIGHTS))
-    with open(tmp / STATE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    try:
+        _write_folder(checkpoint, tmp)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays, and the space comes back
+        cause = _os_error_of(exc)
+        if cause is None:
+            raise
+        kept = "the previous checkpoint is kept" if path.exists() or old.exists() else "no earlier checkpoint"
+        raise CheckpointWriteError(cause.errno, f"could not save the checkpoint: {cause.strerror or cause}; {kept}",
+                                   str(path)) from exc
+    if triggered("checkpoint.before_rename"):
+        kill_self()
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
+    if triggered("checkpoint.between_renames"):
+        kill_self()
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)

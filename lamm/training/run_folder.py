@@ -99,3 +99,52 @@ def _run_name(run: Path) -> str | None:
         return OmegaConf.load(run / CONFIG_FILE).get("run_name")
     except (OSError, ValueError):
         return None
+
+
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}  # folder -> open lock file: the locks last as long as this process
+
+
+class RunFolderLockedError(PermissionError):
+    """Another live process holds the run folder (training into it, or resuming it)."""
+
+
+def _first_process() -> bool:
+    """True outside the extra processes of a distributed run (they join the first process's run)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def lock_run_folder(folder: Path) -> None:
+    """Hold an exclusive lock on `folder` until this process ends, or raise RunFolderLockedError.
+
+    An OS lock (flock), so a killed process never leaves a stale lock; the lock file records the pid.
+    """
+    import fcntl
+
+    folder = Path(folder).resolve()
+    if folder in _held_locks:  # this process already holds it (train() called again in one session)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderLockedError(f"run folder {folder} is in use by another lamm-train (pid {holder}); "
+                                   "wait for it to finish or stop it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_locks[folder] = fd
+
+
+def lock_run(run_dir: Path, resume_from: str | Path | None) -> None:
+    """Lock this run's folder and the run it resumes from, so two processes never train the same run."""
+    if not _first_process():
+        return
+    lock_run_folder(run_dir)
+    if resume_from is not None:
+        ckpt = Path(resume_from)
+        source = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        if source.resolve() != Path(run_dir).resolve():
+            lock_run_folder(source)
