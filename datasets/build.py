@@ -15,6 +15,7 @@ from lamm.datasets.base import ErrorPolicy
 from lamm.datasets.collate import build_collator
 from lamm.datasets.config import BuildContext, DataConfig
 from lamm.datasets.errors import SkipCounter
+from lamm.datasets.media import MediaLimits, set_media_limits
 from lamm.datasets.processor import Processor
 from lamm.datasets.templates import get_template
 from lamm.registry import DATASETS
@@ -65,5 +66,6 @@ def build_dataset(
     `ProcessedSample.target`), and gated_xattn does not close the last chunk.
     """
     config = DataConfig.from_any(cfg)
+    set_media_limits(MediaLimits.from_config(config.media_limits))
     ctx = BuildContext(dict(media_specs), tokenizer, fusion, counter or SkipCounter(), split, training)
     return build_from_config(config, ctx)
