@@ -251,6 +251,9 @@ def main() -> None:
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    from lamm.cli.sweep import register as register_sweep_resolver
+
+    register_sweep_resolver()  # conf/hydra/default.yaml names sweep job folders with it
     _hydra_entry()
 
 
