@@ -89,6 +89,7 @@ def describe(exc: BaseException) -> list[str]:
         text = text.split("\n")[0] + f" (key {key})"
     elif type(exc).__name__ == "ConstructorError":  # YAML python tags: the mark names file and line
         text = f"{getattr(exc, 'problem', text)} {getattr(exc, 'problem_mark', '')}"
+    text = text.split("Config search path")[0]  # Hydra appends its whole search path to a missing option
     return [_one_line(text) or type(exc).__name__]
 
 

@@ -210,6 +210,13 @@ def check_override_keys(argv: list[str], config_name: str = "train",
         try:
             compose(config_name, overrides, config_dirs=extra_dirs)
         except Exception as exc:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            for item in overrides:  # name the override Hydra could not parse (its message does not)
+                try:
+                    OverridesParser.create().parse_overrides([item])
+                except Exception:
+                    return f"cannot parse the override '{item}': {describe(exc)[0]}"
             return describe(exc)[0]
     return None
 
