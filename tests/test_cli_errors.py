@@ -142,3 +142,26 @@ def test_shipped_data_configs_carry_the_default_media_limits() -> None:
     for name in DATA_CONFIGS:
         node = OmegaConf.load(config_dir() / "data" / f"{name}.yaml")
         assert dict(node.media_limits) == defaults, name
+
+
+def test_desiderata_figure_gives_each_metric_family_its_own_scale() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lamm.benchmarks.desiderata import summary_figure
+
+    rows = [{"dimension": "robustness", "variant": "corrupted", "metric": m, "value": v}
+            for m, v in (("rrm_image", 87.5), ("rrm_text", 40.0), ("accuracy_clean", 0.06))]
+    rows += [{"dimension": "calibration", "variant": "ppl", "metric": "accuracy", "value": 0.8},
+             {"dimension": "calibration", "variant": "ppl", "metric": "ece", "value": 0.02},
+             {"dimension": "icl", "variant": "icl - zero_shot", "metric": "accuracy_gain", "value": -0.1}]
+    axes = summary_figure(rows).axes
+    panels = {(ax.get_title(), ax.get_ylabel()): (ax.get_ylim(), [t.get_text() for t in ax.get_xticklabels()])
+              for ax in axes}
+    assert set(panels) == {("calibration", "rate (0-1)"), ("icl", "accuracy gain (-1 to 1)"),
+                           ("robustness", "rate (0-1)"), ("robustness", "RRM (100 = clean, 0 = chance)")}
+    rate_lim, rate_bars = panels[("robustness", "rate (0-1)")]
+    assert rate_lim == (0.0, 1.0) and rate_bars == ["corrupted\naccuracy_clean"]  # 0.06 is visible on its own axis
+    rrm_lim, rrm_bars = panels[("robustness", "RRM (100 = clean, 0 = chance)")]
+    assert rrm_lim == (0.0, 100.0) and len(rrm_bars) == 2
+    assert panels[("icl", "accuracy gain (-1 to 1)")][0] == (-1.0, 1.0)
