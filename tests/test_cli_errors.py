@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_data_path_of_every_shipped_data_config_reaches_data_loading(tmp_path: P
     bad = tmp_path / "mine.json"  # not JSON: reaching it proves the key was accepted and the file opened
     bad.write_text("this is not json\n")
     cfg = compose("train", [f"data={name}"])
-    missing = [f"data.{k}" for k in OmegaConf.missing_keys(cfg.data)]  # e.g. data.path, data.datasets.0.path
+    # Every required key, as typed: data.path, or data.datasets.0.path of a mixture.
+    missing = sorted(re.sub(r"\[(\d+)\]", r".\1", k) for k in OmegaConf.missing_keys(cfg) if k.startswith("data."))
     keys = missing or ["data.path"]
     synth = ["data.synth.sizes.train=8", "data.synth.sizes.test=8"] if "synth" in cfg.data else []
     result = subprocess.run(

@@ -161,7 +161,10 @@ def _chat(args: argparse.Namespace) -> int:
     from lamm.chat.loading import load_chat_model
     from lamm.chat.session import ChatError, ChatSession, GenerationOptions
 
-    loaded = load_chat_model(run, overrides, args.config_dir)  # failures: one line (lamm.cli.errors)
+    from lamm.cli.errors import reading_checkpoint
+
+    with reading_checkpoint(run):  # failures: one line (lamm.cli.errors)
+        loaded = load_chat_model(run, overrides, args.config_dir)
     template = args.template or loaded.template
     system_prompt = args.system_prompt if args.system_prompt is not None else loaded.system_prompt
     if args.template and args.system_prompt is None and template != loaded.template:

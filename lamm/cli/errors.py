@@ -157,3 +157,22 @@ def settle_failed_run(run_dir: Path, exc: BaseException) -> None:
         return
     lines = describe(exc) if is_expected(exc) else [f"internal error: {type(exc).__name__}: {_one_line(exc)}"]
     (run_dir / FAILED_MARK).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class CheckpointReadError(ValueError):
+    """Checkpoint weights that cannot be read (truncated, not safetensors), named by the path the user gave."""
+
+
+@contextlib.contextmanager
+def reading_checkpoint(path: object) -> Iterator[None]:
+    """Turn safetensors' and weights-only torch.load's errors (which name no file) into one naming `path`."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refusing or failing on state.pt
+        raise CheckpointReadError(f"cannot read the checkpoint state under {path} ({_one_line(exc)[:200]})") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise CheckpointReadError(f"cannot read the checkpoint weights under {path} ({_one_line(exc)})") from exc

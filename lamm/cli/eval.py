@@ -66,7 +66,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         checks = [recipe]
     for r in checks:  # constructors are cheap and check their files: a missing meta file fails before the model loads
         build_scenario(r.scenario)
-    model, name, hints = load_model(model_cfg)
+    from lamm.cli.errors import reading_checkpoint
+
+    with reading_checkpoint(model_cfg.get("path")):
+        model, name, hints = load_model(model_cfg)
     model = model.to(cfg.device).eval()
     # A trained run is evaluated with the prompt layout it was trained with, unless told otherwise.
     template = hints.get("template", "auto") if cfg.template == "auto" else cfg.template
