@@ -1,7 +1,6 @@
 """The console scripts' error boundary, the override pre-check on MISSING keys, and sweep folder names."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
