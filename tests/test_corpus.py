@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 _SPEC = importlib.util.spec_from_file_location("make_corpus", Path(__file__).parent / "corpus" / "make_corpus.py")
-corpus = importlib.util.module_from_spec(_SPEC)
+corpus = sys.modules.setdefault("make_corpus", importlib.util.module_from_spec(_SPEC))  # dataclasses need it there
 _SPEC.loader.exec_module(corpus)
 
 ROOT = Path(tempfile.mkdtemp(prefix="lamm-corpus-"))

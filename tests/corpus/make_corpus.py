@@ -1,6 +1,6 @@
 """A corpus of bad inputs, each run through the console script a user would type.
 
-    python tests/corpus/make_corpus.py OUT_DIR            # write the corpus (media, JSON, shards, recipes, ...)
+    python tests/corpus/make_corpus.py OUT_DIR            # write the corpus (media, JSON, recipes, ...)
     python tests/corpus/make_corpus.py OUT_DIR --table    # also run every case and print (case, command, message)
 
 Nothing binary lives in git: every file is generated here. Each `Case` is one bad input and the command
@@ -9,7 +9,9 @@ culprit, no traceback and nothing half-written. "Half-written" means: for lamm-t
 behind (a failed run without a checkpoint is removed, see lamm/cli/errors.py); for lamm-eval, any
 results.json, report.md or samples.jsonl in the output folder; lamm-chat and `lamm recipes validate`
 write nothing. Skippable data cases are also run together per data format with `data.on_error=skip`,
-which must train and count each of them (`SKIP_GROUPS`).
+which must train and count each of them (`skip_runs`). WebDataset shards are not here: lamm-train refuses
+streaming data today (its data module needs a map-style dataset), so a bad shard is tested in Python
+(tests/test_cli_errors.py::test_broken_shard_is_one_data_error_naming_it).
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import io
 import json
 import struct
 import sys
-import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,14 +41,13 @@ GROUPS = {
     "json": ["data=lamm_2d"],
     "llava": ["data=llava"],
     "mmgpt": ["data=mmgpt"],
-    "webdataset": ["data=webdataset"],
 }
 
 
 @dataclass
 class Case:
     name: str
-    kind: str  # image | video | points | json | webdataset | benchmark | recipe | checkpoint
+    kind: str  # image | video | points | json | benchmark | recipe | checkpoint
     command: list[str]  # argv, first item the console script's name
     culprit: str  # what the error line must name (a path, sample id or key)
     group: str | None = None  # data cases: GROUPS key
@@ -91,15 +91,6 @@ def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=allow_pickle)
     return buf.getvalue()
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def _write(path: Path, data: bytes | str) -> Path:
@@ -193,20 +184,6 @@ def build(root: Path) -> list[Case]:
     json_case("mmgpt_missing_instruction", "mmgpt", "alpaca.json", json.dumps([alpaca]), culprit="no_instruction",
               skippable=True, record=alpaca)
     _write(media / "good.png", good)
-
-    # WebDataset shards.
-    sample_json = json.dumps({"id": "w0", "conversations": conversation()}).encode()
-    shards = root / "shards"
-    shards.mkdir(exist_ok=True)
-    whole = _tar(shards / "whole.tar", {"w0.json": sample_json, "w0.png": good})
-    for name, path in (
-        ("wds_truncated_shard", _write(shards / "truncated.tar", whole.read_bytes()[:700])),
-        ("wds_sample_without_json", _tar(shards / "nojson.tar", {"w1.png": good})),
-        ("wds_json_member_malformed", _tar(shards / "badjson.tar", {"w2.json": b"{not json", "w2.png": good})),
-        ("wds_not_a_tar", _write(shards / "text.tar", "just text, not a tar archive\n" * 40)),
-    ):
-        command, runs = _train(root, name, "webdataset", str(path))
-        cases.append(Case(name, "webdataset", command, str(path), "webdataset", True, None, [runs]))
 
     # Benchmark folders through lamm-eval (a recipe file per case, as a user would write one).
     bench = root / "bench"
@@ -307,8 +284,6 @@ def skip_runs(root: Path, cases: list[Case]) -> dict[str, tuple[list[str], list[
             _write(root / "media/good.npy", _npy(np.random.default_rng(1).random((200, 3)).astype(np.float32)))
         if group == "mmgpt":
             records.append({"id": "good", "instruction": "Capital of France?", "input": "", "output": "Paris."})
-        elif group == "webdataset":
-            data_paths.append(str(root / "shards/whole.tar"))
         else:
             records.append({"id": "good", good[0]: str(root / "media" / good[1]),
                             "conversations": conversation("<image>\nWhat is it?" if group == "llava" else "What is it?")})
@@ -319,8 +294,6 @@ def skip_runs(root: Path, cases: list[Case]) -> dict[str, tuple[list[str], list[
         command = ["lamm-train", *GROUPS[group], f"data.path=[{','.join(data_paths)}]", *TRAIN_FAST,
                    "data.on_error=skip", f"data.batch_size={n}", f"paths.runs_dir={out}",
                    f"paths.data_dir={root / 'data'}"]
-        if group == "webdataset":
-            command.append("data.shuffle_buffer=0")
         runs[group] = (command, members)
     return runs
 
