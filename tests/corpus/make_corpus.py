@@ -31,7 +31,7 @@ import numpy as np
 BIN = Path(sys.executable).parent
 # Tiny and fast: a random 4-layer LLM, one step, no worker processes.
 TRAIN_FAST = ["model/llm=tiny_random", "trainer.max_steps=1", "data.num_workers=0"]
-EVAL_FAST = ["model.source=config", "model.overrides=[model/llm=tiny_random]", "batch_size=4"]
+EVAL_FAST = ["model.source=config", 'model.overrides=["model/llm=tiny_random"]', "batch_size=4"]
 # Per data format: the data config, the encoder and the limits every case of the group runs with.
 GROUPS = {
     "image": ["data=lamm_2d", "data.media_limits.max_file_bytes=2000"],
