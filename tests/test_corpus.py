@@ -51,6 +51,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(results, name: str) -> None:
     if case.command[:3] == ["lamm", "recipes", "validate"]:  # validate's lines are FILE:LINE: KEY: problem
         lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, where
+    assert case.command[0] in lines[0] or case.command[0] == "lamm", where
     assert case.culprit in lines[0], where
     for out in case.outputs:  # no run folder (lamm-train), no results or samples (lamm-eval)
         left = [p for p in out.rglob("*") if p.name in ("run.json", "results.json", "samples.jsonl", "report.md")

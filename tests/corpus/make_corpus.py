@@ -160,9 +160,11 @@ def build(root: Path) -> list[Case]:
         command, runs = _train(root, name, group, str(path))
         cases.append(Case(name, "json", command, culprit or str(path), group, skippable, record, [runs]))
 
-    text = json.dumps([{"id": "café", "image": str(media / "good.png"), "conversations": conversation()}])
+    text = json.dumps([{"id": "café", "image": str(media / "good.png"), "conversations": conversation()}],
+                      ensure_ascii=False)  # so latin-1 bytes land in the file
     json_case("json_not_utf8", "json", "latin1.json", text.encode("latin-1"))
-    bad_line = json.dumps({"id": "x", "conversations": conversation("Qu'est-ce que c'est, é?")}).encode("latin-1")
+    bad_line = json.dumps({"id": "x", "conversations": conversation("Qu'est-ce que c'est, é?")},
+                          ensure_ascii=False).encode("latin-1")
     json_case("jsonl_line_not_utf8", "json", "latin1.jsonl", bad_line + b"\n", skippable=True)
     json_case("json_malformed", "json", "broken.json", '[{"id": "a", "conversations": [')
     json_case("json_not_a_list", "json", "object.json", json.dumps({"id": "a", "conversations": conversation()}))
@@ -311,7 +313,9 @@ def run_all(commands: list[list[str]], workers: int = 2) -> list:
 
 
 def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if ": error: " in line]
+    """The one error line (`PROG: error: ...`; `lamm recipes validate` writes `FILE:LINE: problem`)."""
+    lines = [line for line in stderr.splitlines() if ": error: " in line] or \
+        [line for line in stderr.splitlines() if line.strip()]
     return lines[0] if len(lines) == 1 else f"<{len(lines)} error lines>"
 
 
