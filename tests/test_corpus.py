@@ -28,7 +28,7 @@ def results():
     done = corpus.run_all(commands)
     by_case = dict(zip(CASES, done))
     by_group = dict(zip(SKIP_RUNS, done[len(CASES):]))
-    table = corpus.table(list(CASES.values()), [by_case[n] for n in CASES])
+    table = corpus.table(list(CASES.values()), [by_case[n] for n in CASES], ROOT)
     (ROOT.parent / "lamm-corpus-table.md").write_text(table + "\n")
     print(f"\n{len(CASES)} corpus cases + {len(SKIP_RUNS)} skip runs in {time.monotonic() - start:.0f} s\n{table}")
     yield by_case, by_group

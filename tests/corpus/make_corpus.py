@@ -319,14 +319,15 @@ def error_line(stderr: str) -> str:
     return lines[0] if len(lines) == 1 else f"<{len(lines)} error lines>"
 
 
-def table(cases: list[Case], results: list) -> str:
-    """Markdown: case, command (relative to the corpus folder), message."""
+def table(cases: list[Case], results: list, root: Path | None = None) -> str:
+    """Markdown: case, command, message (the corpus folder written as $C)."""
     def short(text: str) -> str:
+        text = text.replace(str(Path(root).resolve()), "$C") if root else text
         return text.replace("|", "\\|")
 
     rows = ["| case | command | message |", "|---|---|---|"]
     for case, result in zip(cases, results):
-        rows.append(f"| {case.name} | `{short(' '.join(case.command[:4]))} ...` | {short(error_line(result.stderr))} |")
+        rows.append(f"| {case.name} | `{short(' '.join(case.command))}` | {short(error_line(result.stderr))} |")
     return "\n".join(rows)
 
 
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = build(args.out)
     print(f"{len(cases)} cases written under {args.out}", file=sys.stderr)
     if args.table:
-        print(table(cases, run_all([c.command for c in cases])))
+        print(table(cases, run_all([c.command for c in cases]), args.out))
     return 0
 
 
