@@ -38,7 +38,7 @@ def results():
 def test_the_corpus_is_big_and_varied() -> None:
     kinds = {c.kind for c in CASES.values()}
     assert len(CASES) >= 40
-    assert {"image", "video", "points", "json", "webdataset", "benchmark", "recipe", "checkpoint"} <= kinds
+    assert {"image", "video", "points", "json", "benchmark", "recipe", "checkpoint"} <= kinds
 
 
 @pytest.mark.parametrize("name", list(CASES))
