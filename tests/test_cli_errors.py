@@ -216,3 +216,12 @@ def test_media_limits_refuse_before_decoding(tmp_path: Path) -> None:
         set_media_limits(before)
     with pytest.raises(ValueError, match="unknown key.*max_pixel"):
         MediaLimits.from_config({"max_pixel": 5})
+
+
+def test_a_runtime_error_lamm_raises_is_expected_one_from_torch_is_not() -> None:
+    from lamm.datasets.synth import shapes
+
+    try:  # a RuntimeError whose innermost frame is in datasets/synth/shapes.py (datasets/ installs as lamm.datasets)
+        exec(compile("raise RuntimeError('could not place 9 shapes')", shapes.__file__, "exec"))
+    except RuntimeError as exc:
+        assert is_expected(exc)

@@ -28,7 +28,8 @@ EXIT_EXPECTED = 2
 EXIT_BUG = 1
 DEBUG_ENV = "LAMM_DEBUG"
 REPORT_HINT = "this is a bug in lamm; please report it with the traceback above and the output of `lamm env`"
-_LAMM_ROOT = Path(__file__).resolve().parents[1]  # the installed `lamm` package (datasets/, benchmarks/ ... inside)
+# lamm's own source folders: lamm/ and the top-level folders installed inside the lamm namespace.
+_LAMM_PACKAGES = ("lamm", "lamm.datasets", "lamm.benchmarks", "lamm.encoders", "lamm.projectors")
 
 
 def _expected_types() -> tuple[type[BaseException], ...]:
@@ -58,7 +59,10 @@ def _raised_by_lamm(exc: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_LAMM_ROOT)
+    source = Path(tb.tb_frame.f_code.co_filename).resolve()
+    roots = [Path(sys.modules[name].__file__).resolve().parent for name in _LAMM_PACKAGES
+             if getattr(sys.modules.get(name), "__file__", None)]
+    return any(source.is_relative_to(root) for root in roots)
 
 
 def is_expected(exc: BaseException) -> bool:
