@@ -108,16 +108,50 @@ def _write_summary(out_dir: Path, rows: list[dict[str, Any]], model_name: str) -
     lines += ["", "Per-evaluation details: <dimension>_<variant>/report.md. ECE: lower is better; RRM: 100 = "
               "as good as clean, 0 = chance; yes-ratio near 0.5 on balanced probes is unbiased."]
     (out_dir / "desiderata.md").write_text("\n".join(lines) + "\n")
-    dims = [d for d in DIMENSIONS if any(r["dimension"] == d for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(dims)), figsize=(3.2 * max(1, len(dims)), 3.4), dpi=100, squeeze=False)
-    for ax, dim in zip(axes[0], dims):
-        rs = [r for r in rows if r["dimension"] == dim and not (isinstance(r["value"], float) and math.isnan(r["value"]))]
-        ax.bar([f"{r['variant']}\n{r['metric']}" for r in rs], [r["value"] for r in rs], color="#4878a8")
+    fig = summary_figure(rows)
+    fig.savefig(out_dir / "desiderata.png", metadata={"Software": None})
+    plt.close(fig)
+
+
+# Metric families: each gets its own panel and y scale, so RRM (0-100) never dwarfs a rate (0-1).
+FAMILIES = {
+    "rate": ("rate (0-1)", (0.0, 1.0)),
+    "gain": ("accuracy gain (-1 to 1)", (-1.0, 1.0)),
+    "rrm": ("RRM (100 = clean, 0 = chance)", (0.0, 100.0)),
+}
+
+
+def metric_family(metric: str) -> str:
+    """The family (scale) of a headline metric: RRM, the ICL gain, or a rate in [0, 1]."""
+    if metric.startswith("rrm"):
+        return "rrm"
+    return "gain" if metric == "accuracy_gain" else "rate"
+
+
+def summary_figure(rows: list[dict[str, Any]]):
+    """One bar panel per (dimension, metric family), each with its own labelled scale."""
+    import matplotlib.pyplot as plt
+
+    finite = [r for r in rows if not (isinstance(r["value"], float) and math.isnan(r["value"]))]
+    panels: list[tuple[str, str]] = []
+    for dim in DIMENSIONS:
+        for family in FAMILIES:
+            if any(r["dimension"] == dim and metric_family(r["metric"]) == family for r in finite) \
+                    and (dim, family) not in panels:
+                panels.append((dim, family))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.0 * max(1, len(panels)), 3.6), dpi=100,
+                             squeeze=False)
+    for ax, (dim, family) in zip(axes[0], panels):
+        rs = [r for r in finite if r["dimension"] == dim and metric_family(r["metric"]) == family]
+        values = [float(r["value"]) for r in rs]
+        ax.bar([f"{r['variant']}\n{r['metric']}" for r in rs], values, color="#4878a8")
+        unit, (low, high) = FAMILIES[family]
+        ax.set_ylim(min(low, *values), max(high, *values))  # the family's range, widened if a value leaves it
+        ax.set_ylabel(unit, fontsize=8)
         ax.set_title(dim, fontsize=9)
         ax.tick_params(axis="x", labelrotation=60, labelsize=6)
     fig.tight_layout()
-    fig.savefig(out_dir / "desiderata.png", metadata={"Software": None})
-    plt.close(fig)
+    return fig
 
 
 def run_desiderata(model: Any, cfg: Any, out_dir: str | Path, model_name: str = "model", **kwargs: Any) -> dict:

@@ -15,6 +15,7 @@ from lamm.datasets.base import ErrorPolicy
 from lamm.datasets.collate import build_collator
 from lamm.datasets.config import BuildContext, DataConfig
 from lamm.datasets.errors import SkipCounter
+from lamm.datasets.media import MediaLimits, set_media_limits
 from lamm.datasets.processor import Processor
 from lamm.datasets.templates import format_template, get_template
 from lamm.registry import DATASETS
@@ -69,5 +70,6 @@ def build_dataset(
     `layout` is the model's `fusion.layout`.
     """
     config = DataConfig.from_any(cfg)
+    set_media_limits(MediaLimits.from_config(config.media_limits))
     ctx = BuildContext(dict(media_specs), tokenizer, layout, counter or SkipCounter(), split, training)
     return build_from_config(config, ctx)

@@ -40,6 +40,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     pad_side: str = "right"
+    media_limits: dict[str, Any] | None = None  # MediaLimits overrides (datasets/media.py); null = defaults
     extra: dict[str, Any] = field(default_factory=dict)
     _consumed: set[str] = field(default_factory=set, repr=False)
 

@@ -19,6 +19,7 @@ REASONS: tuple[str, ...] = (
     "corrupt_image",
     "unreadable_video",
     "bad_pointcloud",
+    "media_limit",  # over a configured size limit (pixels, frames, duration, points, bytes)
     "bad_media",  # the encoder transform rejected a loaded medium (wrong shape, too few columns, ...)
     "unsupported_modality",
     "too_long",

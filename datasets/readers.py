@@ -19,10 +19,20 @@ class Record:
     data: Any
 
 
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
+
+
 def _read_jsonl(path: str) -> Iterator[Record | DataError]:
     index = 0
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # decoded per line: one badly encoded line is one bad sample
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield DataError(_not_utf8(exc), file=path, line=line_no, reason="malformed_json")
+                index += 1
+                continue
             if not line.strip():
                 continue
             try:
@@ -36,8 +46,13 @@ def _read_jsonl(path: str) -> Iterator[Record | DataError]:
 
 
 def _read_json(path: str) -> Iterator[Record | DataError]:
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is not an error
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(exc), file=path, line=raw.count(b"\n", 0, exc.start) + 1,
+                        reason="malformed_json") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -144,9 +144,10 @@ class WebDatasetStream(IterableDataset):
 
     def _handler(self, exc: Exception) -> bool:
         # A broken tar member or shard: raise, or count it and keep streaming.
+        err = DataError(f"cannot read shard ({exc})", file=", ".join(self.urls), reason="bad_shard")
         if self.policy.on_error == "raise":
-            raise exc
-        self.policy.handle(DataError(f"cannot read shard ({exc})", file=", ".join(self.urls), reason="bad_shard"))
+            raise err from exc
+        self.policy.handle(err)
         return True
 
     def _warn_few_shards(self, world_size: int, num_workers: int, rank: int, worker: int) -> None:

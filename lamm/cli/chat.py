@@ -139,7 +139,13 @@ def _unquote(path: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
+    from lamm.cli.errors import run_guarded
+
     args = _parser().parse_args(argv)
+    return run_guarded("lamm-chat", lambda: _chat(args))
+
+
+def _chat(args: argparse.Namespace) -> int:
     try:
         run, overrides = _split_source(args.source)
     except ValueError as exc:
@@ -155,18 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lamm.chat.loading import load_chat_model
     from lamm.chat.session import ChatError, ChatSession, GenerationOptions
 
-    try:
+    from lamm.cli.errors import reading_checkpoint
+
+    with reading_checkpoint(run):  # failures: one line (lamm.cli.errors)
         loaded = load_chat_model(run, overrides, args.config_dir)
-        template = args.template or loaded.template
-        system_prompt = args.system_prompt if args.system_prompt is not None else loaded.system_prompt
-        if args.template and args.system_prompt is None and template != loaded.template:
-            system_prompt = None  # another template: its own default system prompt
-        session = ChatSession(loaded.model.to(args.device), template, system_prompt, args.device)
-    except Exception as exc:  # a load failure is one line, unless LAMM_DEBUG asks for the traceback
-        if os.environ.get("LAMM_DEBUG") or not _is_user_error(exc):
-            raise
-        _note(f"error: {' '.join(str(exc).split())}")
-        return 2
+    template = args.template or loaded.template
+    system_prompt = args.system_prompt if args.system_prompt is not None else loaded.system_prompt
+    if args.template and args.system_prompt is None and template != loaded.template:
+        system_prompt = None  # another template: its own default system prompt
+    session = ChatSession(loaded.model.to(args.device), template, system_prompt, args.device)
     interactive = sys.stdin.isatty()
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())
@@ -181,17 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChatError as exc:
         _note(f"error: {exc}")
         return 2
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    """Errors the command line can fix: missing runs, bad overrides, unknown names, mismatched checkpoints."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from lamm.registry import UnknownComponentError
-
-    return isinstance(exc, (FileNotFoundError, ValueError, KeyError, RuntimeError, UnknownComponentError,
-                            HydraException, OmegaConfBaseException))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,6 @@ from lamm.config import register_resolvers
 
 log = logging.getLogger("lamm.eval")
 
-# Errors a user can fix from the command line: print one line, no traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError)
-
-
 def _init_distributed() -> bool:
     """Join the process group torchrun describes (gloo on CPU); True if this call created it."""
     import torch.distributed as dist
@@ -72,7 +68,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         checks = [recipe]
     for r in checks:  # constructors are cheap and check their files: a missing meta file fails before the model loads
         build_scenario(r.scenario)
-    model, name, hints = load_model(model_cfg)
+    from lamm.cli.errors import reading_checkpoint
+
+    with reading_checkpoint(model_cfg.get("path")):
+        model, name, hints = load_model(model_cfg)
     model = model.to(cfg.device).eval()
     # A trained run is evaluated with the prompt layout it was trained with, unless told otherwise.
     template = hints.get("template", "auto") if cfg.template == "auto" else cfg.template
@@ -91,16 +90,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="pkg://lamm.conf", config_name="eval", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from lamm.registry import UnknownComponentError
+    from lamm.cli.errors import error_boundary
 
     created = _init_distributed()
     try:
-        run(cfg)
-    except (UnknownComponentError, *USER_ERRORS) as exc:
-        if os.environ.get("LAMM_DEBUG"):
-            raise
-        print(f"lamm-eval: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        with error_boundary("lamm-eval"):  # inside the task function, or Hydra prints its own trace
+            run(cfg)
     finally:
         if created:
             import torch.distributed as dist
@@ -109,14 +104,17 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: recipe files staged and checked (see lamm.recipes.launch), then Hydra."""
-    from lamm.recipes.launch import prepare_argv
+    """Console-script entry point: recipe files staged and checked (see lamm.recipes.launch), the
+    overrides checked against the composed config, then Hydra."""
+    from lamm.cli.errors import error_boundary
+    from lamm.cli.train import check_override_keys
+    from lamm.recipes.launch import prepare_argv, user_config_dirs
 
-    try:
+    with error_boundary("lamm-eval"):
         sys.argv[1:] = prepare_argv(sys.argv[1:], "benchmark")
-    except (ValueError, FileNotFoundError) as exc:
-        for line in str(exc).splitlines():
-            print(f"lamm-eval: error: {line}", file=sys.stderr)
+        problem = check_override_keys(sys.argv[1:], "eval", extra_dirs=user_config_dirs(sys.argv[1:]))
+    if problem:
+        print(f"lamm-eval: error: {problem}", file=sys.stderr)
         sys.exit(2)
     register_resolvers()
     _main()

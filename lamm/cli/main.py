@@ -72,12 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lamm` console script."""
+    from lamm.cli.errors import run_guarded
+
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        print(f"lamm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_guarded(f"lamm {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,12 @@ def _validate(args: argparse.Namespace) -> int:
         if not path.is_file() and not target.endswith((".yaml", ".yml")):
             recipe = find_recipe(target, args.config_dir)  # a recipe name works too
             path, kind = recipe.path, kind or recipe.kind
-        report = validate_file(path, kind, args.config_dir, trusted=args.trust_recipe)
+        try:
+            report = validate_file(path, kind, args.config_dir, trusted=args.trust_recipe)
+        except UnicodeDecodeError as exc:  # the reader names no file; this line does
+            failed += 1
+            print(f"{path}:1: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8", file=sys.stderr)
+            continue
         if report.ok:
             needs = f"; set on the command line: {', '.join(report.needs)}" if report.needs else ""
             print(f"{path}: ok ({report.kind}, sha256 {report.sha256[:12]}{needs})")

@@ -139,48 +139,69 @@ def _hydra_entry() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from lamm.training.module import CheckpointMismatchError, NonFiniteLossError
+    from lamm.cli.errors import error_boundary, settle_failed_run
 
     @hydra.main(version_base="1.3", config_path="pkg://lamm.conf", config_name="train")
     def _main(cfg: DictConfig) -> None:
-        try:
-            train(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except (OSError, ValueError, NonFiniteLossError, CheckpointMismatchError) as exc:  # OSError: a full disk too
-            # Bad input gets one line and a non-zero exit, not a traceback.
-            print(f"lamm-train: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        # Inside the task function: Hydra would print its own trace for anything that escapes it.
+        with error_boundary("lamm-train", on_error=lambda exc: settle_failed_run(run_dir, exc)):
+            train(cfg, run_dir)
 
     _main()
 
 
 def check_override_keys(argv: list[str], config_name: str = "train",
                         extra_dirs: Sequence[str | Path] = ()) -> str | None:
-    """One line naming an overridden key that does not exist, with the valid keys beside it.
+    """One line naming an overridden key that does not exist, with the valid keys beside it, or the
+    composition error of a bad group choice or value.
 
+    A key whose value is MISSING (`???`, e.g. `data.path` of the shipped data configs) exists.
     `extra_dirs` are the command line's own config folders (--config-dir, staged recipe files), so
-    their groups count as groups.
+    their groups count as groups. Under `-m` a swept group is checked with its first choice.
     """
+    from omegaconf import ListConfig
+
+    from lamm.cli.errors import describe
     from lamm.config import compose, is_config_group
 
+    sweep = "-m" in argv or "--multirun" in argv
     plain = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra"))]
     is_group = {a: is_config_group(a.split("=", 1)[0], extra_dirs) for a in plain}  # data=..., model/llm=...
     keys = [a.split("=", 1)[0] for a in plain if not is_group[a]]
-    groups = [a for a in plain if is_group[a]]
-    if not keys:
-        return None
+    groups = [a.split(",", 1)[0] if sweep else a for a in plain if is_group[a]]
     try:
         cfg = compose(config_name, groups, config_dirs=extra_dirs)
-    except Exception:  # a bad group choice: Hydra's own message is clear, let it speak
-        return None
+    except Exception as exc:  # a bad group choice or a broken recipe: one line, Hydra's words
+        return describe(exc)[0]
     for key in keys:
         node: Any = cfg
         parts = key.split(".")
         for depth, part in enumerate(parts):
-            if not isinstance(node, DictConfig) or part not in node:
+            if isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)] if depth < len(parts) - 1 else None
+                continue
+            # `keys()` lists MISSING values too (`in` does not).
+            if not isinstance(node, DictConfig) or part not in node.keys():
                 where = ".".join(parts[:depth]) or "the top level"
-                valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(a value, not a mapping)"
+                valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else \
+                    f"{len(node)} items" if isinstance(node, ListConfig) else "(a value, not a mapping)"
                 return f"unknown config key '{key}': {where} has {valid}"
-            node = node[part]
+            if depth < len(parts) - 1:  # a MISSING leaf exists but cannot be read
+                node = node[part]
+    if not sweep:  # the values too (a wrong type, a bad interpolation), before Hydra prints its own trace
+        overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+        try:
+            compose(config_name, overrides, config_dirs=extra_dirs)
+        except Exception as exc:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            for item in overrides:  # name the override Hydra could not parse (its message does not)
+                try:
+                    OverridesParser.create().parse_overrides([item])
+                except Exception:
+                    return f"cannot parse the override '{item}': {describe(exc)[0]}"
+            return describe(exc)[0]
     return None
 
 
@@ -207,22 +228,25 @@ def check_output_folder(argv: list[str], extra_dirs: Sequence[str | Path] = ()) 
 
 def main() -> None:
     """Entry point of the `lamm-train` console script."""
-    from lamm.recipes.launch import prepare_argv, user_config_dirs
+    from lamm.cli.errors import error_boundary
 
     TYPED_COMMAND[:] = sys.argv
-    try:  # before Hydra reads anything: recipe files staged, refused constructs reported, --trust-recipe taken out
+    with error_boundary("lamm-train"):  # the checks before Hydra starts: recipe safety, keys, output folder
+        from lamm.recipes.launch import prepare_argv, user_config_dirs
+
+        # Recipe files staged, refused constructs reported (one line each), --trust-recipe taken out.
         sys.argv[1:] = prepare_argv(sys.argv[1:], "experiment")
-    except (ValueError, FileNotFoundError) as exc:
-        for line in str(exc).splitlines():
-            print(f"lamm-train: error: {line}", file=sys.stderr)
-        sys.exit(2)
-    argv, extra = sys.argv[1:], user_config_dirs(sys.argv[1:])
-    problem = check_override_keys(argv, extra_dirs=extra) or (
-        None if "-m" in argv or "--multirun" in argv or "--cfg" in argv else check_output_folder(argv, extra))
+        argv, extra = sys.argv[1:], user_config_dirs(sys.argv[1:])
+        problem = check_override_keys(argv, extra_dirs=extra) or (
+            None if "-m" in argv or "--multirun" in argv or "--cfg" in argv else check_output_folder(argv, extra))
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
     register_resolvers()
+
+    from lamm.cli.sweep import register as register_sweep_resolver
+
+    register_sweep_resolver()  # conf/hydra/default.yaml names sweep job folders with it
     _hydra_entry()
 
 

@@ -31,6 +31,8 @@ import yaml
 # lamm's `cpu_bf16` (one of two given values, by this CPU's features).
 ALLOWED_RESOLVERS = frozenset({"oc.select", "oc.dict.keys", "oc.dict.values", "hydra", "now", "cpu_bf16"})
 REFUSED_KEY = "_target_"
+PLAIN_TAG_PREFIX = "tag:yaml.org,2002:"  # str, int, map, ...: the tags plain YAML resolves to
+PYTHON_TAG_PREFIX = PLAIN_TAG_PREFIX + "python/"  # !!python/object/apply:os.system and the like
 TRUST_HINT = "pass --trust-recipe if you trust this file"
 _PACKAGE_RE = re.compile(r"^\s*#\s*@package\s+(\S+)")
 
@@ -134,9 +136,14 @@ def scan_text(text: str, path: Path, is_global: bool = True, in_hydra_group: boo
     for doc in documents:
         if doc is None:
             continue
-        for key, value, key_node in walk_nodes(doc, ""):
+        for key, value, key_node in [("", doc, None), *walk_nodes(doc, "")]:
             line = (key_node or value).start_mark.line + 1
             leaf = key.rsplit(".", 1)[-1]
+            if not value.tag.startswith(PLAIN_TAG_PREFIX) or value.tag.startswith(PYTHON_TAG_PREFIX):
+                tag = value.tag.replace(PLAIN_TAG_PREFIX, "!!")
+                problems.append(Problem(path, value.start_mark.line + 1, key,
+                                        f"the YAML tag {tag} asks the loader to build an object; recipes are "
+                                        f"plain data (no tags), and no loader here runs such tags"))
             if key_node is not None and leaf == REFUSED_KEY:
                 target = value.value if isinstance(value, yaml.ScalarNode) else "..."
                 problems.append(Problem(path, line, key, f"`_target_: {target}` is an import path; recipes name "

@@ -108,6 +108,10 @@ _held_locks: dict[Path, int] = {}  # folder -> open lock file: the locks last as
 class RunFolderLockedError(PermissionError):
     """Another live process holds the run folder (training into it, or resuming it)."""
 
+    def __init__(self, message: str, locked_folder: Path) -> None:
+        super().__init__(message)
+        self.locked_folder = locked_folder
+
 
 def _first_process() -> bool:
     """True outside the extra processes of a distributed run (they join the first process's run)."""
@@ -132,7 +136,7 @@ def lock_run_folder(folder: Path) -> None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise RunFolderLockedError(f"run folder {folder} is in use by another lamm-train (pid {holder}); "
-                                   "wait for it to finish or stop it") from None
+                                   "wait for it to finish or stop it", folder) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held_locks[folder] = fd
