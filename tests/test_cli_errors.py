@@ -14,6 +14,7 @@ from lamm.cli.sweep import safe_part, sweep_subdir, swept_keys
 from lamm.config import compose, config_dir
 from lamm.datasets.errors import DataError
 from lamm.datasets.media import MediaLimits
+from lamm.training.run_folder import RunFolderLockedError
 
 BIN = Path(sys.executable).parent
 DATA_CONFIGS = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
@@ -139,6 +140,11 @@ def test_failed_run_folder_is_removed_or_marked(tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("my notes")  # hydra.run.dir=an existing folder: never deleted
     settle_failed_run(foreign, ValueError("x"))
     assert (foreign / "notes.txt").exists() and (foreign / "FAILED").exists()
+    live = tmp_path / "runs/live/t3"  # two runs started in the same second share a folder: the refused one
+    (live / ".hydra").mkdir(parents=True)  # must leave the live run's folder as it is
+    (live / "config.yaml").write_text("a: 1\n")
+    settle_failed_run(live, RunFolderLockedError("in use", live.resolve()))
+    assert (live / "config.yaml").exists() and not (live / "FAILED").exists()
 
 
 def test_shipped_data_configs_carry_the_default_media_limits() -> None:
