@@ -36,6 +36,7 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip
     # Read by the training DataModule, not by the datasets themselves.
     batch_size: int = 8
+    global_batch_size: int | None = None  # samples per optimizer step over all devices (the trainer derives accumulation)
     num_workers: int = 0
     shuffle: bool = True
     seed: int = 0

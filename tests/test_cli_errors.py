@@ -14,6 +14,7 @@ from lamm.cli.sweep import safe_part, sweep_subdir, swept_keys
 from lamm.config import compose, config_dir
 from lamm.datasets.errors import DataError
 from lamm.datasets.media import MediaLimits
+from lamm.tokens import TextLayout
 from lamm.training.run_folder import RunFolderLockedError
 
 BIN = Path(sys.executable).parent
@@ -185,7 +186,7 @@ def test_broken_shard_is_one_data_error_naming_it(tok, tmp_path: Path) -> None:
     shard.write_bytes(b"not a tar archive\n" * 50)
     with pytest.raises(DataError) as info:
         list(build_dataset({"name": "webdataset", "path": str(shard), "on_error": "raise", "shuffle": False},
-                           dummy_media_specs({"image": 4}), tok, "prefix"))
+                           dummy_media_specs({"image": 4}), tok, TextLayout()))
     assert str(info.value).startswith(f"data error in {shard}: cannot read shard")
     assert info.value.reason == "bad_shard"
 

@@ -100,7 +100,6 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     ckpt_path = resolve_resume(cfg, run_dir)
     lock_run(run_dir, ckpt_path)  # refused while another process trains this run or resumes the same one
     data_cfg = data_config(cfg)
-    data_cfg.pop("global_batch_size", None)  # read by the trainer (accumulation), not by the datasets
     model = build_model(cfg.model)
     console = Console()
     if cfg.get("init_from"):
