@@ -274,7 +274,7 @@ def test_mixture_alternating(tok, tmp_path):
 
 
 def _fill_paths(node, path: str) -> None:
-    node.pop("synth", None)  # lamm-train's own key, removed before build_dataset (lamm.cli.train._data_config)
+    node.pop("synth", None)  # lamm-train's own key, removed before build_dataset (lamm.cli.train.data_config)
     # `in` is False for "???" values; ${paths...} interpolations point into lamm-train's root config.
     if OmegaConf.is_missing(node, "path") or OmegaConf.is_interpolation(node, "path"):
         node["path"] = path
