@@ -54,8 +54,9 @@ def test_quickstart_settings_per_fusion() -> None:
 
     from lamm.config import cpu_bf16_is_fast
 
-    steps = 1150 if cpu_bf16_is_fast() else 1100  # 150 language-model steps, 100 where a step is ~2x slower
-    for fusion in ("prefix", "gated_xattn"):
+    fast = cpu_bf16_is_fast()  # language-model steps after the warm-up: 250 / 150, 100 where a step is ~2x slower
+    for fusion, lm_steps in (("prefix", 250), ("gated_xattn", 150)):
+        steps = 1000 + (lm_steps if fast else 100)
         cfg = compose("train", ["experiment=quickstart", f"model/fusion={fusion}"])
         assert cfg.encoder_warmup.steps == 1000  # the first 1000 of the steps train the CNN alone
         assert OptimConfig.from_config(cfg.optim).encoder_lr_multiplier == 0.3
