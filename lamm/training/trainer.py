@@ -159,12 +159,17 @@ CALLBACKS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _check_known(name: str, table: dict[str, Callable[..., Any]], group: str) -> None:
+    """One line for a logger or callback name the table lacks, with the closest known one."""
+    if name not in table:
+        raise ValueError(f"unknown {group} '{name}'.{did_you_mean(name, list(table))} (known: {', '.join(table)})")
+
+
 def _build_named(node: Any, table: dict[str, Callable[..., Any]], group: str, run_dir: Path) -> list[Any]:
     """One object per entry of a `{name: {options}}` node; an unknown name or option is one line."""
     out = []
     for name, options in (to_plain(node) if node is not None else {}).items():
-        if name not in table:
-            raise ValueError(f"unknown {group} '{name}'.{did_you_mean(name, list(table))} (known: {', '.join(table)})")
+        _check_known(name, table, group)
         try:
             out.append(table[name](run_dir, **(options or {})))
         except TypeError as exc:  # a wrong option name reaches the class's constructor
@@ -177,8 +182,7 @@ def check_run_config(cfg: DictConfig) -> None:
     trainer_arguments(cfg.trainer)
     for group, table in (("logger", LOGGERS), ("callbacks", CALLBACKS)):
         for name in (cfg.get(group) or {}):
-            if name not in table:
-                raise ValueError(f"unknown {group} '{name}'.{did_you_mean(name, list(table))} (known: {', '.join(table)})")
+            _check_known(name, table, group)
     devices = devices_in_config(cfg.trainer)
     if devices is not None:
         accumulation_for(cfg, devices, int(cfg.trainer.get("num_nodes", 1)))
