@@ -90,7 +90,11 @@ def find_latest_checkpoint(runs_dir: Path, run_name: str | None = None) -> Path 
         run = last.parent.parent
         if run_name is not None and _run_name(run) != run_name:
             continue
-        candidates.append((last.stat().st_mtime, last.with_name("last.ckpt")))
+        try:  # a live run's save renames and removes these; the lock taken next refuses that run
+            mtime = last.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        candidates.append((mtime, last.with_name("last.ckpt")))
     return max(candidates)[1] if candidates else None
 
 
