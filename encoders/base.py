@@ -32,3 +32,12 @@ class Encoder(nn.Module, ABC):
     @abstractmethod
     def num_tokens(self) -> int:
         """S, the tokens emitted per medium for media prepared by `transform`."""
+
+    @property
+    def has_pretrained_weights(self) -> bool:
+        """True when construction loaded published or trained weights (a tag, a file, a folder).
+
+        lamm-train refuses to freeze an encoder that has none (its features would be random noise)
+        unless `model.encoder.allow_random_frozen=true`; encoders that load weights override this.
+        """
+        return False

@@ -76,6 +76,7 @@ class OpenCLIPEncoder(Encoder):
             self._load_file(visual, pretrained, full_keys)
         self.visual = visual
         self.model_name = model_name
+        self.pretrained = pretrained
         self.include_cls = include_cls
         self.output_dim = visual.transformer.width
         self.image_size = tuple(visual.image_size) if isinstance(visual.image_size, (tuple, list)) else (
@@ -103,6 +104,11 @@ class OpenCLIPEncoder(Encoder):
                 f"open_clip checkpoint {path} does not fit the architecture: "
                 f"missing {result.missing_keys[:5]}, unexpected {foreign[:5]}"
             )
+
+    @property
+    def has_pretrained_weights(self) -> bool:
+        """An open_clip tag or a checkpoint file was given."""
+        return self.pretrained is not None
 
     @property
     def transform(self) -> Callable[[Any], torch.Tensor]:

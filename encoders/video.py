@@ -77,6 +77,11 @@ class VideoEncoder(Encoder):
         self.frame_embed = nn.Parameter(torch.randn(max_frames, self.output_dim) * 0.02)
 
     @property
+    def has_pretrained_weights(self) -> bool:
+        """The frames' image encoder holds all the weights."""
+        return self.image_encoder.has_pretrained_weights
+
+    @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """uint8 frames [F, H, W, C] (or a list of PIL images) -> Tensor[num_frames, C, H, W]."""
         return VideoTransform(self.image_encoder.transform, self.num_frames)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Collection
 
 from torch import nn
 
@@ -73,3 +73,40 @@ def parameter_report(model: nn.Module) -> dict[str, tuple[int, int]]:
         counts[1] += param.numel()
         counts[0] += param.numel() if param.requires_grad else 0
     return {part: (t, n) for part, (t, n) in report.items()}
+
+
+# lamm-train's own key in `model.encoder` (not an encoder argument): freezing a random encoder on purpose.
+ALLOW_RANDOM_FROZEN = "allow_random_frozen"
+
+
+def split_encoder_node(node: Any) -> tuple[Any, Any]:
+    """`model.encoder` without lamm's `allow_random_frozen` flag (the encoder never sees it), and the flag;
+    None when the flag was all there was (no encoder chosen)."""
+    if not isinstance(node, dict) or ALLOW_RANDOM_FROZEN not in node:
+        return node, False
+    node = dict(node)
+    flag = node.pop(ALLOW_RANDOM_FROZEN)
+    return node or None, flag
+
+
+def check_frozen_encoders_have_weights(model: nn.Module, policy: TrainablePolicy, allow: Any,
+                                       initialised: Collection[str] = ()) -> None:
+    """Refuse (one-line ValueError) to train with a frozen encoder whose weights are random.
+
+    A frozen encoder is fine when it loaded weights itself (`has_pretrained_weights`) or when every one of
+    its tensors came from `initialised` (names copied by init_from); from-scratch recipes train it anyway.
+    """
+    if not isinstance(allow, bool):
+        raise ValueError(f"model.encoder.{ALLOW_RANDOM_FROZEN}: expected true or false, found {allow!r}")
+    if allow or policy.encoder != "frozen":
+        return
+    copied = set(initialised)
+    for modality, encoder in model.encoders.items():
+        names = [f"encoders.{modality}.{k}" for k in encoder.state_dict()]
+        if encoder.has_pretrained_weights or (names and all(n in copied for n in names)):
+            continue
+        raise ValueError(
+            f"model.encoder: the {modality} encoder {type(encoder).__name__} is frozen (model.policy.encoder=frozen) "
+            f"but has no pretrained weights, so it would only feed random features; give its weights "
+            f"(model.encoder.path= / model.encoder.pretrained= / init_from=) or set "
+            f"model.encoder.{ALLOW_RANDOM_FROZEN}=true")

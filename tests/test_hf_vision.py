@@ -65,7 +65,7 @@ def test_features_equal_hf_hidden_states(towers, kind, prefix) -> None:
             want = hidden[layer] if select == "full" else hidden[layer][:, prefix:]
             assert got.shape == want.shape == (2, enc.num_tokens(), 32), (layer, select)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-            assert enc.output_dim == 32
+            assert enc.output_dim == 32 and enc.has_pretrained_weights
     assert HFVisionEncoder(str(path), select="patch").num_tokens() == 16
     assert HFVisionEncoder(str(path), select="full").num_tokens() == 16 + prefix
 
