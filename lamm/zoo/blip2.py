@@ -8,6 +8,7 @@ Only decoder-only language models (OPT, ...) map onto lamm's LLM; a T5 BLIP-2 is
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ LLM_DIR = "llm"
 _DTYPES = ("float32", "bfloat16", "float16")
 # The Q-Former's text branch (feed-forward for text tokens, word/position embeddings) serves BLIP-2's
 # pre-training losses only; image-grounded generation never runs it.
-_QFORMER_TEXT_ONLY = (".intermediate.", ".output.", "qformer.embeddings.")
+_QFORMER_TEXT_ONLY = re.compile(r"qformer\.(encoder\.layer\.\d+\.(intermediate|output)\.|embeddings\.)")
 
 
 def _meta_shapes(build: Callable[[], torch.nn.Module]) -> tuple[str, dict[str, tuple[int, ...]]]:
@@ -133,8 +134,7 @@ def import_hf_blip2(src: Path, dtype: str | None = None) -> ImportPlan:
     # streaming; what neither part reads must be the Q-Former's text branch.
     state.skip([*vision.values(), *llm.values()])
     weights = {f"projectors.image.{name}": state.take(key) for name, key in projector_keys.items()}
-    text_branch = [k for k in state.keys() if k.startswith("qformer.") and k not in state.consumed
-                   and any(part in k for part in _QFORMER_TEXT_ONLY)]
+    text_branch = [k for k in state.keys() if k not in state.consumed and _QFORMER_TEXT_ONLY.match(k)]
     state.skip(text_branch)
     state.finish()
 
