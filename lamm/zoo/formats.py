@@ -1,1 +1,2 @@
 """The built-in checkpoint formats: importing this module registers every importer and exporter."""
+from lamm.zoo import llava, llava_export, llava_original  # noqa: F401  (registration)

@@ -1,0 +1,150 @@
+"""LLaVA in and out: tiny LlavaForConditionalGeneration folders saved by transformers itself, imported
+with `lamm import hf_llava` and compared logit for logit; runs exported with `lamm export --to hf_llava`
+and loaded by plain transformers; the LLaVA repository's own layout (`llava_original`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from lamm.batch import Batch, MediaBatch
+from lamm.datasets.sample import MediaRef, Sample, Turn
+from lamm.datasets.templates import get_template
+from lamm.llm.tiny import tiny_tokenizer
+from lamm.testing import TINY_VISION_MEAN, TINY_VISION_STD, TINY_VISION_TOWER
+from lamm.training.export import load_for_inference
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+QUESTION = "What colour is the shape?"
+# A chat template written for typed contents ({"type": "image"} / {"type": "text"}), LLaVA-1.5's layout.
+TYPED_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, cwd=cwd,
+                          timeout=600)
+
+
+def _image(seed: int = 0, size: tuple[int, int] = (40, 28)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _save_llava(folder: Path, tower: str) -> Path:
+    """A tiny random LlavaForConditionalGeneration + LlavaProcessor, saved by transformers."""
+    import transformers as tf
+
+    tok = tiny_tokenizer(512)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if tower == "clip":
+        vision = tf.CLIPVisionConfig(**TINY_VISION_TOWER)
+        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                image_mean=TINY_VISION_MEAN, image_std=TINY_VISION_STD)
+        # llava-1.5's layout: the vocabulary padded past the tokenizer, penultimate layer, CLS dropped.
+        strategy, layer, vocab, extra, template = "default", -2, 576, 1, TYPED_TEMPLATE
+    else:
+        vision = tf.SiglipVisionConfig(**TINY_VISION_TOWER)
+        image_processor = tf.SiglipImageProcessor(size={"height": 32, "width": 32})
+        strategy, layer, vocab, extra, template = "full", -1, len(tok), 0, None  # the tokenizer's ChatML
+    text = tf.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                          initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+    config = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                            vision_feature_layer=layer, vision_feature_select_strategy=strategy)
+    torch.manual_seed(0)
+    model = tf.LlavaForConditionalGeneration(config).eval()
+    path = folder / tower
+    model.save_pretrained(path)
+    processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                  vision_feature_select_strategy=strategy, num_additional_image_tokens=extra,
+                                  chat_template=template)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("llava")
+    return {tower: _save_llava(root, tower) for tower in ("clip", "siglip")}
+
+
+@pytest.fixture(scope="module")
+def imported(sources, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("imported")
+    out = {}
+    for tower, src in sources.items():
+        result = _run("lamm", "import", "hf_llava", str(src), str(root / tower))
+        assert result.returncode == 0, result.stderr[-3000:]
+        out[tower] = root / tower
+    return out
+
+
+def _hf_inputs(src: Path, prompt_text: str):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(src)
+    return processor(text=prompt_text, images=_image(), return_tensors="pt")
+
+
+def _lamm_batch(model, inputs) -> Batch:
+    pixels = model.media_specs()["image"].transform(_image()).unsqueeze(0)
+    assert torch.equal(pixels, inputs["pixel_values"])  # the checkpoint's own image processor
+    mask = inputs["attention_mask"]
+    return Batch(inputs["input_ids"], mask, None, {"image": MediaBatch(pixels, torch.tensor([0]))})
+
+
+@pytest.mark.parametrize("tower", ["clip", "siglip"])
+def test_imported_llava_equals_transformers(sources, imported, tower) -> None:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    src, out = sources[tower], imported[tower]
+    model, cfg = load_for_inference(out)
+    assert cfg.model.encoder.name == "hf_vision" and cfg.model.fusion.name == "prefix"
+    assert cfg.data.template == "chat"
+    # The prompt lamm renders for a question about an image is the checkpoint's own chat template's.
+    sample = Sample("q", [Turn("user", f"<image>\n{QUESTION}")], [MediaRef("image", "x.png", "image")])
+    lamm_text = "".join(s.text for s in get_template("chat", system_prompt="none").render(sample, model.tokenizer))
+    processor = AutoProcessor.from_pretrained(src)
+    if processor.chat_template:  # a template for typed contents, as llava-hf's processors carry
+        content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
+        hf_text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    else:  # only the tokenizer's (string contents, the image marker written in the text)
+        hf_text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"<image>\n{QUESTION}"}],
+                                                          add_generation_prompt=True, tokenize=False)
+    assert lamm_text == hf_text
+    inputs = _hf_inputs(src, hf_text)
+    image_id = model.llm.media_token_ids["<image>"]
+    assert int((inputs["input_ids"] == image_id).sum()) == model.media_specs()["image"].projected_tokens
+
+    hf = LlavaForConditionalGeneration.from_pretrained(src).eval()
+    batch = _lamm_batch(model, inputs)
+    with torch.no_grad():
+        want = hf(**inputs).logits
+        got = model(batch, logits="all").logits
+    vocab = want.shape[-1]
+    assert got.shape[-1] >= vocab
+    torch.testing.assert_close(got[..., :vocab], want, atol=1e-4, rtol=0)
+    _same_greedy_tokens(hf, inputs, model, batch)
+
+
+def _same_greedy_tokens(hf, inputs, model, batch) -> None:
+    """16 greedy tokens, EOS not stopping either side (a tiny random model says EOS early)."""
+    hf.generation_config.eos_token_id = None
+    hf_tokens = hf.generate(**inputs, max_new_tokens=16, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    lamm_tokens = model.generate(batch, max_new_tokens=16, eos_token_id=-1)[0]
+    assert len(hf_tokens) == 16 and lamm_tokens.tolist() == hf_tokens.tolist()
