@@ -120,7 +120,7 @@ def test_imported_llava_equals_transformers(sources, imported, tower) -> None:
     sample = Sample("q", [Turn("user", f"<image>\n{QUESTION}")], [MediaRef("image", "x.png", "image")])
     lamm_text = "".join(s.text for s in get_template("chat", system_prompt="none").render(sample, model.tokenizer))
     processor = AutoProcessor.from_pretrained(src)
-    if processor.chat_template:  # a template for typed contents, as llava-hf's processors carry
+    if "type" in (processor.chat_template or ""):  # written for typed contents, as llava-hf processors are
         content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
         hf_text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     else:  # only the tokenizer's (string contents, the image marker written in the text)
@@ -148,3 +148,115 @@ def _same_greedy_tokens(hf, inputs, model, batch) -> None:
     hf_tokens = hf.generate(**inputs, max_new_tokens=16, do_sample=False)[0, inputs["input_ids"].shape[1]:]
     lamm_tokens = model.generate(batch, max_new_tokens=16, eos_token_id=-1)[0]
     assert len(hf_tokens) == 16 and lamm_tokens.tolist() == hf_tokens.tolist()
+
+
+# -- lamm-trained, fine-tuned from the import, and back to transformers --------------------------------
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    result = _run("lamm", "synth", "--out", str(root), "--kinds", "shapes", "--size", "train=8,test=8",
+                  "--image-size", "32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def finetuned(imported, synth, tmp_path_factory) -> Path:
+    """3 lamm-train steps (projector + LoRA) on LAMM-format data, starting from the imported LLaVA."""
+    tmp = tmp_path_factory.mktemp("finetune")
+    result = _run("lamm-train", f"init_from={imported['clip']}", "data=lamm_2d",
+                  f"data.path={synth / 'shapes' / 'train.json'}", "trainer.max_steps=3", "data.batch_size=4",
+                  "data.num_workers=0", "data.shuffle=false", "optim.lr=1e-2", "optim.warmup_steps=0",
+                  f"paths.runs_dir={tmp / 'runs'}", "logger=[csv]", cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = [p.parent for p in (tmp / "runs").glob("**/run.json")]
+    return run
+
+
+def _fixed_batch(model, synth: Path) -> Batch:
+    from lamm.datasets.build import build_dataset
+    from lamm.datasets.collate import build_collator
+
+    cfg = {"name": "lamm", "path": str(synth / "shapes" / "train.json"), "template": "chat", "system_prompt": "none"}
+    data = build_dataset(cfg, model.media_specs(), model.tokenizer, model.fusion.layout)
+    return build_collator(model.tokenizer)([data[i] for i in range(4)])
+
+
+def test_finetuning_the_import_lowers_the_loss(imported, finetuned, synth) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(finetuned / "config.yaml")
+    assert cfg.model.encoder.name == "hf_vision" and cfg.model.policy.llm == "lora"
+    assert cfg.data.template == "chat" and cfg.data.name == "lamm"  # the import's template, the user's data
+    before, _ = load_for_inference(imported["clip"])
+    after, _ = load_for_inference(finetuned)
+    with torch.no_grad():
+        loss_before = before(_fixed_batch(before, synth)).loss.item()
+        loss_after = after(_fixed_batch(after, synth)).loss.item()
+    assert loss_after < loss_before - 0.1, (loss_before, loss_after)
+
+
+def test_exported_runs_load_in_transformers_with_lamm_logits(sources, imported, finetuned, tmp_path) -> None:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from lamm.zoo import export_checkpoint
+
+    # The lamm-trained run (LoRA merged), through the console script.
+    out = tmp_path / "trained_hf"
+    result = _run("lamm", "export", "--to", "hf_llava", str(finetuned), str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The untouched import: a round trip gives back the source's logits.
+    round_trip = export_checkpoint("hf_llava", imported["clip"], tmp_path / "round_trip")
+    source = LlavaForConditionalGeneration.from_pretrained(sources["clip"]).eval()
+    for folder, run in ((out, finetuned), (round_trip, imported["clip"])):
+        processor = AutoProcessor.from_pretrained(folder)
+        assert "type" in processor.chat_template  # the checkpoint's template travels back out
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+            add_generation_prompt=True)
+        inputs = processor(text=text, images=_image(), return_tensors="pt")
+        hf = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+        model, _ = load_for_inference(run)
+        with torch.no_grad():
+            want = model(_lamm_batch(model, inputs), logits="all").logits
+            got = hf(**inputs).logits
+        torch.testing.assert_close(got, want[..., :got.shape[-1]], atol=1e-4, rtol=0)
+        if run == imported["clip"]:
+            with torch.no_grad():
+                torch.testing.assert_close(got, source(**inputs).logits, atol=1e-5, rtol=0)
+        else:
+            _same_greedy_tokens(hf, inputs, model, _lamm_batch(model, inputs))
+
+
+def test_exporting_another_architecture_is_refused_in_one_line(tmp_path, capsys) -> None:
+    from omegaconf import OmegaConf
+
+    from lamm.cli.main import main
+    from lamm.config import compose
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(compose("train", ["model/llm=tiny_random"])))
+    assert main(["export", "--to", "hf_llava", str(run), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.encoder is small_cnn, LLaVA needs hf_vision" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+# -- lamm-eval and lamm-chat on the imported folder -----------------------------------------------------
+
+def test_eval_and_chat_read_the_import(imported, synth, tmp_path) -> None:
+    out = imported["clip"]
+    result = _run("lamm-eval", "benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=4",
+                  f"checkpoint={out}", f"synth_root={synth}", f"output_dir={tmp_path / 'eval'}", "model.name=llava",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(next((tmp_path / "eval").glob("llava/*/results.json")).read_text())
+    assert results["n"] == 4
+    image = synth / "shapes" / "images" / "test" / "000000.png"
+    chat = subprocess.run([str(BIN / "lamm-chat"), str(out), "--max-new-tokens", "4", "--stats"],
+                          input=f"/image {image}\n{QUESTION}\n/quit\n", capture_output=True, text=True, env=ENV,
+                          cwd=tmp_path, timeout=300)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert "template chat" in chat.stdout + chat.stderr and "attached" in chat.stdout + chat.stderr
