@@ -3,6 +3,7 @@ with `lamm import hf_llava` and compared logit for logit; runs exported with `la
 and loaded by plain transformers; the LLaVA repository's own layout (`llava_original`)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -85,13 +86,13 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def imported(sources, tmp_path_factory) -> dict[str, Path]:
+    from lamm.zoo import import_checkpoint
+
     root = tmp_path_factory.mktemp("imported")
-    out = {}
-    for tower, src in sources.items():
-        result = _run("lamm", "import", "hf_llava", str(src), str(root / tower))
-        assert result.returncode == 0, result.stderr[-3000:]
-        out[tower] = root / tower
-    return out
+    result = _run("lamm", "import", "hf_llava", str(sources["clip"]), str(root / "clip"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The second one through Python (each console script costs a Python start-up).
+    return {"clip": root / "clip", "siglip": import_checkpoint("hf_llava", sources["siglip"], root / "siglip")}
 
 
 def _hf_inputs(src: Path, prompt_text: str):
@@ -246,7 +247,9 @@ def test_exporting_another_architecture_is_refused_in_one_line(tmp_path, capsys)
 
 # -- lamm-eval and lamm-chat on the imported folder -----------------------------------------------------
 
-def test_eval_and_chat_read_the_import(imported, synth, tmp_path) -> None:
+def test_eval_and_chat_read_the_import(imported, synth, tmp_path, monkeypatch, capsys) -> None:
+    from lamm.cli.chat import main as chat_main
+
     out = imported["clip"]
     result = _run("lamm-eval", "benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=4",
                   f"checkpoint={out}", f"synth_root={synth}", f"output_dir={tmp_path / 'eval'}", "model.name=llava",
@@ -255,8 +258,126 @@ def test_eval_and_chat_read_the_import(imported, synth, tmp_path) -> None:
     results = json.loads(next((tmp_path / "eval").glob("llava/*/results.json")).read_text())
     assert results["n"] == 4
     image = synth / "shapes" / "images" / "test" / "000000.png"
-    chat = subprocess.run([str(BIN / "lamm-chat"), str(out), "--max-new-tokens", "4", "--stats"],
-                          input=f"/image {image}\n{QUESTION}\n/quit\n", capture_output=True, text=True, env=ENV,
-                          cwd=tmp_path, timeout=300)
-    assert chat.returncode == 0, chat.stderr[-3000:]
-    assert "template chat" in chat.stdout + chat.stderr and "attached" in chat.stdout + chat.stderr
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\n{QUESTION}\n/quit\n"))
+    assert chat_main([str(out), "--max-new-tokens", "4", "--stats"]) == 0  # lamm-chat OUT, in this process
+    said = capsys.readouterr()
+    notes = said.out + said.err
+    assert "template chat" in notes and "placeholders image=16;" in notes, notes[-2000:]
+
+
+# -- the LLaVA repository's own layout ------------------------------------------------------------------
+
+class Payload:  # a pickled object: a checkpoint holding one must never be unpickled
+    pass
+
+
+def _mm_config(vision: Path) -> dict:
+    return {"mm_vision_tower": str(vision), "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": 32,
+            "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
+            "mm_use_im_start_end": False, "tune_mm_mlp_adapter": False}
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> dict:
+    """A LlavaLlamaForCausalLM folder, a stage-1 mm_projector.bin and its base LLM, in LLaVA's layout."""
+    import transformers as tf
+
+    from lamm.testing import save_tiny_vision_tower
+
+    root = tmp_path_factory.mktemp("original")
+    vision = save_tiny_vision_tower("clip_full", root)  # openai's CLIP folders hold both towers
+    tok = tiny_tokenizer(512)
+    text = tf.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                          initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(1)
+    llm = tf.LlamaForCausalLM(text).eval()
+    projector = {"model.mm_projector.0.weight": torch.randn(64, 32) * 0.2, "model.mm_projector.0.bias": torch.randn(64) * 0.1,
+                 "model.mm_projector.2.weight": torch.randn(64, 64) * 0.2, "model.mm_projector.2.bias": torch.randn(64) * 0.1}
+    full = root / "llava-v1.5-tiny"
+    full.mkdir()
+    config = {**text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], **_mm_config(vision)}
+    (full / "config.json").write_text(json.dumps(config))
+    save_file({**{k: v.contiguous() for k, v in llm.state_dict().items()}, **projector}, str(full / "model.safetensors"))
+    tok.save_pretrained(full)
+    base = root / "vicuna-tiny"
+    llm.save_pretrained(base)
+    tok.save_pretrained(base)
+    stage1 = root / "stage1"
+    stage1.mkdir()
+    (stage1 / "config.json").write_text(json.dumps(config))
+    torch.save(projector, stage1 / "mm_projector.bin")
+    return {"vision": vision, "full": full, "base": base, "stage1": stage1 / "mm_projector.bin", "llm": llm,
+            "projector": projector}
+
+
+def _reference_logits(original: dict, model, input_ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """LLaVA's forward written out: CLIP layer -2 without CLS -> Linear-GELU-Linear -> into the LLM's inputs."""
+    from transformers import CLIPVisionModel
+
+    tower = CLIPVisionModel.from_pretrained(original["vision"]).eval()
+    p = original["projector"]
+    with torch.no_grad():
+        feats = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        hidden = torch.nn.functional.gelu(feats @ p["model.mm_projector.0.weight"].T + p["model.mm_projector.0.bias"])
+        projected = hidden @ p["model.mm_projector.2.weight"].T + p["model.mm_projector.2.bias"]
+        is_image = input_ids == model.llm.media_token_ids["<image>"]
+        embeds = original["llm"].get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        embeds[is_image] = projected.reshape(-1, embeds.shape[-1])
+        return original["llm"](inputs_embeds=embeds).logits
+
+
+@pytest.mark.parametrize("layout", ["full", "stage1"])
+def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
+    from lamm.benchmarks.render import Renderer
+    from lamm.zoo import import_checkpoint, read_import_record
+
+    options = {"llm": str(original["base"]), "vision": str(original["vision"])} if layout == "stage1" else {}
+    out = import_checkpoint("llava_original", original[layout], tmp_path / "out", options)
+    notes = read_import_record(out)["notes"]
+    assert notes["tower_from"] == "vision folder" and notes["mm_projector_type"] == "mlp2x_gelu"
+    model, cfg = load_for_inference(out)
+    assert cfg.model.encoder.pad_to_square and cfg.model.encoder.layer == -2 and cfg.model.projector.depth == 2
+    # LLaVA-1.5's vicuna_v1 conversation, rendered by lamm's chat template.
+    renderer = Renderer(model, "chat", "none")
+    sample = Sample("q", [Turn("user", f"<image>\n{QUESTION}")], [MediaRef("image", "x.png", "image")])
+    text = "".join(s.text for s in renderer.template.render(sample, model.tokenizer))
+    assert text == ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                    f"helpful, detailed, and polite answers to the human's questions. USER: <image>\n{QUESTION} ASSISTANT:")
+    pixels = model.media_specs()["image"].transform(_image()).unsqueeze(0)
+    k = model.media_specs()["image"].projected_tokens
+    ids = model.tokenizer(f"USER: {'<image>' * k}\n{QUESTION} ASSISTANT:", return_tensors="pt").input_ids
+    batch = Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(pixels, torch.tensor([0]))})
+    with torch.no_grad():
+        got = model(batch, logits="all").logits
+    want = _reference_logits(original, model, ids, pixels)
+    torch.testing.assert_close(got[..., :want.shape[-1]], want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("corruption,message", [
+    ("missing", "missing key 'model.mm_projector.2.bias'"),
+    ("shape", "key 'model.mm_projector.0.weight' in {file} has shape [64, 16], expected [64, 32]"),
+    ("pickle", "cannot read {file} safely (weights only, no pickled objects)"),
+])
+def test_corrupted_original_checkpoints_fail_in_one_line(original, corruption, message, tmp_path, capsys) -> None:
+    from lamm.cli.main import main
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text((original["stage1"].parent / "config.json").read_text())
+    state = dict(original["projector"])
+    if corruption == "missing":
+        del state["model.mm_projector.2.bias"]
+    elif corruption == "shape":
+        state["model.mm_projector.0.weight"] = torch.zeros(64, 16)
+    else:
+        state["model.mm_projector.extra"] = Payload()
+    file = folder / "mm_projector.bin"
+    torch.save(state, file)
+    out = tmp_path / "out"
+    code = main(["import", "llava_original", str(file), str(out), "--option", f"llm={original['base']}",
+                 "--option", f"vision={original['vision']}"])  # `lamm import ...`, in this process
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("lamm import: error:"), err
+    assert message.format(file=file) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing written, no staging left

@@ -112,7 +112,7 @@ def import_hf_llava(src: Path, dtype: str | None = None) -> ImportPlan:
         template = None
     template = template or getattr(tokenizer, "chat_template", None)
     image_token = tokenizer.convert_ids_to_tokens(int(config.image_token_index))
-    lamm_template = chat_template_for(tokenizer, template) if template else LLAVA_V1_TEMPLATE
+    lamm_template = chat_template_for(tokenizer, template or LLAVA_V1_TEMPLATE)
 
     def write_folders(staging: Path) -> None:
         write_vision_folder(staging / VISION_DIR, vision_config, image_processor, streamed(state, vision))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lamm.registry import CHECKPOINT_FORMATS
-from lamm.zoo.llava_parts import (LLAVA_V1_TEMPLATE, LLM_DIR, VISION_DIR, llava_overrides, streamed,
+from lamm.zoo.llava_parts import (LLAVA_V1_TEMPLATE, LLM_DIR, VISION_DIR, chat_template_for, llava_overrides, streamed,
                                   text_model_mapping, vision_tower_mapping, write_llm_folder, write_vision_folder)
 from lamm.zoo.plan import ImportPlan
 from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
@@ -105,6 +105,9 @@ def import_llava_original(src: Path, llm: str | None = None, vision: str | None 
         text_config = AutoConfig.for_model(model_type, **{k: v for k, v in mm.items() if not _llava_only(k)})
         text_state, tokenizer_source = state, src
 
+    if mm.get("mm_use_im_start_end"):
+        raise CheckpointKeyError(f"{where}: mm_use_im_start_end wraps images in extra tokens; lamm's prefix "
+                                 "fusion writes the image tokens alone")
     vision_config, image_processor, vision_path = _vision(vision, mm, where)
     layer = int(mm.get("mm_vision_select_layer", -2))
     feature = mm.get("mm_vision_select_feature", "patch")
@@ -133,10 +136,11 @@ def import_llava_original(src: Path, llm: str | None = None, vision: str | None 
     state.skip([*text_map.values(), *(vision_map.values() if tower_state is state else [])])
     state.finish()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    template = chat_template_for(tokenizer, LLAVA_V1_TEMPLATE)
 
     def write_folders(staging: Path) -> None:
         write_vision_folder(staging / VISION_DIR, vision_config, image_processor, streamed(tower_state, vision_map))
-        write_llm_folder(staging / LLM_DIR, text_config, tokenizer, LLAVA_V1_TEMPLATE, streamed(text_state, text_map))
+        write_llm_folder(staging / LLM_DIR, text_config, tokenizer, template, streamed(text_state, text_map))
 
     overrides = llava_overrides(layer, SELECT_FEATURES[feature], True, dtype)
     overrides = [o for o in overrides if not o.startswith("model.projector.") and o != "model/projector=mlp"]

@@ -139,6 +139,7 @@ def chat_template_for(tokenizer: Any, template: str | None) -> str | None:
 
 # LLaVA-1.5's conversation layout (its `vicuna_v1`: system prompt, `USER: ... ASSISTANT: ...</s>`) as a
 # chat template for checkpoints that carry none; a system message replaces the default system prompt.
+# (BOS is added by `chat_template_for` when the tokenizer adds it, as LLaVA's LLaMA tokenizer does.)
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                    "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 LLAVA_V1_TEMPLATE = (
@@ -146,7 +147,7 @@ LLAVA_V1_TEMPLATE = (
     "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
     "{%- else -%}{%- set system = '" + LLAVA_V1_SYSTEM.replace("'", "\\'") + "' -%}{%- set turns = messages -%}"
     "{%- endif -%}"
-    "{{- bos_token -}}{%- if system -%}{{ system + ' ' }}{%- endif -%}"
+    "{%- if system -%}{{ system + ' ' }}{%- endif -%}"
     "{%- for m in turns -%}"
     "{%- if m['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + m['content'] + eos_token }}"
     "{%- else -%}{{ 'USER: ' + m['content'] + ' ' }}{%- endif -%}"
