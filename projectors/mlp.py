@@ -1,6 +1,7 @@
 """`mlp`: LLaVA-1.5's projector, Linear -> (GELU -> Linear) x (depth - 1); K = S.
 
 `depth=2` is LLaVA-1.5's `mlp2x_gelu`; `depth=1` degenerates to a single Linear.
+`bias=False` matches LLaVA checkpoints saved with `multimodal_projector_bias: false`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from lamm.registry import PROJECTORS
 class MLPProjector(Projector):
     """Token-wise MLP; hidden width is `out_dim` (as in LLaVA-1.5) unless `hidden_dim` is given."""
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, hidden_dim: int | None = None) -> None:
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, hidden_dim: int | None = None,
+                 bias: bool = True) -> None:
         super().__init__(in_dim, out_dim)
         if depth < 1:
             raise ValueError(f"mlp projector depth must be >= 1, got {depth}")
@@ -26,7 +28,7 @@ class MLPProjector(Projector):
         for i in range(depth):
             if i > 0:
                 layers.append(nn.GELU())
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
         self.net = nn.Sequential(*layers)
         self.depth = depth
 
