@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,16 +72,13 @@ def parts(tmp_path_factory) -> dict:
             "delta": {k: v.detach().clone() for k, v in delta.items()}, "peft": peft.eval(), "image": image}
 
 
-def _lamm_import(parts: dict, src: Path, out: Path, vision: Path | None = None) -> subprocess.CompletedProcess:
-    args = [str(BIN / "lamm"), "import", "lamm", str(src), str(out),
-            "--option", f"llm={parts['llm']}", "--option", f"vision={vision or parts['vision']}"]
-    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def imported(parts) -> Path:
+    """What a user types: `lamm import lamm SRC OUT --option llm=... --option vision=...`."""
     out = parts["root"] / "imported"
-    result = _lamm_import(parts, parts["src"], out)
+    result = subprocess.run([str(BIN / "lamm"), "import", "lamm", str(parts["src"]), str(out),
+                             "--option", f"llm={parts['llm']}", "--option", f"vision={parts['vision']}"],
+                            capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -169,22 +167,27 @@ class Payload:  # a pickled object: the loader must refuse it, never build it
 LORA_B = "llama_model.base_model.model.model.layers.1.self_attn.k_proj.lora_B.default.weight"
 
 
+def _one_error_line(text: str, message: str) -> None:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lamm import: error:"), text
+    assert re.search(message, lines[0]), lines[0]
+
+
 @pytest.mark.parametrize("case, change, message", [
     ("missing", lambda d: d.pop(LORA_B), rf"missing key '{LORA_B}' in .*bad_missing"),
     ("shape", lambda d: d.update({"llama_proj.weight": d["llama_proj.weight"].T.contiguous()}),
      r"key 'llama_proj.weight' in .*bad_shape.* has shape \[32, 64\], expected \[64, 32\]"),
     ("pickle", lambda d: d.update({"extra": Payload()}), r"cannot read .*bad_pickle.* safely \(weights only"),
 ])
-def test_a_corrupted_checkpoint_is_one_line_exit_2_and_nothing_written(parts, case, change, message):
-    import re
+def test_a_corrupted_checkpoint_is_one_line_exit_2_and_nothing_written(parts, capsys, case, change, message):
+    from lamm.cli.main import main  # the `lamm` console script's entry point, in process: no 8 s start-up each
 
     src = _corrupt(parts, f"bad_{case}", change)
     out = parts["root"] / f"out_{case}"
-    result = _lamm_import(parts, src, out)
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lamm import: error:"), result.stderr
-    assert re.search(message, lines[0]), lines[0]
+    code = main(["import", "lamm", str(src), str(out), "--option", f"llm={parts['llm']}",
+                 "--option", f"vision={parts['vision']}"])
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, message)
     assert not out.exists() and not list(parts["root"].glob(f".out_{case}*"))
 
 
