@@ -198,6 +198,9 @@ def test_the_3d_variant_and_missing_folders_are_refused_in_one_line(parts, tmp_p
         import_checkpoint("lamm", epcl, tmp_path / "a", options)
     with pytest.raises(CheckpointKeyError, match=r"vision=.*\.pt is a file, not a Hugging Face CLIP folder: .* EPCL"):
         import_checkpoint("lamm", parts["src"], tmp_path / "b", {**options, "vision": str(epcl)})
+    global_variant = _corrupt(parts, "global", lambda d: d.update({"llama_proj.weight": torch.zeros(HIDDEN, 16)}))
+    with pytest.raises(CheckpointKeyError, match=r"llama_proj reads 16-wide features, .* LAMM's 'global' variant"):
+        import_checkpoint("lamm", global_variant, tmp_path / "g", options)
     with pytest.raises(ValueError, match=r"--option llm=PATH is required"):
         import_checkpoint("lamm", parts["src"], tmp_path / "c", {"vision": str(parts["vision"])})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['visoin'\]"):

@@ -113,9 +113,14 @@ def import_lamm(src: Path, **options: str) -> ImportPlan:
         _refuse_3d(f"{state.source} holds point-encoder tensors (visual_encoder.*)")
     llm_dir = _folder("llm", options.get("llm"), "the LLaMA/Vicuna base LAMM was trained on")
     vision_dir = _folder("vision", options.get("vision"), "CLIP ViT-L/14 as a Hugging Face folder")
-    width, _ = _vision_width(vision_dir)
+    width, vision_config = _vision_width(vision_dir)
     llm_config, linears = _llm_linears(llm_dir)
     hidden = int(llm_config.get_text_config().hidden_size)
+    reads = state.shape(PROJ + "weight")[-1]
+    if reads != width and reads == getattr(vision_config, "projection_dim", None):
+        raise CheckpointKeyError(f"{state.source}: llama_proj reads {reads}-wide features, CLIP's projected image "
+                                 f"embedding: LAMM's 'global' variant (one token), which hf_vision does not produce; "
+                                 f"only the 'local' variant (patch tokens, {width} wide) imports")
 
     weights = {"projectors.image.proj.weight": state.take(PROJ + "weight", (hidden, width)),
                "projectors.image.proj.bias": state.take(PROJ + "bias", (hidden,))}
