@@ -19,14 +19,19 @@ decoder; each maps onto an existing lamm part with options, none is copied:
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable
 
 import torch
 
+from lamm.registry import CHECKPOINT_FORMATS
 from lamm.tokens import MEDIA_TOKENS, PLACEHOLDERS, add_media_tokens
+from lamm.zoo.hf_folders import write_safetensors_shards
+from lamm.zoo.plan import OUT, ImportPlan
+from lamm.zoo.state import StateReader, open_state
 
 VISION_PREFIX = "model.vision_model."
 PERCEIVER_PREFIX = "model.perceiver_resampler."
@@ -35,14 +40,6 @@ XATTN_PREFIX = "model.gated_cross_attn_layers."
 
 class IdeficsImportError(ValueError):
     """The folder is not an IDEFICS checkpoint lamm can represent exactly."""
-
-
-class TensorSource(Protocol):
-    """What the importer reads tensors through (`lamm.zoo.open_state`'s reader)."""
-
-    def take(self, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor: ...
-
-    def keys(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -88,30 +85,28 @@ class IdeficsShape:
 
 
 def model_overrides(shape: IdeficsShape) -> list[str]:
-    """lamm-train overrides that rebuild an IDEFICS as hf_vision + perceiver + gated_xattn + hf LLM."""
+    """lamm-train overrides that rebuild an IDEFICS: hf_vision + idefics_perceiver + idefics_xattn + hf LLM."""
     c, p = shape.config, shape.config["perceiver_config"]
+    flag = {True: "true", False: "false"}
     return [
-        "model/encoder=hf_vision", "model.encoder.path={out}/vision", "model.encoder.layer=-1",
-        "model.encoder.select=full", "model.encoder.post_layernorm=false",
-        "model/projector=perceiver", f"model.projector.num_latents={p['resampler_n_latents']}",
+        "model/encoder=hf_clip_vit_l14_336", f"model.encoder.path={OUT}/vision", "model.encoder.layer=-1",
+        "model.encoder.select=full", "model.encoder.pad_to_square=false", "model.encoder.post_layernorm=false",
+        "model/projector=idefics_perceiver", f"model.projector.num_latents={p['resampler_n_latents']}",
         f"model.projector.depth={p['resampler_depth']}", f"model.projector.heads={p['resampler_n_heads']}",
         f"model.projector.dim_head={p['resampler_head_dim']}", "model.projector.ff_mult=4",
-        f"+model.projector.qk_norm={str(p['qk_layer_norms_perceiver']).lower()}", "+model.projector.ff_act=relu",
-        "+model.projector.out_proj=false",
-        "model/fusion=gated_xattn", f"model.fusion.every={shape.interval}", "+model.fusion.placement=first",
-        f"model.fusion.heads={shape.heads}", f"model.fusion.dim_head={shape.hidden // shape.heads}",
-        "model.fusion.only_latest_media=true", "model.fusion.media_norm=false", "model.fusion.output_scale=none",
-        "+model.fusion.norm=rms", f"+model.fusion.norm_eps={c['rms_norm_eps']}", "+model.fusion.ffn=swiglu",
-        f"+model.fusion.ff_dim={c['intermediate_size']}", f"+model.fusion.gate={c['alpha_type']}",
-        f"+model.fusion.qk_norm={str(c['qk_layer_norms']).lower()}", f"+model.fusion.media_dim={shape.vision_width}",
-        "model/llm=hf", "model.llm.path={out}/llm",
+        f"model.projector.qk_norm={flag[bool(p['qk_layer_norms_perceiver'])]}", "model.projector.out_proj=false",
+        "model/fusion=idefics_xattn", f"model.fusion.every={shape.interval}", f"model.fusion.heads={shape.heads}",
+        f"model.fusion.dim_head={shape.hidden // shape.heads}", f"model.fusion.ff_dim={c['intermediate_size']}",
+        f"model.fusion.norm_eps={c['rms_norm_eps']!r}", f"model.fusion.gate={c['alpha_type']}",
+        f"model.fusion.qk_norm={flag[bool(c['qk_layer_norms'])]}", f"model.fusion.media_dim={shape.vision_width}",
+        "model/llm=hf", f"model.llm.path={OUT}/llm",
     ]
 
 
 # -- lamm-named tensors: perceiver, cross-attention blocks, media-token rows -------------------
 
 
-def perceiver_weights(src: TensorSource, shape: IdeficsShape) -> dict[str, torch.Tensor]:
+def perceiver_weights(src: StateReader, shape: IdeficsShape) -> dict[str, torch.Tensor]:
     """IDEFICS's resampler as `projectors.image.*` of the perceiver projector."""
     p = PERCEIVER_PREFIX
     out = {"projectors.image.latents": src.take(p + "latents"),
@@ -135,7 +130,7 @@ def perceiver_weights(src: TensorSource, shape: IdeficsShape) -> dict[str, torch
     return out
 
 
-def cross_attention_weights(src: TensorSource, shape: IdeficsShape) -> dict[str, torch.Tensor]:
+def cross_attention_weights(src: StateReader, shape: IdeficsShape) -> dict[str, torch.Tensor]:
     """IDEFICS's k-th gated block (before decoder layer k * interval) as `fusion.blocks.{layer}.*`."""
     out = {}
     for k in range(shape.layers // shape.interval):
@@ -175,19 +170,14 @@ def lamm_tokenizer(src: Path, shape: IdeficsShape) -> Any:
     return tokenizer
 
 
-def text_tables(src: TensorSource, shape: IdeficsShape, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input embedding, lm-head) with IDEFICS's decoupled rows appended and zero rows up to `rows`."""
-    embed = [src.take("model.embed_tokens.weight", (shape.vocab, shape.hidden))]
-    head = [src.take("lm_head.weight", (shape.vocab, shape.hidden))]
+def text_table(src: StateReader, shape: IdeficsShape, rows: int, key: str, additional_key: str | None = None
+               ) -> torch.Tensor:
+    """An embedding or lm-head table with IDEFICS's decoupled rows appended, zero rows up to `rows`."""
+    parts = [src.take(key, (shape.vocab, shape.hidden))]
     if shape.additional:
-        embed.append(src.take("model.embed_tokens.additional_embedding.weight", (shape.additional, shape.hidden)))
-        head.append(src.take("lm_head.additional_fc.weight", (shape.additional, shape.hidden)))
-    embed, head = torch.cat(embed), torch.cat(head)
-    extra = rows - embed.shape[0]
-    if extra > 0:
-        embed = torch.cat([embed, embed.new_zeros(extra, shape.hidden)])
-        head = torch.cat([head, head.new_zeros(extra, shape.hidden)])
-    return embed, head
+        parts.append(src.take(additional_key, (shape.additional, shape.hidden)))
+    table = torch.cat(parts)
+    return torch.cat([table, table.new_zeros(rows - table.shape[0], shape.hidden)])
 
 
 def media_token_rows(embed: torch.Tensor, tokenizer: Any) -> torch.Tensor:
@@ -245,50 +235,45 @@ def image_processor(src: Path, shape: IdeficsShape) -> Any:
                               **kwargs)
 
 
-def save_folder(folder: Path, tensors: dict[str, torch.Tensor], config: Any, *extras: Any) -> None:
-    """An HF model folder: config.json, model.safetensors, and the tokenizer / processor `extras`."""
-    from safetensors.torch import save_file
-
+def save_folder(folder: Path, tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]], config: Any,
+                *extras: Any) -> None:
+    """An HF model folder: config.json, safetensors shards written tensor by tensor, tokenizer / processor."""
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(folder))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    write_safetensors_shards(folder, tensors)
     for extra in extras:
         extra.save_pretrained(str(folder))
 
 
-@dataclass
-class IdeficsParts:
-    """Everything an import writes: overrides, lamm-named tensors, and a writer for the HF folders."""
-
-    overrides: list[str]
-    weights: dict[str, torch.Tensor]
-    write_folders: Callable[[Path], None]
-    notes: dict
-
-
-def idefics_parts(src: Path, state: TensorSource) -> IdeficsParts:
-    """Read an IDEFICS folder through `state` and lay it out as lamm parts."""
+@CHECKPOINT_FORMATS.register("hf_idefics")
+def import_idefics(src: Path) -> ImportPlan:
+    """An `IdeficsForVisionText2Text` folder (config.json, safetensors or .bin weights, tokenizer, processor)."""
+    src = Path(src)
     shape = IdeficsShape.read(src)
+    state = open_state(src)
     tokenizer = lamm_tokenizer(src, shape)
     rows = max(len(tokenizer), shape.vocab + shape.additional)
-    embed, head = text_tables(state, shape, rows)
+    embed = text_table(state, shape, rows, "model.embed_tokens.weight", "model.embed_tokens.additional_embedding.weight")
     weights = {**perceiver_weights(state, shape), **cross_attention_weights(state, shape),
                "llm.media_token_embedding": media_token_rows(embed, tokenizer)}
-    decoder = {"model.embed_tokens.weight": embed, "lm_head.weight": head,
-               "model.norm.weight": state.take("model.norm.weight")}
-    vision = {}
-    for key in state.keys():
-        if key.startswith("model.layers."):
-            decoder[key] = state.take(key)
-        elif key.startswith(VISION_PREFIX):
-            vision["vision_model." + key[len(VISION_PREFIX):]] = state.take(key)
+    decoder = [k for k in state.keys() if k.startswith("model.layers.")] + ["model.norm.weight"]
+    vision = state.keys_with_prefix(VISION_PREFIX)
+    head = ["lm_head.weight"] + (["lm_head.additional_fc.weight"] if shape.additional else [])
+    # Everything left is read while the folders are written; anything else is a key IDEFICS does not have.
+    state.skip(decoder + vision + head)
+    state.finish()
 
     def write_folders(staging: Path) -> None:
-        save_folder(staging / "llm", decoder, llm_config(shape, tokenizer, rows), tokenizer)
-        save_folder(staging / "vision", vision, vision_config(shape), image_processor(src, shape))
+        llm_tensors = [("model.embed_tokens.weight", lambda: embed),
+                       ("lm_head.weight", lambda: text_table(state, shape, rows, *head)),
+                       *((key, functools.partial(state.take, key)) for key in decoder)]
+        save_folder(staging / "llm", llm_tensors, llm_config(shape, tokenizer, rows), tokenizer)
+        vision_tensors = [("vision_model." + key[len(VISION_PREFIX):], functools.partial(state.take, key))
+                          for key in vision]
+        save_folder(staging / "vision", vision_tensors, vision_config(shape), image_processor(src, shape))
 
     notes = {"source_architecture": "IdeficsForVisionText2Text", "cross_layer_interval": shape.interval,
              "alpha_type": shape.config["alpha_type"], "qk_layer_norms": shape.config["qk_layer_norms"],
+             "decoupled_rows": f"{shape.additional} additional rows joined to the {shape.vocab}-row tables",
              "prompt_format": "<fake_token_around_image><image><fake_token_around_image> per image"}
-    return IdeficsParts(model_overrides(shape), weights, write_folders, notes)
+    return ImportPlan(model_overrides(shape), weights, write_folders, notes)

@@ -1,0 +1,155 @@
+"""`lamm import hf_idefics`: a tiny IdeficsForVisionText2Text saved by transformers, imported, and run
+by lamm logit for logit and token for token as transformers runs it; chat on the imported folder."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lamm.batch import Batch, MediaBatch
+from lamm.llm.tiny import tiny_tokenizer
+from lamm.training.export import load_for_inference
+from lamm.zoo import import_checkpoint
+
+BIN = Path(sys.executable).parent
+IMAGE_SIZE = 16
+
+
+def save_tiny_idefics(folder: Path, alpha_type: str, interval: int, qk_norms: bool, seed: int) -> Path:
+    """A random IDEFICS (4 decoder layers, 2-layer ViT, 2-layer resampler) with open (non-zero) gates,
+    saved with its processor the way HuggingFaceM4 publishes it."""
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessor, IdeficsProcessor
+
+    tokenizer = tiny_tokenizer(256)
+    vocab = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>"]})
+    config = IdeficsConfig(
+        vocab_size=vocab, additional_vocab_size=2, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+        num_attention_heads=4, cross_layer_interval=interval, qk_layer_norms=qk_norms, alpha_type=alpha_type,
+        use_resampler=True, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vision_config=dict(embed_dim=24, image_size=IMAGE_SIZE, patch_size=8, intermediate_size=40,
+                           num_hidden_layers=2, num_attention_heads=2),
+        perceiver_config=dict(use_resampler=True, resampler_n_latents=3, resampler_depth=2, resampler_n_heads=2,
+                              resampler_head_dim=8, qk_layer_norms_perceiver=qk_norms),
+    )
+    torch.manual_seed(seed)
+    model = IdeficsForVisionText2Text(config).eval()
+    with torch.no_grad():
+        for layer in model.model.gated_cross_attn_layers:  # open gates, so the images matter
+            layer.alpha_cross_attn.normal_()
+            layer.alpha_dense.normal_()
+        # Random extra rows would make the tiny model generate <image> tokens, whose continuation
+        # transformers' generate and a re-read prompt disagree on; smaller, they still enter every logit.
+        model.lm_head.additional_fc.weight.mul_(0.1)
+    model.save_pretrained(folder)
+    IdeficsProcessor(IdeficsImageProcessor(image_size=IMAGE_SIZE), tokenizer).save_pretrained(folder)
+    return folder
+
+
+def images(count: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (20 + 7 * i, 24, 3), dtype=np.uint8)) for i in range(count)]
+
+
+def hf_inputs(src: Path) -> dict:
+    """A two-image interleaved prompt, as IDEFICS's processor writes it."""
+    from transformers import IdeficsProcessor
+
+    first, second = images(2)
+    prompt = ["User:", first, "Describe the image.\nAssistant: A red circle.\nUser:", second,
+              "Which shape is it?\nAssistant:"]
+    return IdeficsProcessor.from_pretrained(str(src))(text=[prompt], return_tensors="pt")
+
+
+def lamm_batch(model, inputs: dict) -> Batch:
+    """The same prompt for lamm: IDEFICS's token ids, the images through lamm's own encoder transform."""
+    transform = model.media_specs()["image"].transform
+    pixels = torch.stack([transform(image) for image in images(2)])
+    assert torch.allclose(pixels, inputs["pixel_values"][0], atol=1e-6)  # same preprocessing as IDEFICS's
+    return Batch(inputs["input_ids"], inputs["attention_mask"], None,
+                 {"image": MediaBatch(pixels, torch.zeros(2, dtype=torch.long))})
+
+
+def check_parity(src: Path, out: Path) -> None:
+    from transformers import IdeficsForVisionText2Text
+
+    hf = IdeficsForVisionText2Text.from_pretrained(str(src)).eval()
+    model, _ = load_for_inference(out)
+    inputs = hf_inputs(src)
+    batch = lamm_batch(model, inputs)
+    with torch.no_grad():
+        expected = hf(**inputs).logits
+        blind = hf(**{**inputs, "image_attention_mask": torch.zeros_like(inputs["image_attention_mask"])}).logits
+        ours = model(batch, logits="all").logits[..., : expected.shape[-1]]  # HF's vocabulary (lamm adds tokens)
+        hf.generation_config.eos_token_id = None  # 16 tokens from both, even past an end of sequence
+        want = hf.generate(**inputs, max_new_tokens=16, do_sample=False)
+    assert (expected - blind).abs().max() > 0.1  # the cross-attention changes the prediction
+    assert torch.allclose(ours, expected, atol=1e-4, rtol=0), (ours - expected).abs().max()
+    want = want[:, inputs["input_ids"].shape[1]:]
+    image_id = model.tokenizer.convert_tokens_to_ids("<image>")
+    assert image_id not in want  # see save_tiny_idefics
+    got = model.generate(batch, max_new_tokens=16, eos_token_id=[])
+    assert got.tolist() == want.tolist()
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> tuple[Path, Path]:
+    """float gates, a block before every second layer, q/k norms; imported through the console script."""
+    tmp = tmp_path_factory.mktemp("idefics")
+    src = save_tiny_idefics(tmp / "idefics", "float", interval=2, qk_norms=True, seed=0)
+    out = tmp / "imported"
+    result = subprocess.run([str(BIN / "lamm"), "import", "hf_idefics", str(src), str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"imported hf_idefics {src} -> {out}" in " ".join(result.stdout.split())
+    return src, out
+
+
+def test_console_import_equals_transformers_logits_and_greedy_tokens(imported) -> None:
+    src, out = imported
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "import.json", "llm", "vision",
+                                                     "weights.safetensors"]
+    check_parity(src, out)
+
+
+def test_vector_gates_and_a_block_before_every_layer(tmp_path) -> None:
+    src = save_tiny_idefics(tmp_path / "idefics", "vector", interval=1, qk_norms=False, seed=1)
+    out = import_checkpoint("hf_idefics", src, tmp_path / "imported")
+    model, cfg = load_for_inference(out)
+    assert cfg.model.fusion.gate == "vector" and sorted(model.fusion.blocks, key=int) == ["0", "1", "2", "3"]
+    check_parity(src, out)
+
+
+def test_lamm_chat_on_the_imported_folder(imported, tmp_path) -> None:
+    _, out = imported
+    picture = tmp_path / "picture.png"
+    images(1)[0].save(picture)
+    script = f"/image {picture}\nwhat is this?\n/quit\n"
+    result = subprocess.run([str(BIN / "lamm-chat"), str(out), "--stats", "--max-new-tokens", "4"], input=script,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[turn 1]" in result.stderr and "media image=1" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_checkpoint_missing_a_gate_names_it_and_writes_nothing(imported, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from lamm.zoo import CheckpointKeyError
+
+    src, _ = imported
+    broken = tmp_path / "broken"
+    shutil.copytree(src, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    del weights["model.gated_cross_attn_layers.1.alpha_dense"]
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointKeyError, match=r"missing key 'model.gated_cross_attn_layers.1.alpha_dense' in "
+                                                 r".*broken$"):
+        import_checkpoint("hf_idefics", broken, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no folder, no staging left
