@@ -45,9 +45,11 @@ def save_tiny_idefics(folder: Path, alpha_type: str, interval: int, qk_norms: bo
         for layer in model.model.gated_cross_attn_layers:  # open gates, so the images matter
             layer.alpha_cross_attn.normal_()
             layer.alpha_dense.normal_()
-        # Random extra rows would make the tiny model generate <image> tokens, whose continuation
-        # transformers' generate and a re-read prompt disagree on; smaller, they still enter every logit.
+        # Smaller rows keep the tiny model from generating <image> or an end of sequence, after which
+        # transformers' generate keeps showing the last image while its processor's mask would not;
+        # they still enter every compared logit.
         model.lm_head.additional_fc.weight.mul_(0.1)
+        model.lm_head.weight[tokenizer.eos_token_id].mul_(0.1)
     model.save_pretrained(folder)
     IdeficsProcessor(IdeficsImageProcessor(image_size=IMAGE_SIZE), tokenizer).save_pretrained(folder)
     return folder
@@ -59,13 +61,20 @@ def images(count: int) -> list[Image.Image]:
 
 
 def hf_inputs(src: Path) -> dict:
-    """A two-image interleaved prompt, as IDEFICS's processor writes it."""
+    """A two-image interleaved prompt, as IDEFICS's processor writes it; text before the first image and
+    after an end of sequence sees no image (the processor's image_attention_mask)."""
     from transformers import IdeficsProcessor
 
+    processor = IdeficsProcessor.from_pretrained(str(src))
     first, second = images(2)
-    prompt = ["User:", first, "Describe the image.\nAssistant: A red circle.\nUser:", second,
-              "Which shape is it?\nAssistant:"]
-    return IdeficsProcessor.from_pretrained(str(src))(text=[prompt], return_tensors="pt")
+    prompt = ["User:", first, f"Describe the image.\nAssistant: A red circle.{processor.tokenizer.eos_token}User:",
+              second, "Which shape is it?\nAssistant:"]
+    inputs = processor(text=[prompt], return_tensors="pt")
+    sees = inputs["image_attention_mask"][0].any(-1).tolist()
+    ids = inputs["input_ids"][0].tolist()
+    after_eos = ids.index(processor.tokenizer.eos_token_id) + 1
+    assert not sees[0] and sees[ids.index(processor.image_token_id)] and not sees[after_eos]
+    return inputs
 
 
 def lamm_batch(model, inputs: dict) -> Batch:
@@ -94,7 +103,8 @@ def check_parity(src: Path, out: Path) -> None:
     assert torch.allclose(ours, expected, atol=1e-4, rtol=0), (ours - expected).abs().max()
     want = want[:, inputs["input_ids"].shape[1]:]
     image_id = model.tokenizer.convert_tokens_to_ids("<image>")
-    assert image_id not in want  # see save_tiny_idefics
+    assert image_id not in want and model.tokenizer.eos_token_id not in want  # see save_tiny_idefics
+    assert len(set(want[0].tolist())) > 1  # not one token repeated
     got = model.generate(batch, max_new_tokens=16, eos_token_id=[])
     assert got.tolist() == want.tolist()
 

@@ -137,6 +137,7 @@ class CrossAttentionState:
     last_slot: torch.Tensor  # [B]: slot of the most recent media token seen so far (-1: none yet)
     only_latest: bool
     kv_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block key -> K/V
+    closed: torch.Tensor | None = None  # [B]: an end of sequence came after the most recent media (eos_ends_media)
 
 
 @dataclass
@@ -178,6 +179,7 @@ class GatedCrossAttentionFusion(Fusion):
         gate_init_std: float = 0.0,
         qk_norm: bool = False,
         media_dim: int | None = None,
+        eos_ends_media: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= every <= num_layers:
@@ -185,6 +187,9 @@ class GatedCrossAttentionFusion(Fusion):
         _choice("placement", placement, PLACEMENTS)
         self.every = every
         self.only_latest_media = only_latest_media
+        # IDEFICS: tokens after an end of sequence see no media until the next medium (packed documents).
+        self.eos_ends_media = eos_ends_media
+        self.eos_token_id: int | None = None
         # "last": layer i gets a block when (i + 1) % every == 0 (OpenFlamingo's placement);
         # "first": when i % every == 0, so layer 0 has one (IDEFICS's cross_layer_interval).
         first = placement == "first"
@@ -203,6 +208,7 @@ class GatedCrossAttentionFusion(Fusion):
 
     def attach(self, llm: Any) -> None:
         self.media_token_ids = dict(llm.media_token_ids)
+        self.eos_token_id = llm.tokenizer.eos_token_id
         for hook in self._hooks:
             hook.remove()
         self._hooks = [
@@ -293,7 +299,23 @@ class GatedCrossAttentionFusion(Fusion):
             is_media |= input_ids == self.media_token_ids[PLACEHOLDERS[modality]]
         token_slot = state.last_slot.unsqueeze(1) + is_media.long().cumsum(1)
         state.last_slot = token_slot[:, -1]
+        if self.eos_ends_media and self.eos_token_id is not None:
+            token_slot = token_slot.masked_fill(self._after_eos(state, input_ids, is_media), -1)
         return {LAYER_KWARG: CallConditioning(state, token_slot)}
+
+    def _after_eos(self, state: CrossAttentionState, input_ids: torch.Tensor, is_media: torch.Tensor) -> torch.Tensor:
+        """[B, T]: tokens with an end of sequence between them and their most recent medium (the EOS
+        itself still sees it); advances `state.closed` across calls."""
+        is_eos = (input_ids == self.eos_token_id).long()
+        eos_through = is_eos.cumsum(1)
+        eos_before = eos_through - is_eos
+        # EOS count before the most recent medium of this call (-1: none yet); counts only grow, so cummax.
+        at_media = torch.where(is_media, eos_before, torch.full_like(eos_before, -1)).cummax(1).values
+        carried = state.closed if state.closed is not None else torch.zeros_like(is_media[:, 0])
+        closed = torch.where(at_media < 0, carried.unsqueeze(1) | (eos_before > 0), eos_before > at_media)
+        last = at_media[:, -1]
+        state.closed = torch.where(last < 0, carried | (eos_through[:, -1] > 0), eos_through[:, -1] > last)
+        return closed
 
     def check_call(self, state: CrossAttentionState | None, layer_kwargs: dict[str, Any]) -> None:
         """Fail loudly if the decoder swallowed the conditioning kwargs instead of passing them on."""
