@@ -163,3 +163,46 @@ def test_a_checkpoint_missing_a_gate_names_it_and_writes_nothing(imported, tmp_p
                                                  r".*broken$"):
         import_checkpoint("hf_idefics", broken, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no folder, no staging left
+
+
+def test_lamm_writes_media_into_text_as_idefics_does(imported, tmp_path) -> None:
+    """Interleaved text through lamm's own data pipeline gets IDEFICS's processor's token ids
+    (<fake_token_around_image> around each image, shared between adjacent ones)."""
+    from transformers import IdeficsProcessor
+
+    from lamm.datasets.processor import Processor
+    from lamm.datasets.sample import MediaRef, Sample, Turn
+    from lamm.datasets.templates import get_template
+
+    src, out = imported
+    model, _ = load_for_inference(out)
+    paths = []
+    for i, image in enumerate(images(3)):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    sample = Sample("doc", [Turn("document", "User:<image>Describe both.<image><image>Answer:")],
+                    [MediaRef("image", str(p), "image") for p in paths], kind="document")
+    processor = Processor(model.tokenizer, get_template("document"), model.media_specs(), layout=model.fusion.layout,
+                          training=False)
+    ours = processor(sample).input_ids.tolist()
+    first, second, third = images(3)
+    theirs = IdeficsProcessor.from_pretrained(str(src))(
+        text=[["User:", first, "Describe both.", second, third, "Answer:"]], return_tensors="pt")["input_ids"][0]
+    # IDEFICS's processor starts with BOS; lamm's document template ends with EOS.
+    assert ours == theirs.tolist()[1:] + [model.tokenizer.eos_token_id]
+    assert model.placeholder_text("image") == "<fake_token_around_image><image><fake_token_around_image>"
+
+
+def test_eos_ends_media_the_same_in_one_call_or_token_by_token(imported) -> None:
+    _, out = imported
+    model, _ = load_for_inference(out)
+    tok = model.tokenizer
+    image, eos = tok.convert_tokens_to_ids("<image>"), tok.eos_token_id
+    ids = torch.tensor([[5, image, 7, eos, 8, 9, image, 10, eos, eos, 11], [eos, 5, image, image, 6, 7, 8, 9, 10, 11, 12]])
+    media = {"image": model.encode_media({"image": MediaBatch(torch.zeros(4, 3, IMAGE_SIZE, IMAGE_SIZE),
+                                                               torch.tensor([0, 0, 1, 1]))})["image"]}
+    whole = model.fusion.layer_kwargs(model.fusion.begin(ids, media), ids)["lamm_xattn"].token_slot
+    assert whole.tolist() == [[-1, 0, 0, 0, -1, -1, 1, 1, 1, -1, -1], [-1, -1, 0, 1, 1, 1, 1, 1, 1, 1, 1]]
+    state = model.fusion.begin(ids, media)
+    steps = [model.fusion.layer_kwargs(state, ids[:, t:t + 1])["lamm_xattn"].token_slot for t in range(ids.shape[1])]
+    assert torch.equal(torch.cat(steps, 1), whole)

@@ -180,6 +180,8 @@ class GatedCrossAttentionFusion(Fusion):
         qk_norm: bool = False,
         media_dim: int | None = None,
         eos_ends_media: bool = False,
+        chunk_end: str | None = END_OF_CHUNK,
+        media_around: str | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= every <= num_layers:
@@ -187,6 +189,9 @@ class GatedCrossAttentionFusion(Fusion):
         _choice("placement", placement, PLACEMENTS)
         self.every = every
         self.only_latest_media = only_latest_media
+        if chunk_end != END_OF_CHUNK or media_around is not None:
+            # IDEFICS writes <fake_token_around_image><image><fake_token_around_image> and no chunk ends.
+            self.layout = TextLayout(placeholders=1, chunk_end=chunk_end, around=media_around)
         # IDEFICS: tokens after an end of sequence see no media until the next medium (packed documents).
         self.eos_ends_media = eos_ends_media
         self.eos_token_id: int | None = None

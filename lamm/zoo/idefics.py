@@ -36,6 +36,7 @@ from lamm.zoo.state import StateReader, open_state
 VISION_PREFIX = "model.vision_model."
 PERCEIVER_PREFIX = "model.perceiver_resampler."
 XATTN_PREFIX = "model.gated_cross_attn_layers."
+AROUND_IMAGE = "<fake_token_around_image>"  # IDEFICS's processor writes it before and after every <image>
 
 
 class IdeficsImportError(ValueError):
@@ -99,7 +100,7 @@ def model_overrides(shape: IdeficsShape) -> list[str]:
         f"model.fusion.dim_head={shape.hidden // shape.heads}", f"model.fusion.ff_dim={c['intermediate_size']}",
         f"model.fusion.norm_eps={c['rms_norm_eps']!r}", f"model.fusion.gate={c['alpha_type']}",
         f"model.fusion.qk_norm={flag[bool(c['qk_layer_norms'])]}", f"model.fusion.media_dim={shape.vision_width}",
-        "model/llm=hf", f"model.llm.path={OUT}/llm",
+        f"model.fusion.media_around='{AROUND_IMAGE}'", "model/llm=hf", f"model.llm.path={OUT}/llm",
     ]
 
 
@@ -160,8 +161,9 @@ def lamm_tokenizer(src: Path, shape: IdeficsShape) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    if PLACEHOLDERS["image"] not in tokenizer.get_vocab():
-        raise IdeficsImportError(f"{src}: the tokenizer has no {PLACEHOLDERS['image']} token")
+    for token in (PLACEHOLDERS["image"], AROUND_IMAGE):
+        if token not in tokenizer.get_vocab():
+            raise IdeficsImportError(f"{src}: the tokenizer has no {token} token (IDEFICS's processor writes it)")
     image_id = tokenizer.convert_tokens_to_ids(PLACEHOLDERS["image"])
     if image_id >= shape.vocab + shape.additional:
         raise IdeficsImportError(f"{src}: {PLACEHOLDERS['image']} has id {image_id} but the model has only "
@@ -275,5 +277,5 @@ def import_idefics(src: Path) -> ImportPlan:
     notes = {"source_architecture": "IdeficsForVisionText2Text", "cross_layer_interval": shape.interval,
              "alpha_type": shape.config["alpha_type"], "qk_layer_norms": shape.config["qk_layer_norms"],
              "decoupled_rows": f"{shape.additional} additional rows joined to the {shape.vocab}-row tables",
-             "prompt_format": "<fake_token_around_image><image><fake_token_around_image> per image"}
+             "prompt_format": f"{AROUND_IMAGE}<image>{AROUND_IMAGE} per image, one shared between adjacent images"}
     return ImportPlan(model_overrides(shape), weights, write_folders, notes)
