@@ -47,7 +47,8 @@ class TextLayout:
         return projected_tokens if self.placeholders is None else self.placeholders
 
     def medium_text(self, modality: str, projected_tokens: int) -> str:
-        """One medium in a hand-written prompt: its placeholder block, closed by `chunk_end` if chunks are marked."""
+        """One medium in a hand-written prompt: its placeholder block (between two `around` tokens if set),
+        closed by `chunk_end` if chunks are marked."""
         around = self.around or ""
         return around + PLACEHOLDERS[modality] * self.placeholders_per_medium(projected_tokens) + around + (
             self.chunk_end or "")

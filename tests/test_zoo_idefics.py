@@ -206,3 +206,17 @@ def test_eos_ends_media_the_same_in_one_call_or_token_by_token(imported) -> None
     state = model.fusion.begin(ids, media)
     steps = [model.fusion.layer_kwargs(state, ids[:, t:t + 1])["lamm_xattn"].token_slot for t in range(ids.shape[1])]
     assert torch.equal(torch.cat(steps, 1), whole)
+
+
+def test_unknown_idefics_option_values_are_one_line() -> None:
+    from lamm.fusion.gated_xattn import GatedCrossAttentionFusion
+    from lamm.projectors.perceiver import PerceiverResampler
+
+    for option, message in [({"norm": "batch"}, "model.fusion.norm must be one of layer, rms, got 'batch'"),
+                            ({"ffn": "geglu"}, "model.fusion.ffn must be one of gelu, swiglu, got 'geglu'"),
+                            ({"gate": "matrix"}, "model.fusion.gate must be one of float, vector, got 'matrix'"),
+                            ({"placement": "middle"}, "model.fusion.placement must be one of last, first, got 'middle'")]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            GatedCrossAttentionFusion(32, 4, **option)
+    with pytest.raises(ValueError, match="^model.projector.ff_act must be one of gelu, relu, got 'tanh'$"):
+        PerceiverResampler(8, 16, ff_act="tanh")
