@@ -220,3 +220,20 @@ def test_unknown_idefics_option_values_are_one_line() -> None:
             GatedCrossAttentionFusion(32, 4, **option)
     with pytest.raises(ValueError, match="^model.projector.ff_act must be one of gelu, relu, got 'tanh'$"):
         PerceiverResampler(8, 16, ff_act="tanh")
+
+
+def test_buffers_older_checkpoints_saved_are_left_out(imported, tmp_path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src, _ = imported
+    old = tmp_path / "old"
+    shutil.copytree(src, old)
+    weights = load_file(str(old / "model.safetensors"))
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    weights["model.vision_model.embeddings.position_ids"] = torch.arange(5)[None]
+    save_file(weights, str(old / "model.safetensors"), metadata={"format": "pt"})
+    out = import_checkpoint("hf_idefics", old, tmp_path / "imported", verify=False)
+    for part in ("llm", "vision"):
+        with safe_open(str(out / part / "model.safetensors"), "pt") as f:
+            assert not [k for k in f.keys() if k.endswith(("inv_freq", "position_ids"))]

@@ -258,11 +258,13 @@ def import_idefics(src: Path) -> ImportPlan:
     embed = text_table(state, shape, rows, "model.embed_tokens.weight", "model.embed_tokens.additional_embedding.weight")
     weights = {**perceiver_weights(state, shape), **cross_attention_weights(state, shape),
                "llm.media_token_embedding": media_token_rows(embed, tokenizer)}
-    decoder = [k for k in state.keys() if k.startswith("model.layers.")] + ["model.norm.weight"]
-    vision = state.keys_with_prefix(VISION_PREFIX)
+    # Checkpoints saved by older transformers also hold buffers that are recomputed at load time.
+    buffers = [k for k in state.keys() if k.endswith((".rotary_emb.inv_freq", "embeddings.position_ids"))]
+    decoder = [k for k in state.keys() if k.startswith("model.layers.") and k not in buffers] + ["model.norm.weight"]
+    vision = [k for k in state.keys_with_prefix(VISION_PREFIX) if k not in buffers]
     head = ["lm_head.weight"] + (["lm_head.additional_fc.weight"] if shape.additional else [])
     # Everything left is read while the folders are written; anything else is a key IDEFICS does not have.
-    state.skip(decoder + vision + head)
+    state.skip(decoder + vision + head + buffers)
     state.finish()
 
     def write_folders(staging: Path) -> None:
