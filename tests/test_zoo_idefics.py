@@ -237,3 +237,13 @@ def test_buffers_older_checkpoints_saved_are_left_out(imported, tmp_path) -> Non
     for part in ("llm", "vision"):
         with safe_open(str(out / part / "model.safetensors"), "pt") as f:
             assert not [k for k in f.keys() if k.endswith(("inv_freq", "position_ids"))]
+
+
+def test_a_folder_that_is_not_idefics_is_refused_by_name(tmp_path) -> None:
+    from lamm.zoo.idefics import IdeficsImportError
+
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(IdeficsImportError, match=r"llama/config.json: model_type is 'llama', not 'idefics'"):
+        import_checkpoint("hf_idefics", tmp_path / "llama", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

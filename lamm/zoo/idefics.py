@@ -15,7 +15,10 @@ decoder; each maps onto an existing lamm part with options, none is copied:
   lamm already trains its media tokens from their own table (`LanguageModel.media_token_embedding`),
   so `<image>`'s trained row goes there and the frozen/trainable split is the policy's job, not the
   checkpoint layout's. lamm's own media tokens that IDEFICS lacks get zero lm-head rows (logit 0),
-  so they are never preferred over IDEFICS's own top token in practice.
+  so they are never preferred over IDEFICS's own top token in practice;
+- image attention mask -> `gated_xattn`'s per-token most recent medium, with `eos_ends_media` (text
+  after an end of sequence sees no image until the next one), and the text layout IDEFICS's processor
+  writes (`media_around: <fake_token_around_image>`, no chunk ends), so lamm's prompts are its prompts.
 """
 from __future__ import annotations
 
