@@ -129,6 +129,27 @@ def test_console_import_equals_transformers_logits_and_greedy_tokens(imported) -
     check_parity(src, out)
 
 
+def test_a_padded_batch_with_different_image_counts(imported) -> None:
+    from transformers import IdeficsForVisionText2Text, IdeficsProcessor
+
+    src, out = imported
+    hf = IdeficsForVisionText2Text.from_pretrained(str(src)).eval()
+    model, _ = load_for_inference(out)
+    first, second, third = images(3)
+    prompts = [["User:", first, "What is it?", second, "And this?\nAssistant:"], ["Look:", third, "Colour?"]]
+    inputs = IdeficsProcessor.from_pretrained(str(src))(text=prompts, return_tensors="pt")
+    transform = model.media_specs()["image"].transform
+    pixels = torch.stack([transform(image) for image in (first, second, third)])
+    batch = Batch(inputs["input_ids"], inputs["attention_mask"], None,
+                  {"image": MediaBatch(pixels, torch.tensor([0, 0, 1]))})
+    with torch.no_grad():
+        expected = hf(**inputs).logits
+        ours = model(batch, logits="all").logits[..., : expected.shape[-1]]
+    real = inputs["attention_mask"].bool()
+    assert not real.all()  # the second row is padded
+    assert torch.allclose(ours[real], expected[real], atol=1e-4, rtol=0), (ours[real] - expected[real]).abs().max()
+
+
 def test_vector_gates_and_a_block_before_every_layer(tmp_path) -> None:
     src = save_tiny_idefics(tmp_path / "idefics", "vector", interval=1, qk_norms=False, seed=1)
     out = import_checkpoint("hf_idefics", src, tmp_path / "imported")
