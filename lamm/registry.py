@@ -30,6 +30,8 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "instruction": ("lamm.benchmarks",),
     "inferencer": ("lamm.benchmarks",),
     "metric": ("lamm.benchmarks",),
+    "checkpoint format": ("lamm.zoo.formats",),
+    "export format": ("lamm.zoo.formats",),
 }
 
 _plugins_loaded = False
@@ -135,8 +137,11 @@ SCENARIOS = Registry("scenario")
 INSTRUCTIONS = Registry("instruction")
 INFERENCERS = Registry("inferencer")
 METRICS = Registry("metric")
+CHECKPOINT_FORMATS = Registry("checkpoint format")  # `lamm import FORMAT SRC OUT` (lamm/zoo/)
+EXPORT_FORMATS = Registry("export format")  # `lamm export --to FORMAT RUN OUT` (lamm/zoo/)
 
 ALL_REGISTRIES: dict[str, Registry] = {
     r.kind: r
-    for r in (ENCODERS, PROJECTORS, FUSIONS, LLMS, DATASETS, SCENARIOS, INSTRUCTIONS, INFERENCERS, METRICS)
+    for r in (ENCODERS, PROJECTORS, FUSIONS, LLMS, DATASETS, SCENARIOS, INSTRUCTIONS, INFERENCERS, METRICS,
+              CHECKPOINT_FORMATS, EXPORT_FORMATS)
 }

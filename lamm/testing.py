@@ -113,3 +113,44 @@ def fit_fixed_batch(model, optimizer: torch.optim.Optimizer, batch: Batch, steps
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+TINY_VISION_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                         image_size=32, patch_size=8)
+TINY_VISION_MEAN, TINY_VISION_STD = [0.48, 0.46, 0.41], [0.27, 0.26, 0.28]
+
+
+def save_tiny_vision_tower(kind: str, folder) -> "Path":
+    """Save a tiny random Hugging Face vision tower + its image processor to `folder/kind`, as transformers does.
+
+    `kind`: `clip` (CLIPVisionModel), `clip_full` (a two-tower CLIPModel, as openai's folders are),
+    `siglip` (SiglipVisionModel) or `dinov2` (Dinov2Model); 32 px images, 8 px patches, 3 blocks of width 32.
+    """
+    from pathlib import Path
+
+    import transformers as tf
+
+    torch.manual_seed(0)
+    clip_processor = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                          image_mean=TINY_VISION_MEAN, image_std=TINY_VISION_STD)
+    if kind == "clip":
+        model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION_TOWER))
+        processor = tf.CLIPImageProcessor(**clip_processor)
+    elif kind == "clip_full":
+        text = dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=TINY_VISION_TOWER, projection_dim=16))
+        processor = tf.CLIPImageProcessor(**clip_processor)
+    elif kind == "siglip":
+        model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_VISION_TOWER))
+        processor = tf.SiglipImageProcessor(size={"height": 32, "width": 32})
+    elif kind == "dinov2":
+        dino = {k: v for k, v in TINY_VISION_TOWER.items() if k != "intermediate_size"}
+        model = tf.Dinov2Model(tf.Dinov2Config(**dino, mlp_ratio=2))
+        processor = tf.BitImageProcessor(**clip_processor, do_convert_rgb=True)
+    else:
+        raise ValueError(f"save_tiny_vision_tower: unknown kind {kind!r} (clip, clip_full, siglip, dinov2)")
+    path = Path(folder) / kind
+    model.eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -12,7 +12,7 @@ from lamm.build import build_model
 from lamm.components import check_component
 from lamm.config import compose, group_options
 from lamm.registry import ENCODERS, FUSIONS, LLMS, PROJECTORS
-from lamm.testing import TINY_ENCODERS, TINY_LLM
+from lamm.testing import TINY_ENCODERS, TINY_LLM, save_tiny_vision_tower
 
 MODEL_GROUPS = ["encoder", "projector", "fusion", "llm", "lora", "policy"]
 CASES = [(g, o) for g in MODEL_GROUPS for o in group_options(f"model/{g}")]
@@ -27,7 +27,7 @@ def test_groups_ship_options() -> None:
 
 
 @pytest.mark.parametrize("group,option", CASES)
-def test_shipped_yaml_composes_validates_and_builds(group: str, option: str) -> None:
+def test_shipped_yaml_composes_validates_and_builds(group: str, option: str, tmp_path) -> None:
     cfg = compose("train", [f"model/{group}={option}"])
     model = OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=False)
     # The keys bind to the registered factories' signatures (no building needed).
@@ -45,6 +45,8 @@ def test_shipped_yaml_composes_validates_and_builds(group: str, option: str) -> 
         encoder["model_cfg"] = LARGE_ENCODERS["open_clip"]
     if encoder["name"] == "timm":
         encoder.update(model_name="vit_tiny_patch16_224", img_size=32)
+    if encoder["name"] == "hf_vision":  # the folder is the tower: a tiny one saved by transformers
+        encoder["path"] = str(save_tiny_vision_tower("siglip" if "siglip" in option else "clip_full", tmp_path))
     built = build_model(model)
     assert built.media_specs()
     assert isinstance(built.fusion, FUSIONS.get(model["fusion"]["name"]))

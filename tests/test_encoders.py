@@ -19,6 +19,7 @@ from lamm.encoders import (
     uniform_frame_indices,
 )
 from lamm.registry import ENCODERS, UnknownComponentError
+from lamm.testing import save_tiny_vision_tower
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "encoder"
 
@@ -308,6 +309,9 @@ SHRINK = {
     "small_vit": {},
     "video": {},
     "point_bert": {},
+    # Hugging Face folders: a tiny tower of the same layout saved by transformers (lamm.testing).
+    "hf_clip_vit_l14_336": {"path": "clip_full"},
+    "hf_siglip_so400m": {"path": "siglip"},
 }
 
 
@@ -316,13 +320,18 @@ def test_every_yaml_is_covered() -> None:
 
 
 @pytest.mark.parametrize("stem", [s for s in SHRINK if s != "clip_vit_b16"])  # B/16 has its own test
-def test_yaml_builds(stem: str) -> None:
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / f"{stem}.yaml"), SHRINK[stem])
+def test_yaml_builds(stem: str, tmp_path) -> None:
+    shrink = dict(SHRINK[stem])
+    if stem.startswith("hf_"):
+        shrink["path"] = str(save_tiny_vision_tower(shrink["path"], tmp_path))
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / f"{stem}.yaml"), shrink)
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     enc = ENCODERS.build(kwargs.pop("name"), **kwargs)
     assert isinstance(enc, Encoder) and enc.num_tokens() > 0
     if stem == "clip_vit_l14":
         assert (enc.layer, enc.include_cls) == (1, False)  # -2 of 3 blocks, patch tokens only
+    if stem.startswith("hf_"):  # hidden state 2 of 0..3, every token a patch (16 of them)
+        assert (enc.layer, enc.num_tokens(), enc.transform.pad_to_square) == (2, 16, stem == "hf_clip_vit_l14_336")
 
 
 def test_yaml_defaults_token_counts() -> None:

@@ -24,10 +24,11 @@ MAY_IMPORT = {
     "lamm.datasets": set(),
     "lamm.benchmarks": {"lamm.datasets", "lamm.training"},  # training: export.load_for_inference rebuilds a run
     "lamm.recipes": {"lamm.benchmarks"},                     # validate checks benchmark recipes' parts
-    "lamm.training": {"lamm.datasets", "lamm.benchmarks", "lamm.recipes"},
+    "lamm.training": {"lamm.datasets", "lamm.benchmarks", "lamm.recipes", "lamm.zoo"},  # zoo: imported runs
+    "lamm.zoo": {"lamm.training", "lamm.llm", "lamm.fusion", "lamm.encoders", "lamm.projectors"},
     "lamm.chat": {"lamm.datasets", "lamm.benchmarks", "lamm.training"},
     "lamm.cli": {"lamm.datasets", "lamm.benchmarks", "lamm.training", "lamm.recipes", "lamm.chat", "lamm.llm",
-                 "lamm.fusion", "lamm.encoders", "lamm.projectors"},
+                 "lamm.fusion", "lamm.encoders", "lamm.projectors", "lamm.zoo"},
 }
 MODEL_CODE = ("lamm.model", "lamm.build", "lamm.fusion", "lamm.llm", "lamm.encoders", "lamm.projectors")
 # (importers, modules they must never import, why); a name matches itself and everything below it
@@ -38,6 +39,7 @@ FORBIDDEN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
      "encoders and projectors import only lamm's core contracts and registry"),
     (("lamm.datasets",), ("lamm.benchmarks", "lamm.training", "lamm.cli", "lamm.chat", *LIGHTNING),
      "data code never imports evaluation, training or Lightning"),
+    (("lamm.zoo",), LIGHTNING, "importing or exporting a checkpoint needs no trainer"),
     (MODEL_CODE, (*LIGHTNING, "lamm.training", "lamm.cli", "lamm.benchmarks", "lamm.chat"),
      "model code imports no Lightning and nothing that uses the model"),
 ]

@@ -1,4 +1,5 @@
-"""The umbrella `lamm` command: `lamm registry`, `lamm synth`, `lamm demo`, `lamm recipes`."""
+"""The umbrella `lamm` command: `lamm registry`, `lamm synth`, `lamm demo`, `lamm recipes`, `lamm import`,
+`lamm export`."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ def _registry(args: argparse.Namespace) -> int:
     table.add_column("kind")
     table.add_column("names")
     for kind, registry in ALL_REGISTRIES.items():
-        if args.kind and kind != args.kind:
+        if args.kind and kind.replace(" ", "_") != args.kind.replace(" ", "_"):  # `checkpoint_format` too
             continue
         table.add_row(kind, ", ".join(registry.labelled_names()) or "-")  # plug-ins show their package
     Console().print(table)
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamm.cli.recipes import add_parser as add_recipes_parser  # light: heavy imports happen per subcommand
 
     add_recipes_parser(sub)
+    from lamm.cli.zoo import add_parsers as add_zoo_parsers
+
+    add_zoo_parsers(sub)
     return parser
 
 

@@ -225,6 +225,19 @@ def check_output_folder(argv: list[str], extra_dirs: Sequence[str | Path] = ()) 
     return None
 
 
+def with_imported_architecture(argv: list[str]) -> list[str]:
+    """`init_from=FOLDER` of an imported model (`lamm import`) first applies the overrides that rebuild its
+    architecture; the user's own overrides of the same keys or groups win."""
+    from lamm.zoo.writer import read_import_record
+
+    source = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("init_from=")), None)
+    record = read_import_record(source) if source else None
+    if record is None:
+        return argv
+    typed = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    return [o for o in record["overrides"] if o.split("=", 1)[0].lstrip("+~") not in typed] + argv
+
+
 def main() -> None:
     """Entry point of the `lamm-train` console script."""
     from lamm.cli.errors import error_boundary
@@ -234,7 +247,7 @@ def main() -> None:
         from lamm.recipes.launch import prepare_argv, user_config_dirs
 
         # Recipe files staged, refused constructs reported (one line each), --trust-recipe taken out.
-        sys.argv[1:] = prepare_argv(sys.argv[1:], "experiment")
+        sys.argv[1:] = with_imported_architecture(prepare_argv(sys.argv[1:], "experiment"))
         argv, extra = sys.argv[1:], user_config_dirs(sys.argv[1:])
         problem = check_override_keys(argv, extra_dirs=extra) or (
             None if "-m" in argv or "--multirun" in argv or "--cfg" in argv else check_output_folder(argv, extra))

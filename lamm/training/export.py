@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from lamm.training.checkpoint_io import WEIGHTS, resolve_checkpoint
 from lamm.training.run_folder import CONFIG_FILE
+from lamm.zoo.writer import IMPORTED_WEIGHTS, imported_weights_into
 
 EXPORT_DIR = "export"
 ADAPTER_DIR = "adapter"
@@ -31,13 +32,27 @@ def export_model(model: Any, out_dir: Path) -> Path:
 
 
 def _run_folder_of(path: Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint folder) for a run folder or a checkpoint inside one."""
+    """(run folder, checkpoint folder) for a run folder or a checkpoint inside one; an imported run's
+    checkpoint is its weights file (lamm/zoo/writer.py)."""
     if (path / CONFIG_FILE).exists():
+        if (path / IMPORTED_WEIGHTS).exists() and not (path / "checkpoints").exists():
+            return path, path / IMPORTED_WEIGHTS
         return path, path / "checkpoints" / "last.ckpt"
     run = path.parent.parent
     if (run / CONFIG_FILE).exists():
         return run, path
     raise FileNotFoundError(f"{path} is neither a lamm run folder (with {CONFIG_FILE}) nor a checkpoint inside one")
+
+
+def _model_weights(ckpt: Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """The model's own tensors of a checkpoint folder or an imported weights file, by state-dict name.
+
+    A checkpoint also holds a training method's modules (e.g. probe heads) beside the model's `model.`
+    tensors, for resume; they are left out."""
+    if ckpt.suffix == ".safetensors":
+        return load_file(str(ckpt), device=map_location)
+    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
+    return {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
 
 
 def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any, DictConfig]:
@@ -55,9 +70,10 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
             raise FileNotFoundError(f"{run / CONFIG_FILE} sets init_from={cfg.init_from}, which does not exist "
                                     f"(run from the folder training ran in, or restore that run)")
         init_from_run(model, source)
-    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
-    # Only the model's own tensors: a training method's modules (e.g. probe heads) ride beside them for resume.
-    weights = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+    weights = _model_weights(ckpt, map_location)
+    if ckpt.name == IMPORTED_WEIGHTS:  # an import holds what its HF folders do not: load it whole, strictly
+        imported_weights_into(model, weights, ckpt)
+        return model.eval(), cfg
     tensors = model.trained_tensors()
     missing, unexpected = sorted(set(tensors) - set(weights)), sorted(set(weights) - set(tensors))
     if missing or unexpected:
@@ -77,13 +93,14 @@ def init_from_run(model: Any, path: str | Path) -> list[str]:
 
     Parts this run freezes are filled too, buffers included: a trained from-scratch CNN frozen here
     needs its BatchNorm statistics, which are not parameters."""
-    _, ckpt = _run_folder_of(Path(path)) if not (Path(path) / WEIGHTS).exists() else (None, Path(path))
-    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS))
+    path = Path(path)
+    is_checkpoint = (path / WEIGHTS).exists() and not (path / CONFIG_FILE).exists()  # not an imported run
+    ckpt = path if is_checkpoint else _run_folder_of(path)[1]
+    weights = _model_weights(ckpt)
     params = model.state_dict(keep_vars=True)  # every parameter and persistent buffer, by name
     copied = []
     with torch.no_grad():
-        for key, value in weights.items():
-            name = key.removeprefix("model.")
+        for name, value in weights.items():
             if name in params and params[name].shape == value.shape:
                 params[name].copy_(value)
                 copied.append(name)
