@@ -218,20 +218,22 @@ def test_lamm_eval_and_lamm_chat_run_on_the_imported_folder(flamingo, tmp_path):
     synth = tmp_path / "synth"
     subprocess.run([str(BIN / "lamm"), "synth", "--out", str(synth), "--kinds", "shapes",
                     "--size", "train=1,test=4", "--image-size", "32"], check=True, capture_output=True, timeout=120)
-    result = subprocess.run([str(BIN / "lamm-eval"), f"checkpoint={flamingo.out}", "benchmark=shapes_ppl",
-                             f"synth_root={synth}", "+benchmark.scenario.limit=4", "batch_size=2",
-                             f"output_dir={tmp_path / 'eval'}", "model.name=of"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(next((tmp_path / "eval").rglob("results.json")).read_text())
-    assert results, results
-
     image = next(synth.rglob("*.png"))
-    script = f"/image {image}\nWhat colour is the shape?\n/quit\n"
-    result = subprocess.run([str(BIN / "lamm-chat"), str(flamingo.out), "--stats", "--max-new-tokens", "4"],
-                            input=script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    # Both at once: each spends most of its time importing, which two cores do in parallel.
+    evaluation = subprocess.Popen(
+        [str(BIN / "lamm-eval"), f"checkpoint={flamingo.out}", "benchmark=shapes_ppl", f"synth_root={synth}",
+         "+benchmark.scenario.limit=4", "batch_size=2", f"output_dir={tmp_path / 'eval'}", "model.name=of"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    chat = subprocess.Popen([str(BIN / "lamm-chat"), str(flamingo.out), "--stats", "--max-new-tokens", "4"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:]
+    chat_out, _ = chat.communicate(f"/image {image}\nWhat colour is the shape?\n/quit\n", timeout=300)
+    _, eval_err = evaluation.communicate(timeout=300)
+
+    assert evaluation.returncode == 0, eval_err[-3000:]
+    results = json.loads(next((tmp_path / "eval").rglob("results.json")).read_text())
+    assert results["n"] == 4 and set(results["metrics"]) >= {"accuracy", "ece"}, results
+    assert chat.returncode == 0, chat_out[-3000:]
     turns = re.findall(r"\[turn (\d+)\] prompt \d+ tokens; media (.+?); placeholders (.+?); reply (\d+) tokens",
-                       result.stdout)
-    assert turns == [("1", "image=1", "image=1", "4")], result.stdout[-2000:]
+                       chat_out)
+    assert [t[:3] for t in turns] == [("1", "image=1", "image=1")] and 1 <= int(turns[0][3]) <= 4, chat_out[-2000:]
