@@ -143,6 +143,25 @@ def test_logits_and_16_greedy_tokens_equal_openflamingos(flamingo):
     with torch.no_grad():
         assert (ours(other, logits="all").logits - logits).abs().max() > 1e-2
 
+    # All previous images instead of the latest (OpenFlamingo's only_attend_immediate_media=False, lamm's
+    # only_latest_media=False): equal too, as every token of this prompt follows an image. (Before the
+    # first image OpenFlamingo would attend to all images of the sample uniformly, later ones included;
+    # lamm gives those tokens no media.)
+    blocks = [b for b in flamingo.model.lang_encoder.gated_cross_attn_layers if b is not None]
+    try:
+        for block in blocks:
+            block.attn.only_attend_immediate_media = False
+        ours.fusion.only_latest_media = False
+        with torch.no_grad():
+            theirs_all = flamingo.model(vision_x, ids, attention_mask=torch.ones_like(ids)).logits
+            logits_all = ours(batch, logits="all").logits
+    finally:
+        for block in blocks:
+            block.attn.only_attend_immediate_media = True
+        ours.fusion.only_latest_media = True
+    assert torch.allclose(logits_all[..., :vocab], theirs_all, atol=1e-4, rtol=0)
+    assert (theirs_all - theirs).abs().max() > 1e-3  # the second image's text now also sees the first
+
     expected = _openflamingo_greedy(flamingo.model, vision_x, ids, 16)
     generated = ours.generate(batch, max_new_tokens=16, eos_token_id=-1)[0].tolist()
     assert generated == expected
