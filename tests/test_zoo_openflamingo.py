@@ -201,6 +201,28 @@ def test_perceiver_time_embeddings_follow_each_mediums_position_in_its_sample(fl
     assert torch.allclose(tokens[1], expected[1, 0], atol=1e-5)
 
 
+def test_a_training_checkpoint_with_a_named_open_clip_model_imports_the_same(flamingo, tmp_path):
+    """OpenFlamingo's training script saves `{"model_state_dict": <DDP names>, ...}`; the vision tower can
+    also be a CLIP file plus its open_clip model name (here a tiny config registered with open_clip)."""
+    import open_clip
+    from safetensors.torch import load_file
+
+    from lamm.zoo import import_checkpoint
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny-of-vit.json").write_text(json.dumps(CLIP_CFG))
+    open_clip.add_model_config(tmp_path / "configs")
+    training = {"epoch": 0, "model_state_dict": {f"module.{k}": v for k, v in flamingo.state.items()},
+                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}}
+    torch.save(training, tmp_path / "checkpoint_0.pt")
+    out = import_checkpoint("openflamingo", tmp_path / "checkpoint_0.pt", tmp_path / "out", {
+        "llm": str(flamingo.root / "llm"), "vision": str(flamingo.clip / "open_clip_model.safetensors"),
+        "vision_model": "tiny-of-vit"})
+    for name in ("weights.safetensors", "vision/visual.safetensors", "llm/model.safetensors"):
+        ours, reference = load_file(str(out / name)), load_file(str(flamingo.out / name))
+        assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours), name
+
+
 def _bad_import(tmp_path: Path, flamingo, capsys, state=None, fmt="openflamingo") -> str:
     from lamm.cli.main import main
 

@@ -1,6 +1,7 @@
 """`openflamingo`: an OpenFlamingo `checkpoint.pt` on its base LLM and its open_clip vision tower.
 
-OpenFlamingo saves only what it trains: `perceiver.*`, the gated cross-attention blocks it slots in
+OpenFlamingo saves only what it trains (a released `checkpoint.pt`, or a training script's
+`checkpoint_<epoch>.pt`, whose `model_state_dict` it reads): `perceiver.*`, the gated cross-attention blocks it slots in
 before decoder layers (`lang_encoder.<layers>.<i>.gated_cross_attn_layer.*`) and the LLM's embedding
 tables (resized by `<|endofchunk|>`, `<image>` and, for tokenizers without one, `<PAD>`). The base LLM
 and the CLIP tower come from their own files, named by options:
@@ -33,6 +34,7 @@ from lamm.zoo.plan import OUT, ImportPlan
 from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
 
 LM = "lang_encoder."
+DDP = "module."
 XATTN = "gated_cross_attn_layer"
 HEADS = 8  # OpenFlamingo builds its perceiver and every cross-attention block with 8 heads
 ADDED_TOKENS = [END_OF_CHUNK, PLACEHOLDERS["image"]]  # what OpenFlamingo adds to the tokenizer, in order
@@ -57,7 +59,7 @@ def import_openflamingo(src: Path, llm: str | None = None, vision: str | None = 
         raise ValueError("openflamingo: --option llm=PATH is required (the base LLM folder the checkpoint was trained on)")
     if not vision:
         raise ValueError("openflamingo: --option vision=PATH is required (the open_clip vision checkpoint file or folder)")
-    state = open_state(src)
+    state = _without_ddp_prefix(open_state(src))
     base = BaseLLM(Path(llm).expanduser())
     weights: dict[str, torch.Tensor] = {}
     fusion = _cross_attention(state, base, weights, cross_attn_every_n_layers)
@@ -90,6 +92,14 @@ def import_openflamingo(src: Path, llm: str | None = None, vision: str | None = 
              "tokens": base.token_ids, "llm_tensors_from_checkpoint": sorted(replaced), **vision_notes,
              **base.head_note(replaced)}
     return ImportPlan(overrides=overrides, weights=weights, write_folders=write_folders, notes=notes)
+
+
+def _without_ddp_prefix(state: StateReader) -> StateReader:
+    """OpenFlamingo's training checkpoints (`checkpoint_<epoch>.pt`) hold the DDP model's names."""
+    keys = state.keys()
+    if not keys or not all(k.startswith(DDP) for k in keys):
+        return state
+    return StateReader(state.source, {k[len(DDP):]: state.shape(k) for k in keys}, lambda k: state.take(DDP + k))
 
 
 # -- the language model ----------------------------------------------------------------------------
