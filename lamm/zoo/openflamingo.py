@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from safetensors.torch import save_file
 
 from lamm.llm.language_model import find_decoder_layers
 from lamm.registry import CHECKPOINT_FORMATS
@@ -74,8 +75,6 @@ def import_openflamingo(src: Path, llm: str | None = None, vision: str | None = 
 
     def write_folders(staging: Path) -> None:
         base.write(staging / "llm", state, replaced)
-        from safetensors.torch import save_file
-
         (staging / VISION_FILE).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tower.items()}, str(staging / VISION_FILE))
 
@@ -229,9 +228,9 @@ def _cross_attention(state: StateReader, base: BaseLLM, weights: dict[str, torch
     expected = [i for i in range(base.num_layers) if (i + 1) % every == 0]
     if layers != expected:
         missing = sorted(set(expected) - set(layers))
-        where = f"{prefix}{missing[0]}.{XATTN}.attn_gate" if missing else f"{prefix}{layers[-1]}.{XATTN}"
-        raise CheckpointKeyError(f"{state.source}: cross-attention layers {layers} are not every {every}th of "
-                                 f"{base.num_layers} (first mismatch: '{where}')")
+        where = f"missing '{prefix}{missing[0]}.{XATTN}.*'" if missing else f"unexpected '{prefix}{layers[-1]}.{XATTN}.*'"
+        raise CheckpointKeyError(f"{state.source}: cross-attention before layers {layers}, but one every {every} "
+                                 f"layers of {base.num_layers} is {expected} ({where})")
     first = f"{prefix}{layers[0]}.{XATTN}."
     hidden = base.hidden_size
     inner, media_dim = state.shape(first + "attn.to_kv.weight")[0] // 2, state.shape(first + "attn.to_kv.weight")[1]
