@@ -252,7 +252,7 @@ def test_bad_checkpoints_are_refused_in_one_line_and_nothing_is_written(flamingo
     assert "safely (weights only" in line and "checkpoint.pt" in line
 
     line = _bad_import(tmp_path, flamingo, capsys, fmt="openflaming")
-    assert "unknown checkpoint format 'openflaming'" in line and "openflamingo" in line
+    assert "unknown checkpoint format 'openflaming'. Did you mean 'openflamingo'?" in line
 
 
 def test_lamm_eval_and_lamm_chat_run_on_the_imported_folder(flamingo, tmp_path):
