@@ -223,7 +223,7 @@ def test_a_training_checkpoint_with_a_named_open_clip_model_imports_the_same(fla
         assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours), name
 
 
-def _bad_import(tmp_path: Path, flamingo, capsys, state=None, fmt="openflamingo") -> str:
+def _bad_import(tmp_path: Path, flamingo, capsys, state=None, fmt="openflamingo", *options: str) -> str:
     from lamm.cli.main import main
 
     checkpoint = tmp_path / "checkpoint.pt"
@@ -231,7 +231,8 @@ def _bad_import(tmp_path: Path, flamingo, capsys, state=None, fmt="openflamingo"
         torch.save(state, checkpoint)
     capsys.readouterr()
     code = main(["import", fmt, str(checkpoint), str(tmp_path / "out"),
-                 "--option", f"llm={flamingo.root / 'llm'}", "--option", f"vision={flamingo.clip}"])
+                 "--option", f"llm={flamingo.root / 'llm'}", "--option", f"vision={flamingo.clip}",
+                 *(arg for option in options for arg in ("--option", option))])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no output, no staging folder
@@ -250,6 +251,9 @@ def test_bad_checkpoints_are_refused_in_one_line_and_nothing_is_written(flamingo
 
     line = _bad_import(tmp_path, flamingo, capsys, {**flamingo.state, "extra": Payload()})
     assert "safely (weights only" in line and "checkpoint.pt" in line
+
+    line = _bad_import(tmp_path, flamingo, capsys, flamingo.state, "openflamingo", "cross_attn_every_n_layers=4")
+    assert "cross_attn_every_n_layers=4" in line and "every 2" in line
 
     line = _bad_import(tmp_path, flamingo, capsys, fmt="openflaming")
     assert "unknown checkpoint format 'openflaming'. Did you mean 'openflamingo'?" in line
