@@ -70,11 +70,14 @@ class OpenCLIPEncoder(Encoder):
         if not -num_blocks <= layer < num_blocks:
             raise ValueError(f"open_clip expects layer in [-{num_blocks}, {num_blocks - 1}], got {layer}")
         self.layer = layer % num_blocks
-        if final_norm and (getattr(visual, "final_ln_after_pool", False) or getattr(visual, "attn_pool", None) is not None):
-            raise ValueError(f"open_clip final_norm: {model_name!r} does not normalise its tokens with ln_post")
+        pooled_first = getattr(visual, "final_ln_after_pool", False) or getattr(visual, "attn_pool", None) is not None
+        if final_norm and pooled_first:
+            raise ValueError(f"model.encoder.final_norm: {model_name!r} applies ln_post after pooling, "
+                             "not to its tokens")
         full_keys = set(visual.state_dict())
-        # Drop the blocks after `layer`, ln_post (unless final_norm), the projection and any attentional pooler: never used,
-        # they would waste memory and leave gradient-less parameters that break DDP when training.
+        # Drop the blocks after `layer`, ln_post (unless final_norm), the projection and any attentional
+        # pooler: never used, they would waste memory and leave gradient-less parameters that break DDP
+        # when training.
         visual.prune_intermediate_layers([self.layer], prune_norm=not final_norm, prune_head=True)
         for name in ("attn_pool", "attn_pool_contrastive"):
             if getattr(visual, name, None) is not None:

@@ -139,7 +139,8 @@ def test_logits_and_16_greedy_tokens_equal_openflamingos(flamingo):
     vocab = theirs.shape[-1]  # lamm's tokenizer also has <video> and <pointcloud> after OpenFlamingo's vocabulary
     assert torch.allclose(logits[..., :vocab], theirs, atol=1e-4, rtol=0), (logits[..., :vocab] - theirs).abs().max()
     # The comparison has teeth: other images move the logits far more than the tolerance.
-    other = Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(_images(2, seed=1), torch.zeros(2, dtype=torch.long))})
+    other = Batch(ids, torch.ones_like(ids), None,
+                  {"image": MediaBatch(_images(2, seed=1), torch.zeros(2, dtype=torch.long))})
     with torch.no_grad():
         assert (ours(other, logits="all").logits - logits).abs().max() > 1e-2
 

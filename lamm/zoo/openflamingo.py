@@ -57,9 +57,11 @@ def import_openflamingo(src: Path, llm: str | None = None, vision: str | None = 
                         vision_model: str = DEFAULT_VISION_MODEL,
                         cross_attn_every_n_layers: str | None = None) -> ImportPlan:
     if not llm:
-        raise ValueError("openflamingo: --option llm=PATH is required (the base LLM folder the checkpoint was trained on)")
+        raise ValueError("openflamingo: --option llm=PATH is required "
+                         "(the base LLM folder the checkpoint was trained on)")
     if not vision:
-        raise ValueError("openflamingo: --option vision=PATH is required (the open_clip vision checkpoint file or folder)")
+        raise ValueError("openflamingo: --option vision=PATH is required "
+                         "(the open_clip vision checkpoint file or folder)")
     state = _without_ddp_prefix(open_state(src))
     base = BaseLLM(Path(llm).expanduser())
     weights: dict[str, torch.Tensor] = {}
@@ -167,7 +169,8 @@ class BaseLLM:
         file_keys = set(source.keys())
         for name in replaced:
             if name not in file_keys and not (self.tied and name == self.output_name):
-                raise CheckpointKeyError(f"{state.source}: '{LM}{name}' replaces '{name}', which {self.path} does not hold")
+                raise CheckpointKeyError(f"{state.source}: '{LM}{name}' replaces '{name}', "
+                                         f"which {self.path} does not hold")
 
         def tensors() -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
             for key in source.keys():
@@ -228,7 +231,8 @@ def _cross_attention(state: StateReader, base: BaseLLM, weights: dict[str, torch
     expected = [i for i in range(base.num_layers) if (i + 1) % every == 0]
     if layers != expected:
         missing = sorted(set(expected) - set(layers))
-        where = f"missing '{prefix}{missing[0]}.{XATTN}.*'" if missing else f"unexpected '{prefix}{layers[-1]}.{XATTN}.*'"
+        where = (f"missing '{prefix}{missing[0]}.{XATTN}.*'" if missing
+                 else f"unexpected '{prefix}{layers[-1]}.{XATTN}.*'")
         raise CheckpointKeyError(f"{state.source}: cross-attention before layers {layers}, but one every {every} "
                                  f"layers of {base.num_layers} is {expected} ({where})")
     first = f"{prefix}{layers[0]}.{XATTN}."
