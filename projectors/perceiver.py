@@ -14,13 +14,15 @@ IDEFICS's resampler is this one with `qk_norm` (a LayerNorm on each head's queri
 `ff_act: relu` and `out_proj: false` (no final Linear: its cross-attention reads keys and values
 from media at the encoder's width, so out_dim becomes in_dim).
 
-Time embeddings (both optional, both off unless their size is configured):
+Time embeddings (both optional, both off unless their size is configured; the model passes
+`frames` and `media_positions` exactly when they are on, see `time_inputs`):
 
 - `max_frames`: when the S input tokens are F frames of S/F tokens each (frame-major), call
   `forward(x, frames=F)` and a learned embedding per frame index is added to that frame's tokens
   before resampling, so the latents can tell frames apart.
 - `max_media`: `forward(x, media_positions=p)` with `p` a LongTensor `[N]` giving each item's
   index among the media of its sample (Flamingo's T axis) adds a learned embedding per index.
+  OpenFlamingo's `media_time_embs` [T, 1, D] are these [T, D] weights.
 """
 from __future__ import annotations
 
@@ -114,6 +116,7 @@ class PerceiverResampler(Projector):
         self.num_latents = num_latents
         self.max_frames = max_frames
         self.max_media = max_media
+        self.time_inputs = frozenset(k for k, size in (("frames", max_frames), ("media_positions", max_media)) if size)
         # Unit-variance latents as in Flamingo; every use goes through a LayerNorm first.
         self.latents = nn.Parameter(torch.randn(num_latents, in_dim))
         # Small time embeddings so they start as a perturbation of the encoder's features.
