@@ -140,12 +140,13 @@ class Processor:
                     break
                 pos = match.end()
                 modality = MODALITY_OF_MARKER[match.group()]
-                if self.chunk_end_id is not None and seen_media:
+                if self.chunk_end_id is not None and seen_media and not self.template.renders_chunk_end:
                     pieces.append(self._end_of_chunk(sample))
                 seen_media = True
                 k = self.layout.placeholders_per_medium(self.media_specs[modality].projected_tokens)
                 pieces.append(_Piece([self.placeholder_ids[modality]] * k, [IGNORE_INDEX] * k, next(next_of[modality])))
-        if self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk:
+        if (self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk
+                and not self.template.renders_chunk_end):
             pieces.append(self._end_of_chunk(sample))
         return pieces
 
