@@ -120,13 +120,33 @@ def load_for_inference(path: str | Path, map_location: str = "cpu") -> tuple[Any
     return model.eval(), cfg
 
 
-def init_from_run(model: Any, path: str | Path) -> list[str]:
+def _source_init_from(path: Path) -> Path | None:
+    """The `init_from` of the run that `path` (a run folder, one of its checkpoints, or its export/)
+    belongs to: what that run started from and did not save (its frozen parts)."""
+    for folder in (path, path.parent, path.parent.parent):
+        config = folder / CONFIG_FILE
+        if config.is_file():
+            source = OmegaConf.load(config).get("init_from")
+            if not source:
+                return None
+            if not Path(source).exists():
+                raise FileNotFoundError(f"{config} sets init_from={source}, which does not exist "
+                                        f"(run from the folder training ran in, or restore that run)")
+            return Path(source)
+    return None
+
+
+def init_from_run(model: Any, path: str | Path, _depth: int = 0) -> list[str]:
     """Copy another run's trained tensors into `model` where names and shapes match (e.g. LLaVA's
     stage-1 projector into stage 2); returns the names copied, fails if nothing matches.
 
     Parts this run freezes are filled too, buffers included: a trained from-scratch CNN frozen here
-    needs its BatchNorm statistics, which are not parameters."""
+    needs its BatchNorm statistics, which are not parameters. When that run itself started from
+    another (`init_from`, e.g. an imported model whose frozen weights it never saved), that one is
+    applied first, so a run, its checkpoint or its export reproduce the run's model."""
     path = Path(path)
+    source = _source_init_from(path) if _depth < 8 else None
+    inherited = init_from_run(model, source, _depth + 1) if source is not None else []
     is_checkpoint = (path / WEIGHTS).exists() and not (path / CONFIG_FILE).exists()  # not an imported run
     copied: list[str] = []
     if _is_export(path):  # a run's export/ folder (adapter + lamm_weights)
@@ -143,4 +163,4 @@ def init_from_run(model: Any, path: str | Path) -> list[str]:
                 copied.append(name)
     if not copied:
         raise ValueError(f"init_from: no parameter of {ckpt} matches this model (names or shapes differ)")
-    return copied
+    return inherited + copied

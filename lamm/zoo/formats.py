@@ -1,1 +1,3 @@
 """The built-in checkpoint formats: importing this module registers every importer and exporter."""
+
+from lamm.zoo import mmgpt  # noqa: F401  (registers "mmgpt")
