@@ -19,6 +19,8 @@ class Encoder(nn.Module, ABC):
 
     modality: str = "image"
     output_dim: int
+    # Each medium's tokens are this many frames of equal length, frame-major (a video's frames).
+    frames_per_medium: int = 1
 
     @property
     @abstractmethod

@@ -93,6 +93,11 @@ class VideoEncoder(Encoder):
             return tokens.mean(dim=1)
         return tokens.flatten(1, 2)
 
+    @property
+    def frames_per_medium(self) -> int:
+        """num_frames, or 1 when frames are mean-pooled."""
+        return 1 if self.temporal_pool == "mean" else self.num_frames
+
     def num_tokens(self) -> int:
         """S of the image encoder, times num_frames unless frames are mean-pooled."""
         per_frame = self.image_encoder.num_tokens()
