@@ -242,3 +242,93 @@ def test_frozen_zero_gates_are_refused_in_one_line(tmp_path):
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
     assert "model.policy.fusion=lora" in lines[0] and "init_from=" in lines[0] and "zero gradient" in lines[0]
     assert not list((tmp_path / "runs").glob("*/*/checkpoints"))
+
+
+# -- against OpenFlamingo's own code + peft, as Multimodal-GPT builds its model ---------------------------
+
+WHEEL = "open-flamingo==2.0.1"
+UNREACHABLE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
+               "No matching distribution found for open-flamingo")
+CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+# Multimodal-GPT's configs/lora_config.py targets (its r=16, alpha=16 scaled down with the model).
+MMGPT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "to_q", "to_kv", "to_out", "ff.1", "ff.3"]
+
+
+@pytest.fixture(scope="module")
+def open_flamingo(tmp_path_factory):
+    target = tmp_path_factory.mktemp("open_flamingo_wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                             WHEEL, "einops", "einops-exts"], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        if any(s in result.stderr for s in UNREACHABLE):
+            pytest.skip(f"PyPI is unreachable, cannot install {WHEEL}: {result.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(result.stderr[-2000:])
+    sys.path.append(str(target))  # appended: the venv's own packages keep precedence
+    import open_flamingo
+
+    return open_flamingo
+
+
+def test_openflamingo_with_mmgpt_lora_equals_openflamingo_plus_peft(open_flamingo, tmp_path):
+    """A tiny OpenFlamingo (its create_model_and_transforms) with random gates, its trainable state saved;
+    then, as Multimodal-GPT does, everything frozen, peft LoRA on its lang_encoder, the trainable (LoRA)
+    tensors saved under DDP's `module.`. lamm's imports of both give OpenFlamingo+peft's logits."""
+    import open_clip
+    from peft import LoraConfig, get_peft_model
+
+    from lamm.llm.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=4).save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CFG}))
+    torch.manual_seed(1)
+    clip_weights = open_clip.create_model(f"local-dir:{clip}").state_dict()
+    save_file({k: v.contiguous() for k, v in clip_weights.items()}, str(clip / "open_clip_model.safetensors"))
+    torch.manual_seed(2)
+    model, _, of_tokenizer = open_flamingo.create_model_and_transforms(
+        f"local-dir:{clip}", None, str(tmp_path / "llm"), str(tmp_path / "llm"), cross_attn_every_n_layers=2)
+    with torch.no_grad():
+        for block in model.lang_encoder.gated_cross_attn_layers:
+            if block is not None:
+                block.attn_gate.uniform_(0.3, 0.9)
+                block.ff_gate.uniform_(-0.9, -0.3)
+    # OpenFlamingo's checkpoint: its trainable tensors (perceiver, cross-attention, embeddings).
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({k: v for k, v in model.state_dict().items() if k in trainable}, tmp_path / "checkpoint.pt")
+    base = import_checkpoint("openflamingo", tmp_path / "checkpoint.pt", tmp_path / "of",
+                             {"llm": str(tmp_path / "llm"), "vision": str(clip)})
+
+    model.requires_grad_(False)  # Multimodal-GPT: freeze everything, then LoRA on the language side
+    model.lang_encoder = get_peft_model(model.lang_encoder, LoraConfig(
+        r=RANK, lora_alpha=ALPHA, target_modules=MMGPT_TARGETS, lora_dropout=0.0, bias="none"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    params = dict(model.named_parameters())  # its get_checkpoint: no aliases, trainable only
+    lora = {f"module.{k}": v for k, v in model.state_dict().items() if k in params and params[k].requires_grad}
+    assert any(".gated_cross_attn_layer.ff.3.lora_B.default.weight" in k for k in lora) and len(lora) == 52
+    torch.save({"model_state_dict": lora}, tmp_path / "mmgpt-lora.pt")
+    out = import_checkpoint("mmgpt", tmp_path / "mmgpt-lora.pt", tmp_path / "mmgpt",
+                            {"base": str(base), "alpha": str(ALPHA)})
+
+    ours, _ = load_for_inference(out)
+    ids = of_tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert ours.tokenizer(PROMPT, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        theirs = model(images[None, :, None], ids, attention_mask=torch.ones_like(ids)).logits
+        logits = ours(Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(images, torch.zeros(2, dtype=torch.long))}),
+                      logits="all").logits[..., :theirs.shape[-1]]
+        without_lora = load_for_inference(base)[0](Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(
+            images, torch.zeros(2, dtype=torch.long))}), logits="all").logits[..., :theirs.shape[-1]]
+    assert torch.allclose(logits, theirs, atol=1e-4, rtol=0), (logits - theirs).abs().max()
+    assert (without_lora - theirs).abs().max() > 1e-2  # the LoRA matters: the base alone is far off
