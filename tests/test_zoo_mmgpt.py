@@ -51,6 +51,19 @@ def _lamm(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=600)
 
 
+def _write_mmgpt_data(folder: Path) -> None:
+    """Multimodal-GPT's joint data: Alpaca-style language-only records and image instructions."""
+    from PIL import Image
+
+    folder.mkdir()
+    for name, colour in (("red.png", (255, 0, 0)), ("blue.png", (0, 0, 255))):
+        Image.new("RGB", (40, 40), colour).save(folder / name)
+    (folder / "alpaca.json").write_text(json.dumps(
+        [{"instruction": f"Count to {n}.", "input": "", "output": " ".join(map(str, range(n)))} for n in range(1, 9)]))
+    (folder / "vl.json").write_text(json.dumps(
+        [{"image": f"{c}.png", "instruction": "What colour is it?", "output": c} for c in ("red", "blue") * 4]))
+
+
 def _mmgpt_checkpoint(seed: int) -> dict[str, torch.Tensor]:
     """Random LoRA tensors in Multimodal-GPT's saved layout (peft before adapter names: `lora_A.weight`)."""
     g = torch.Generator().manual_seed(seed)
@@ -66,8 +79,24 @@ def _mmgpt_checkpoint(seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
+def _popen(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _train_argv(root: Path, init_from: str, *extra: str) -> list[str]:
+    language, vision = root / "data" / "alpaca.json", root / "data" / "vl.json"
+    return ["experiment=multimodal_gpt", f"init_from={init_from}", *extra, "debug=fast", "trainer=cpu",
+            "trainer.max_steps=2", f"data.datasets.0.path={language}", f"data.datasets.1.path={vision}",
+            f"data.datasets.1.root={root / 'data'}", f"paths.runs_dir={root / 'runs' / init_from.replace('/', '_')}",
+            f"paths.data_dir={root / 'synth'}"]
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
+    """The imports, and the two lamm-train runs started as soon as they can (each console script spends
+    most of its time starting up, which runs beside the tests' in-process work)."""
+    from types import SimpleNamespace
+
     from lamm.build import build_model
     from lamm.config import compose
 
@@ -79,6 +108,9 @@ def zoo(tmp_path_factory):
     if "toy_openflamingo" not in CHECKPOINT_FORMATS:
         CHECKPOINT_FORMATS.register("toy_openflamingo")(toy_openflamingo)
     root = tmp_path_factory.mktemp("mmgpt")
+    _write_mmgpt_data(root / "data")
+    # Without init_from the recipe's frozen gates are 0: refused.
+    refusal = _popen("lamm-train", *_train_argv(root, "null", *ARCH))
     torch.manual_seed(0)
     model = build_model(compose("train", ARCH).model)
     tensors = {k: (torch.empty_like(v).uniform_(0.3, 0.9) if k.endswith("_gate") else v)
@@ -90,7 +122,13 @@ def zoo(tmp_path_factory):
     result = _lamm("lamm", "import", "mmgpt", str(root / "mmgpt-lora.pt"), str(root / "mmgpt"),
                    "--option", f"base={base}", "--option", f"alpha={ALPHA}")
     assert result.returncode == 0, result.stderr[-3000:]
-    return root
+    training = _popen("lamm-train", *_train_argv(root, str(root / "mmgpt")))
+    yield SimpleNamespace(root=root, base=root / "openflamingo", mmgpt=root / "mmgpt", refusal=refusal,
+                          training=training)
+    for process in (refusal, training):
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def _batch(model, seed: int = 0) -> Batch:
@@ -105,7 +143,7 @@ def _logits(model, seed: int = 0) -> torch.Tensor:
 
 
 def test_import_is_the_base_plus_its_lora_merged_by_hand(zoo):
-    merged, _ = load_for_inference(zoo / "openflamingo")
+    merged, _ = load_for_inference(zoo.base)
     state = _mmgpt_checkpoint(seed=1)
     with torch.no_grad():  # W += alpha / r * B @ A, peft's LoRA written out
         for i in range(4):
@@ -118,8 +156,8 @@ def test_import_is_the_base_plus_its_lora_merged_by_hand(zoo):
                 linear = merged.fusion.blocks[str(i)].get_submodule(ours)
                 key = f"{LM}{i}.gated_cross_attn_layer.{module}.lora_"
                 linear.weight += ALPHA / RANK * state[key + "B.weight"] @ state[key + "A.weight"]
-    imported, cfg = load_for_inference(zoo / "mmgpt")
-    base_logits, expected, got = _logits(load_for_inference(zoo / "openflamingo")[0]), _logits(merged), _logits(imported)
+    imported, cfg = load_for_inference(zoo.mmgpt)
+    base_logits, expected, got = _logits(load_for_inference(zoo.base)[0]), _logits(merged), _logits(imported)
     assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
     assert (got - base_logits).abs().max() > 1e-2  # the LoRA (LLM and cross-attention) changes what it computes
     assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (RANK, ALPHA, 0.0)
@@ -127,18 +165,18 @@ def test_import_is_the_base_plus_its_lora_merged_by_hand(zoo):
     assert list(cfg.model.lora.fusion_targets) == ["ff_in", "ff_out", "to_kv", "to_out", "to_q"]
     assert dict(cfg.model.policy) == {"encoder": "frozen", "projector": "frozen", "fusion": "lora", "llm": "lora",
                                       "media_tokens": "frozen"}
-    record = json.loads((zoo / "mmgpt" / "import.json").read_text())
-    assert record["notes"]["base"] == str((zoo / "openflamingo").resolve()) and record["notes"]["lora_tensors"] == 52
+    record = json.loads((zoo.mmgpt / "import.json").read_text())
+    assert record["notes"]["base"] == str(zoo.base.resolve()) and record["notes"]["lora_tensors"] == 52
 
 
-def _bad_import(tmp_path: Path, zoo: Path, capsys, state=None, options=None) -> str:
+def _bad_import(tmp_path: Path, zoo, capsys, state=None, options=None) -> str:
     from lamm.cli.main import main
 
     checkpoint = tmp_path / "mmgpt-lora.pt"
     if state is not None:
         torch.save(state, checkpoint)
     capsys.readouterr()
-    options = [f"base={zoo / 'openflamingo'}"] if options is None else options
+    options = [f"base={zoo.base}"] if options is None else options
     code = main(["import", "mmgpt", str(checkpoint), str(tmp_path / "out"), *[a for o in options for a in ("--option", o)]])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1, err
@@ -169,79 +207,6 @@ def test_bad_checkpoints_are_one_line_and_write_nothing(zoo, tmp_path, capsys):
 
     line = _bad_import(tmp_path, zoo, capsys, {"model_state_dict": _mmgpt_checkpoint(1)}, options=[])
     assert "--option base=" in line, line
-
-
-def _write_mmgpt_data(folder: Path) -> tuple[Path, Path]:
-    from PIL import Image
-
-    folder.mkdir()
-    for name, colour in (("red.png", (255, 0, 0)), ("blue.png", (0, 0, 255))):
-        Image.new("RGB", (40, 40), colour).save(folder / name)
-    language = folder / "alpaca.json"
-    language.write_text(json.dumps([{"instruction": f"Count to {n}.", "input": "", "output": " ".join(map(str, range(n)))}
-                                    for n in range(1, 9)]))
-    vision = folder / "vl.json"
-    vision.write_text(json.dumps([{"image": f"{c}.png", "instruction": "What colour is it?", "output": c}
-                                  for c in ("red", "blue") * 4]))
-    return language, vision
-
-
-def test_multimodal_gpt_recipe_trains_from_the_import(zoo, tmp_path):
-    """The recipe as a user runs it. Gradients are read in-process on the same composed config (the
-    console script's own argv rewriting, init_from and gate check), on a batch of the recipe's data."""
-    from lamm.build import build_model
-    from lamm.cli.train import data_config, with_imported_architecture
-    from lamm.config import compose
-    from lamm.policy import check_gradients_flow
-    from lamm.training.datamodule import LammDataModule
-
-    language, vision = _write_mmgpt_data(tmp_path / "data")
-    argv = ["experiment=multimodal_gpt", f"init_from={zoo / 'mmgpt'}", "debug=fast", "trainer=cpu",
-            "trainer.max_steps=2", f"data.datasets.0.path={language}", f"data.datasets.1.path={vision}",
-            f"data.datasets.1.root={tmp_path / 'data'}", f"paths.runs_dir={tmp_path / 'runs'}",
-            f"paths.data_dir={tmp_path / 'synth'}"]
-    result = _lamm("lamm-train", *argv)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = " ".join(result.stdout.split())
-    assert f"init_from {zoo / 'mmgpt'}:" in out and "fusion 0/" not in out
-
-    cfg = compose("train", with_imported_architecture(argv))
-    model = build_model(cfg.model)
-    init_from_run(model, cfg.init_from)
-    check_gradients_flow(model, model.policy)
-    data = LammDataModule(data_config(cfg), model, max_steps=2)
-    data.setup("fit")
-    batch = next(b for b in data.train_dataloader() if "image" in b.media and len(b.media["image"]))
-    model.train()(batch).loss.backward()
-    trainable = model.trainable_parameters()
-    assert {n.split(".")[0] for n in trainable} == {"llm", "fusion"} and all("lora_" in n for n in trainable)
-    silent = [n for n, p in trainable.items() if p.grad is None or not bool(p.grad.ne(0).any())]
-    assert not silent, silent
-    assert any(".to_kv.lora_A" in n for n in trainable)
-
-    # export -> init_from reproduces the run's logits exactly (the fusion's LoRA is in lamm_weights)
-    run = next((tmp_path / "runs").glob("*/*/config.yaml")).parent
-    trained, run_cfg = load_for_inference(run)
-    expected = _logits(trained)
-    for source in (run / "export", run):
-        again = build_model(run_cfg.model)
-        init_from_run(again, source)
-        assert torch.equal(_logits(again), expected), source
-    from safetensors.torch import load_file
-
-    kept = load_file(str(run / "export" / "lamm_weights.safetensors"))
-    assert any(n.startswith("fusion.") and "lora_" in n for n in kept)
-    assert not any(n.startswith("llm.") and "lora_" in n for n in kept)  # the LLM's LoRA is the peft adapter
-
-
-def test_frozen_zero_gates_are_refused_in_one_line(tmp_path):
-    result = _lamm("lamm-train", "experiment=multimodal_gpt", "init_from=null", *ARCH, "debug=fast", "trainer=cpu",
-                   "data.datasets.0.path=x", "data.datasets.1.path=y", f"paths.runs_dir={tmp_path / 'runs'}",
-                   f"paths.data_dir={tmp_path / 'synth'}")
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("lamm-train: error:")]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-    assert "model.policy.fusion=lora" in lines[0] and "init_from=" in lines[0] and "zero gradient" in lines[0]
-    assert not list((tmp_path / "runs").glob("*/*/checkpoints"))
 
 
 # -- against OpenFlamingo's own code + peft, as Multimodal-GPT builds its model ---------------------------
@@ -332,3 +297,55 @@ def test_openflamingo_with_mmgpt_lora_equals_openflamingo_plus_peft(open_flaming
             images, torch.zeros(2, dtype=torch.long))}), logits="all").logits[..., :theirs.shape[-1]]
     assert torch.allclose(logits, theirs, atol=1e-4, rtol=0), (logits - theirs).abs().max()
     assert (without_lora - theirs).abs().max() > 1e-2  # the LoRA matters: the base alone is far off
+
+
+def test_frozen_zero_gates_are_refused_in_one_line(zoo):
+    _, err = zoo.refusal.communicate(timeout=600)
+    lines = [ln for ln in err.splitlines() if ln.startswith("lamm-train: error:")]
+    assert zoo.refusal.returncode == 2 and len(lines) == 1, err[-3000:]
+    assert "model.policy.fusion=lora" in lines[0] and "init_from=" in lines[0] and "zero gradient" in lines[0]
+    assert not list((zoo.root / "runs" / "null").glob("*/*/checkpoints"))
+
+
+def test_multimodal_gpt_recipe_trains_from_the_import(zoo):
+    """`lamm-train experiment=multimodal_gpt init_from=<mmgpt import> debug=fast` as a user runs it; the
+    gradients are read in-process on the same composed config (the console script's own argv rewriting,
+    init_from and gate check), on a batch with images of the recipe's own data pipeline."""
+    from lamm.build import build_model
+    from lamm.cli.train import data_config, with_imported_architecture
+    from lamm.config import compose
+    from lamm.policy import check_gradients_flow
+    from lamm.training.datamodule import LammDataModule
+
+    argv = _train_argv(zoo.root, str(zoo.mmgpt))
+    cfg = compose("train", with_imported_architecture(argv))
+    model = build_model(cfg.model)
+    init_from_run(model, cfg.init_from)
+    check_gradients_flow(model, model.policy)
+    data = LammDataModule(data_config(cfg), model, max_steps=2)
+    data.setup("fit")
+    batch = next(b for b in data.train_dataloader() if "image" in b.media and len(b.media["image"]))
+    model.train()(batch).loss.backward()
+    trainable = model.trainable_parameters()
+    assert {n.split(".")[0] for n in trainable} == {"llm", "fusion"} and all("lora_" in n for n in trainable)
+    assert any(".to_kv.lora_A" in n for n in trainable) and any(".ff_out.lora_B" in n for n in trainable)
+    silent = [n for n, p in trainable.items() if p.grad is None or not bool(p.grad.ne(0).any())]
+    assert not silent, silent
+
+    out, err = zoo.training.communicate(timeout=600)
+    assert zoo.training.returncode == 0, err[-3000:]
+    assert f"init_from {zoo.mmgpt}:" in " ".join(out.split())
+    # export -> init_from reproduces the run's logits exactly (the fusion's LoRA is in lamm_weights)
+    run = next((zoo.root / "runs").glob("*mmgpt/*/*/config.yaml")).parent
+    trained, run_cfg = load_for_inference(run)
+    expected = _logits(trained)
+    assert (expected - _logits(load_for_inference(zoo.mmgpt)[0])).abs().max() > 0  # training moved it
+    for source in (run / "export", run):
+        again = build_model(run_cfg.model)
+        init_from_run(again, source)
+        assert torch.equal(_logits(again), expected), source
+    from safetensors.torch import load_file
+
+    kept = load_file(str(run / "export" / "lamm_weights.safetensors"))
+    assert any(n.startswith("fusion.") and "lora_" in n for n in kept)
+    assert not any(n.startswith("llm.") and "lora_" in n for n in kept)  # the LLM's LoRA is the peft adapter
