@@ -143,7 +143,7 @@ class Processor:
                     break
                 pos = match.end()
                 modality = MODALITY_OF_MARKER[match.group()]
-                if self.chunk_end_id is not None and seen_media:
+                if self.chunk_end_id is not None and seen_media and not self.template.renders_chunk_end:
                     pieces.append(self._end_of_chunk(sample))
                 seen_media = True
                 k = self.layout.placeholders_per_medium(self.media_specs[modality].projected_tokens)
@@ -152,7 +152,8 @@ class Processor:
                     adjacent = bool(pieces) and pieces[-1].medium is not None
                     block = ([] if adjacent else [self.around_id]) + block + [self.around_id]
                 pieces.append(_Piece(block, [IGNORE_INDEX] * len(block), next(next_of[modality])))
-        if self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk:
+        if (self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk
+                and not self.template.renders_chunk_end):
             pieces.append(self._end_of_chunk(sample))
         return pieces
 

@@ -110,3 +110,29 @@ def check_frozen_encoders_have_weights(model: nn.Module, policy: TrainablePolicy
             f"but has no pretrained weights, so it would only feed random features; give its weights "
             f"(model.encoder.path= / model.encoder.pretrained= / init_from=) or set "
             f"model.encoder.{ALLOW_RANDOM_FROZEN}=true")
+
+
+class ZeroGateError(ValueError):
+    """The policy trains parameters that a frozen gate at 0 cuts off from every gradient."""
+
+
+def zero_gradient_parameters(model: nn.Module) -> list[str]:
+    """Trainable parameters whose gradient is exactly zero by construction: behind a fusion gate that
+    is frozen at 0 (and, when that shuts every media path, the trainable encoders and projectors)."""
+    silenced, media_shut = model.fusion.zero_gated_parameters()
+    names = [f"fusion.{n}" for n in silenced]
+    if media_shut:
+        names += [n for n, p in model.named_parameters() if p.requires_grad and part_of(n) in ("encoder", "projector")]
+    return names
+
+
+def check_gradients_flow(model: nn.Module, policy: TrainablePolicy) -> None:
+    """Refuse a policy that trains parameters a frozen zero gate cuts off (checked once the run's weights,
+    `init_from` included, are in place: imported or trained gates are not 0)."""
+    dead = zero_gradient_parameters(model)
+    if dead:
+        more = f" and {len(dead) - 1} more" if len(dead) > 1 else ""
+        raise ZeroGateError(
+            f"model.policy.fusion={policy.fusion} freezes the fusion's gates, which are 0, so '{dead[0]}'{more} "
+            f"would train with exactly zero gradient: start from trained gates with init_from=<a run or import, "
+            f"e.g. lamm import openflamingo ...>, or train the gates (model.policy.fusion=full)")

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lamm.fusion.base import Fusion, MediaTokens, check_media_counts, placeholder_masks
+from lamm.fusion.gates import zero_gated
 from lamm.registry import FUSIONS
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, TextLayout
 
@@ -330,3 +331,6 @@ class GatedCrossAttentionFusion(Fusion):
                 "gated_xattn: the LLM's decoder did not pass keyword arguments to its layers, so "
                 "cross-attention never ran; this model family is not supported by gated_xattn"
             )
+
+    def zero_gated_parameters(self) -> tuple[list[str], bool]:
+        return zero_gated(self.blocks, {"media_norm": self.media_norm})
