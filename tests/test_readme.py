@@ -71,6 +71,8 @@ COVERED_BY = {
     ".venv/bin/lamm-train experiment=lamm_2d model.encoder.pretrained=/models/clip-vit-l-14.safetensors "
     "model.llm.path=/models/vicuna-13b-v1.5 data.path=/data/LAMM/LAMM_instruct_2d.json":
         "tests/test_encoder_weights.py::test_lamm_train_research_recipe_without_weights_exits_2",
+    ".venv/bin/lamm import hf_blip2 /models/blip2-opt-2.7b runs/blip2-opt-2.7b":
+        "tests/test_zoo_blip2.py::test_logits_and_greedy_tokens_equal_transformers",
     ".venv/bin/torchrun --nproc_per_node 2 --no-python .venv/bin/lamm-eval benchmark=shapes_ppl "
     "checkpoint=runs/quickstart-prefix/<time>": "tests/test_bench_eval.py::test_two_processes_equal_one",
 }
