@@ -283,3 +283,12 @@ def test_lamm_eval_and_lamm_chat_run_on_the_imported_folder(flamingo, tmp_path):
     turns = re.findall(r"\[turn (\d+)\] prompt \d+ tokens; media (.+?); placeholders (.+?); reply (\d+) tokens",
                        chat_out)
     assert [t[:3] for t in turns] == [("1", "image=1", "image=1")] and 1 <= int(turns[0][3]) <= 4, chat_out[-2000:]
+
+
+def test_final_norm_is_refused_for_towers_that_normalise_after_pooling():
+    from lamm.registry import ENCODERS
+
+    vision = {**CLIP_CFG["vision_cfg"], "final_ln_after_pool": True}
+    with pytest.raises(ValueError, match=r"model.encoder.final_norm: .* applies ln_post after pooling"):
+        ENCODERS.build("open_clip", model_cfg={"vision_cfg": vision}, layer=-1, final_norm=True)
+    assert ENCODERS.build("open_clip", model_cfg={"vision_cfg": vision}, layer=-1).output_dim == 48
