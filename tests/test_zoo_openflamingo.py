@@ -86,7 +86,7 @@ def flamingo(open_flamingo, tmp_path_factory):
     save_file({k: v.contiguous() for k, v in weights.items()}, str(clip / "open_clip_model.safetensors"))
 
     torch.manual_seed(2)
-    model, _, of_tokenizer = open_flamingo.create_model_and_transforms(
+    model, image_processor, of_tokenizer = open_flamingo.create_model_and_transforms(
         f"local-dir:{clip}", None, str(root / "llm"), str(root / "llm"), cross_attn_every_n_layers=EVERY)
     model.eval()
     with torch.no_grad():
@@ -105,7 +105,7 @@ def flamingo(open_flamingo, tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     imported, _ = load_for_inference(out)
     return types.SimpleNamespace(root=root, clip=clip, model=model, tokenizer=of_tokenizer, state=state, out=out,
-                                 imported=imported)
+                                 imported=imported, image_processor=image_processor)
 
 
 def _images(count: int, seed: int) -> torch.Tensor:
@@ -166,6 +166,13 @@ def test_logits_and_16_greedy_tokens_equal_openflamingos(flamingo):
     expected = _openflamingo_greedy(flamingo.model, vision_x, ids, 16)
     generated = ours.generate(batch, max_new_tokens=16, eos_token_id=-1)[0].tolist()
     assert generated == expected
+
+    # A user's picture becomes the same pixels: OpenFlamingo's image processor and the import's transform.
+    import numpy as np
+    from PIL import Image
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    assert torch.equal(ours.media_specs()["image"].transform(picture), flamingo.image_processor(picture))
 
     record = json.loads((flamingo.out / "import.json").read_text())
     assert record["notes"]["decoder_layers"] == "model.layers"
@@ -283,3 +290,12 @@ def test_lamm_eval_and_lamm_chat_run_on_the_imported_folder(flamingo, tmp_path):
     turns = re.findall(r"\[turn (\d+)\] prompt \d+ tokens; media (.+?); placeholders (.+?); reply (\d+) tokens",
                        chat_out)
     assert [t[:3] for t in turns] == [("1", "image=1", "image=1")] and 1 <= int(turns[0][3]) <= 4, chat_out[-2000:]
+
+
+def test_final_norm_is_refused_for_towers_that_normalise_after_pooling():
+    from lamm.registry import ENCODERS
+
+    vision = {**CLIP_CFG["vision_cfg"], "final_ln_after_pool": True}
+    with pytest.raises(ValueError, match=r"model.encoder.final_norm: .* applies ln_post after pooling"):
+        ENCODERS.build("open_clip", model_cfg={"vision_cfg": vision}, layer=-1, final_norm=True)
+    assert ENCODERS.build("open_clip", model_cfg={"vision_cfg": vision}, layer=-1).output_dim == 48
