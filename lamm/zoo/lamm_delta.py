@@ -120,7 +120,10 @@ def import_lamm(src: Path, **options: str) -> ImportPlan:
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise ValueError(f"lamm import lamm: unknown option(s) {unknown}; known: {', '.join(_OPTIONS)}")
-    alpha = float(options.get("lora_alpha", LAMM_LORA["alpha"]))
+    try:
+        alpha = float(options.get("lora_alpha", LAMM_LORA["alpha"]))
+    except ValueError:
+        raise ValueError(f"--option lora_alpha={options['lora_alpha']}: expected a number (LAMM's is 32)") from None
     state = open_state(_delta_file(Path(src)))
     if any(k.startswith(_EPCL_PREFIXES) for k in state.keys()):
         _refuse_3d(f"{state.source} holds point-encoder tensors (visual_encoder.*)")
