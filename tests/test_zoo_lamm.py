@@ -66,9 +66,11 @@ def parts(tmp_path_factory) -> dict:
     src = root / "delta"
     src.mkdir()
     torch.save(delta, src / "pytorch_model.pt")
+    tiny_tokenizer().save_pretrained(src)  # LAMM's save folder also holds the tokenizer and the LLM's config
+    config.save_pretrained(src)
     image = root / "cat.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image)
-    return {"root": root, "llm": root / "llm", "vision": vision, "src": src / "pytorch_model.pt",
+    return {"root": root, "llm": root / "llm", "vision": vision, "src": src,
             "delta": {k: v.detach().clone() for k, v in delta.items()}, "peft": peft.eval(), "image": image}
 
 
@@ -205,4 +207,7 @@ def test_the_3d_variant_and_missing_folders_are_refused_in_one_line(parts, tmp_p
         import_checkpoint("lamm", parts["src"], tmp_path / "c", {"vision": str(parts["vision"])})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['visoin'\]"):
         import_checkpoint("lamm", parts["src"], tmp_path / "d", {**options, "visoin": "x"})
+    (parts["root"] / "epcl" / "pytorch_model_ep1.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"found pytorch_model.pt, pytorch_model_ep1.pt; name the file"):
+        import_checkpoint("lamm", parts["root"] / "epcl", tmp_path / "e", options)
     assert list(tmp_path.iterdir()) == []

@@ -52,6 +52,19 @@ def _folder(option: str, value: str | None, what: str) -> Path:
     return path
 
 
+def _delta_file(src: Path) -> Path:
+    """The checkpoint file: `src`, or the one `*.pt` in LAMM's save folder (which also holds the tokenizer and
+    the LLM's config.json, and per-epoch `pytorch_model_ep*.pt` files that must not be mixed)."""
+    if not src.is_dir():
+        return src
+    files = sorted(src.glob("*.pt"))
+    if len(files) != 1:
+        found = ", ".join(f.name for f in files) or "none"
+        raise FileNotFoundError(2, f"expected one LAMM delta checkpoint (*.pt) in the folder, found {found}; "
+                                   "name the file", str(src))
+    return files[0]
+
+
 def _refuse_3d(why: str) -> None:
     raise CheckpointKeyError(f"{why}: {_3D_REFUSAL}")
 
@@ -107,8 +120,11 @@ def import_lamm(src: Path, **options: str) -> ImportPlan:
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise ValueError(f"lamm import lamm: unknown option(s) {unknown}; known: {', '.join(_OPTIONS)}")
-    alpha = float(options.get("lora_alpha", LAMM_LORA["alpha"]))
-    state = open_state(src)
+    try:
+        alpha = float(options.get("lora_alpha", LAMM_LORA["alpha"]))
+    except ValueError:
+        raise ValueError(f"--option lora_alpha={options['lora_alpha']}: expected a number (LAMM's is 32)") from None
+    state = open_state(_delta_file(Path(src)))
     if any(k.startswith(_EPCL_PREFIXES) for k in state.keys()):
         _refuse_3d(f"{state.source} holds point-encoder tensors (visual_encoder.*)")
     llm_dir = _folder("llm", options.get("llm"), "the LLaMA/Vicuna base LAMM was trained on")
