@@ -169,6 +169,41 @@ def test_import_is_the_base_plus_its_lora_merged_by_hand(zoo):
     assert record["notes"]["base"] == str(zoo.base.resolve()) and record["notes"]["lora_tensors"] == 52
 
 
+def test_its_pickled_training_config_is_read_as_data_and_never_run(zoo, tmp_path, monkeypatch):
+    """Multimodal-GPT saves `tuning_config` (an mmengine Config) beside the tensors: classes of that name,
+    made here for the save, are absent when lamm reads the file; their data gives lora_alpha."""
+    import types
+
+    class ConfigDict(dict):
+        pass
+
+    class Config:
+        def __init__(self, data):
+            self.data = ConfigDict(data)
+
+        def __getstate__(self):
+            return (self.data, "configs/lora_config.py")
+
+        def __setstate__(self, state):
+            raise AssertionError("the pickled config's own code ran")
+
+    module = types.ModuleType("mmengine.config.config")
+    for cls in (ConfigDict, Config):
+        cls.__module__, cls.__qualname__ = module.__name__, cls.__name__
+        setattr(module, cls.__name__, cls)
+    for name in ("mmengine", "mmengine.config"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    config = Config({"tuning_config": ConfigDict(lora=True, lora_r=RANK, lora_alpha=ALPHA, lora_dropout=0.0)})
+    torch.save({"model_state_dict": _mmgpt_checkpoint(seed=1), "tuning_config": config}, tmp_path / "final_weights.pt")
+    for name in ("mmengine", "mmengine.config", module.__name__):  # gone when lamm reads the file
+        monkeypatch.delitem(sys.modules, name)
+    out = import_checkpoint("mmgpt", tmp_path / "final_weights.pt", tmp_path / "out", {"base": str(zoo.base)})
+    record = json.loads((out / "import.json").read_text())
+    assert record["notes"]["lora_settings_from"] == "tuning_config" and record["notes"]["alpha"] == ALPHA
+    assert (out / "weights.safetensors").read_bytes() == (zoo.mmgpt / "weights.safetensors").read_bytes()
+
+
 def _bad_import(tmp_path: Path, zoo, capsys, state=None, options=None) -> str:
     from lamm.cli.main import main
 
