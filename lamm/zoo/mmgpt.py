@@ -140,11 +140,11 @@ def import_mmgpt(src: Path, base: str | None = None, alpha: str | None = None,
         f"model.policy.llm={'lora' if llm_targets else 'frozen'}",
         f"model.policy.fusion={'lora' if fusion_targets else 'frozen'}",
     ]
+    given = "options" if alpha is not None or dropout is not None else "tuning_config" if settings else "defaults"
     notes = {"base": str(base_dir), "base_format": record.get("format"), "rank": rank, "alpha": alpha_value,
-             "lora_settings_from": "options" if alpha is not None or dropout is not None else
-             "tuning_config" if settings else "defaults",
-             "dropout": dropout_value, "llm_targets": llm_targets, "fusion_targets": fusion_targets,
-             "lora_tensors": len(tensors), "note": "the LLM and vision folders are the base import's: keep it"}
+             "dropout": dropout_value, "lora_settings_from": given, "llm_targets": llm_targets,
+             "fusion_targets": fusion_targets, "lora_tensors": len(tensors),
+             "note": "the LLM and vision folders are the base import's: keep it"}
     return ImportPlan(overrides=overrides, weights=weights, notes=notes)
 
 
