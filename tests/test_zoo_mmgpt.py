@@ -367,3 +367,24 @@ def test_multimodal_gpt_recipe_trains_from_the_import(zoo):
     kept = load_file(str(run / "export" / "lamm_weights.safetensors"))
     assert any(n.startswith("fusion.") and "lora_" in n for n in kept)
     assert not any(n.startswith("llm.") and "lora_" in n for n in kept)  # the LLM's LoRA is the peft adapter
+
+
+def test_which_parameters_a_frozen_zero_gate_cuts_off():
+    from lamm.build import build_model
+    from lamm.policy import zero_gradient_parameters
+    from lamm.testing import tiny_model_config
+
+    cfg = tiny_model_config(fusion="gated_xattn", projector="perceiver", policy={"fusion": "lora"})
+    cfg["lora"]["fusion_targets"] = ["to_q", "to_kv", "to_out", "ff_in", "ff_out"]
+    model = build_model(cfg)
+    everything = zero_gradient_parameters(model)  # all gates 0: the fusion's LoRA and the media path
+    assert any(n.startswith("projectors.") for n in everything) and any(n.startswith("encoders.") for n in everything)
+    with torch.no_grad():
+        model.fusion.blocks["1"].attn_gate.fill_(0.5)
+    dead = zero_gradient_parameters(model)
+    assert not any(n.startswith(("projectors.", "encoders.")) for n in dead)  # media reach the text through block 1
+    assert not any(n.startswith("fusion.blocks.1.to_") for n in dead)
+    assert any(n.startswith("fusion.blocks.1.ff_in.lora_") for n in dead)  # its feed-forward gate is still shut
+    assert any(n.startswith("fusion.blocks.3.to_kv.lora_") for n in dead)
+    model.fusion.blocks["3"].ff_gate.requires_grad_(True)  # a trainable gate opens in training
+    assert not any(n.startswith("fusion.blocks.3.ff_") for n in zero_gradient_parameters(model))
