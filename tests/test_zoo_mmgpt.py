@@ -213,7 +213,8 @@ def _bad_import(tmp_path: Path, zoo, capsys, state=None, options=None) -> str:
         torch.save(state, checkpoint)
     capsys.readouterr()
     options = [f"base={zoo.base}"] if options is None else options
-    code = main(["import", "mmgpt", str(checkpoint), str(tmp_path / "out"), *[a for o in options for a in ("--option", o)]])
+    flags = [a for o in options for a in ("--option", o)]
+    code = main(["import", "mmgpt", str(checkpoint), str(tmp_path / "out"), *flags])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mmgpt-lora.pt"]  # no output, no staging folder
@@ -307,12 +308,11 @@ def test_openflamingo_with_mmgpt_lora_equals_openflamingo_plus_peft(open_flaming
     assert ours.tokenizer(PROMPT, return_tensors="pt").input_ids.tolist() == ids.tolist()
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     model.eval()
+    batch = Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(images, torch.zeros(2, dtype=torch.long))})
     with torch.no_grad():
         theirs = model(images[None, :, None], ids, attention_mask=torch.ones_like(ids)).logits
-        logits = ours(Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(images, torch.zeros(2, dtype=torch.long))}),
-                      logits="all").logits[..., :theirs.shape[-1]]
-        without_lora = load_for_inference(base)[0](Batch(ids, torch.ones_like(ids), None, {"image": MediaBatch(
-            images, torch.zeros(2, dtype=torch.long))}), logits="all").logits[..., :theirs.shape[-1]]
+        logits = ours(batch, logits="all").logits[..., :theirs.shape[-1]]
+        without_lora = load_for_inference(base)[0](batch, logits="all").logits[..., :theirs.shape[-1]]
     assert torch.allclose(logits, theirs, atol=1e-4, rtol=0), (logits - theirs).abs().max()
     assert (without_lora - theirs).abs().max() > 1e-2  # the LoRA matters: the base alone is far off
 

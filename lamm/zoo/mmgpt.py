@@ -165,7 +165,8 @@ def _open_checkpoint(src: Path) -> tuple[StateReader, Any]:
                     saved = torch.load(src, map_location="cpu", weights_only=True)
             except Exception as exc:  # torch's message, first line
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CheckpointKeyError(f"cannot read {src} safely (weights only, no pickled objects): {first}") from None
+                raise CheckpointKeyError(f"cannot read {src} safely (weights only, no pickled objects): "
+                                         f"{first}") from None
             tensors = saved.get("model_state_dict") if isinstance(saved, dict) else None
             if not isinstance(tensors, dict):
                 raise CheckpointKeyError(f"{src} holds a pickled training config but no 'model_state_dict' of tensors")
@@ -242,7 +243,8 @@ def _base_shapes(base_dir: Path, base_weights: dict[str, torch.Tensor]) -> dict[
     return shapes
 
 
-def _expected(t: LoraTensor, shapes: dict[str, tuple[int, ...]], rank: int, state: StateReader) -> tuple[int, ...] | None:
+def _expected(t: LoraTensor, shapes: dict[str, tuple[int, ...]], rank: int,
+              state: StateReader) -> tuple[int, ...] | None:
     """lora_A is [rank, in], lora_B [out, rank] of the adapted Linear's [out, in] weight."""
     shape = shapes.get(t.base_weight)
     if shape is None:
