@@ -38,3 +38,29 @@ def model():
 
     torch.manual_seed(0)
     return build_model(tiny_model_config()).eval()
+
+
+OPEN_FLAMINGO_WHEEL = "open-flamingo==2.0.1"
+UNREACHABLE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
+               "No matching distribution found for open-flamingo")
+
+
+@pytest.fixture(scope="session")
+def open_flamingo(tmp_path_factory):
+    """OpenFlamingo's own code, the reference for its importers: the PyPI wheel installed with
+    `--no-deps` into a temporary folder (never vendored), once per session; skipped without PyPI."""
+    import subprocess
+    import sys
+
+    target = tmp_path_factory.mktemp("open_flamingo_wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                             OPEN_FLAMINGO_WHEEL, "einops", "einops-exts"], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        if any(s in result.stderr for s in UNREACHABLE):
+            pytest.skip(f"PyPI is unreachable, cannot install {OPEN_FLAMINGO_WHEEL}: "
+                        f"{result.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(result.stderr[-2000:])
+    sys.path.append(str(target))  # appended: the venv's own packages keep precedence
+    import open_flamingo
+
+    return open_flamingo

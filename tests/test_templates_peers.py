@@ -22,7 +22,8 @@ from lamm.tokens import END_OF_CHUNK
 # Multimodal-GPT's template text.
 MMGPT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 MMGPT_QA = MMGPT + "\n\n### Image:\n{image}\n\n### Instruction:\n{question}\n\n### Response:\n"
-MMGPT_CHOICE = MMGPT + "\n\n### Image:\n{image}\n\n### Instruction:\n{question}\n\n### Input:\n{options}\n\n### Response:\n"
+MMGPT_CHOICE = (MMGPT + "\n\n### Image:\n{image}\n\n### Instruction:\n{question}\n\n### Input:\n{options}"
+                "\n\n### Response:\n")
 MMGPT_NO_INPUT = MMGPT + "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 MMGPT_WITH_INPUT = MMGPT + "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 MMGPT_DIAL = "\n\n### Instruction:\n{question}\n\n### Response:\n"
@@ -71,7 +72,8 @@ def test_mmgpt_template_is_multimodal_gpts_text(tok, images):
     dialogue = Sample("d", _turns("<image>\nWhat shape?", "square", "And the colour?", "red"), images[:1])
     text, trained = _rendered(dialogue, tok, "mmgpt")
     first = MMGPT + "\n\n### Image:\n<image>" + MMGPT_DIAL.format(question="What shape?")
-    assert text == first + "square" + MMGPT_END + eos + MMGPT_DIAL.format(question="And the colour?") + "red" + MMGPT_END + eos
+    second = MMGPT_DIAL.format(question="And the colour?")
+    assert text == first + "square" + MMGPT_END + eos + second + "red" + MMGPT_END + eos
     assert trained == "square" + MMGPT_END + eos + "red" + MMGPT_END + eos
     # Its chat demo's prompt for a question about an image (PromptGenerator with one image turn).
     ask = Sample("a", _turns("<image>\nWhat is in this image?"), images[:1])
@@ -112,7 +114,8 @@ def test_openflamingo_vqa_few_shot_in_the_benchmark_renderer(images):
                                                                Example("What colour is it?", "blue", images[1:2])])
     batch, prompts = renderer.generation_batch([("q", query, [], None)])
     expected = (OF_VQA.format(question="What colour is it?", answer="red")
-                + OF_VQA.format(question="What colour is it?", answer="blue") + "<image>Question:What colour is it? Short answer:")
+                + OF_VQA.format(question="What colour is it?", answer="blue")
+                + "<image>Question:What colour is it? Short answer:")
     ids = batch.input_ids[0][batch.attention_mask[0].bool()]
     assert _decode(model.tokenizer, ids) == expected and prompts[0] == expected
     assert len(batch.media["image"]) == 3

@@ -150,7 +150,7 @@ class ChatSession:
         except KeyboardInterrupt:
             interrupted = True
             streamer.end()
-        answer = streamer.text.strip()
+        answer = self.renderer.template.reply(streamer.text)  # without an end marker the template trains
         self.turns = [*sample.turns, Turn("assistant", answer)]
         self.media, self.pending = list(sample.media), []
         ids = batch.input_ids[0]

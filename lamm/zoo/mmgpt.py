@@ -11,8 +11,9 @@ slotted in) in peft LoRA and saves only the LoRA tensors (`get_checkpoint`: the 
 
 with `<module>` the LLM's attention projections (q/k/v/o_proj; any LLM Linear is accepted) and the
 cross-attention's attn.to_q, attn.to_kv, attn.to_out and its feed-forward ff.1, ff.3. The rank comes
-from the tensors; alpha and dropout are options (default 16 and 0.0, its configs/lora_config.py),
-since Multimodal-GPT keeps them in a pickled config, which is never read.
+from the tensors. Beside them it pickles its mmengine training config (`tuning_config`): those two
+classes are read as inert data, never constructed (any other pickled object is refused), and give
+lora_alpha / lora_dropout unless the options do (default 16 and 0.0, its configs/lora_config.py).
 
 OUT reuses the base import: its overrides (the base's `llm/` and `vision/` folders stay where they
 are, so keep the base folder) and its weights, plus LoRA on the LLM and on the fusion (model/lora
@@ -21,6 +22,7 @@ with fusion_targets, model/policy training the LoRA only, as Multimodal-GPT does
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from safetensors.torch import load_file
 
 from lamm.registry import CHECKPOINT_FORMATS
 from lamm.zoo.plan import ImportPlan
-from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
+from lamm.zoo.state import TORCH_FILES, CheckpointKeyError, StateReader, open_state
 from lamm.zoo.writer import IMPORTED_WEIGHTS, read_import_record
 
 PREFIX = "lang_encoder.base_model.model."  # peft's PeftModel around OpenFlamingo's lang_encoder
@@ -37,8 +39,24 @@ KEY = re.compile(r"(?P<layers>.+?)\.(?P<layer>\d+)\.(?P<part>decoder_layer|gated
                  r"(?P<module>.+)\.lora_(?P<ab>[AB])(?P<adapter>\.default)?\.weight")
 # OpenFlamingo's cross-attention block modules -> lamm's GatedCrossAttentionBlock modules.
 XATTN_MODULES = {"attn.to_q": "to_q", "attn.to_kv": "to_kv", "attn.to_out": "to_out", "ff.1": "ff_in", "ff.3": "ff_out"}
-DEFAULT_ALPHA = "16"  # Multimodal-GPT's configs/lora_config.py: lora_r=16, lora_alpha=16, lora_dropout=0.0
-DEFAULT_DROPOUT = "0.0"
+DEFAULT_ALPHA = 16.0  # Multimodal-GPT's configs/lora_config.py: lora_r=16, lora_alpha=16, lora_dropout=0.0
+DEFAULT_DROPOUT = 0.0
+
+
+class PickledRecord:
+    """Stands in for mmengine's `Config` when unpickling: keeps the state it is given, runs no code of it."""
+
+    def __init__(self, *args: Any) -> None:
+        self.state: Any = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+# The classes of Multimodal-GPT's pickled training config -> inert stand-ins (ConfigDict is a dict).
+CONFIG_CLASSES: dict[str, type] = {"mmengine.config.config.ConfigDict": OrderedDict,
+                                   "mmengine.config.config.Config": PickledRecord,
+                                   "builtins.set": set, "builtins.frozenset": frozenset}
 
 
 class LoraTensor:
@@ -75,8 +93,8 @@ class LoraTensor:
 
 
 @CHECKPOINT_FORMATS.register("mmgpt")
-def import_mmgpt(src: Path, base: str | None = None, alpha: str = DEFAULT_ALPHA,
-                 dropout: str = DEFAULT_DROPOUT) -> ImportPlan:
+def import_mmgpt(src: Path, base: str | None = None, alpha: str | None = None,
+                 dropout: str | None = None) -> ImportPlan:
     if not base:
         raise ValueError("mmgpt: --option base=FOLDER is required (the OpenFlamingo it was trained on, "
                          "imported with `lamm import openflamingo`)")
@@ -85,12 +103,18 @@ def import_mmgpt(src: Path, base: str | None = None, alpha: str = DEFAULT_ALPHA,
     if record is None or not (base_dir / IMPORTED_WEIGHTS).is_file():
         raise FileNotFoundError(2, "mmgpt: base is not an imported run folder (import.json and "
                                    f"{IMPORTED_WEIGHTS}; make it with `lamm import openflamingo`)", str(base_dir))
-    alpha_value, dropout_value = _number("alpha", alpha), _number("dropout", dropout)
-    state = open_state(src)
+    state, config = _open_checkpoint(Path(src))
+    settings = _lora_settings(config)
+    alpha_value = _number("alpha", alpha) if alpha is not None else float(settings.get("lora_alpha", DEFAULT_ALPHA))
+    dropout_value = (_number("dropout", dropout) if dropout is not None
+                     else float(settings.get("lora_dropout", DEFAULT_DROPOUT)))
     tensors = _lora_tensors(state, record)
     base_weights = load_file(str(base_dir / IMPORTED_WEIGHTS))
     shapes = _base_shapes(base_dir, base_weights)
     rank = _rank(state, tensors[0])
+    if "lora_r" in settings and int(settings["lora_r"]) != rank:
+        raise CheckpointKeyError(f"{src}: its tuning_config says lora_r={settings['lora_r']}, but '{tensors[0].key}' "
+                                 f"has rank {rank}")
     weights: dict[str, torch.Tensor] = {}
     for t in tensors:
         if t.partner not in state:
@@ -116,10 +140,59 @@ def import_mmgpt(src: Path, base: str | None = None, alpha: str = DEFAULT_ALPHA,
         f"model.policy.llm={'lora' if llm_targets else 'frozen'}",
         f"model.policy.fusion={'lora' if fusion_targets else 'frozen'}",
     ]
+    given = "options" if alpha is not None or dropout is not None else "tuning_config" if settings else "defaults"
     notes = {"base": str(base_dir), "base_format": record.get("format"), "rank": rank, "alpha": alpha_value,
-             "dropout": dropout_value, "llm_targets": llm_targets, "fusion_targets": fusion_targets,
-             "lora_tensors": len(tensors), "note": "the LLM and vision folders are the base import's: keep it"}
+             "dropout": dropout_value, "lora_settings_from": given, "llm_targets": llm_targets,
+             "fusion_targets": fusion_targets, "lora_tensors": len(tensors),
+             "note": "the LLM and vision folders are the base import's: keep it"}
     return ImportPlan(overrides=overrides, weights=weights, notes=notes)
+
+
+def _open_checkpoint(src: Path) -> tuple[StateReader, Any]:
+    """The checkpoint's tensors, and Multimodal-GPT's pickled training config (None when absent).
+
+    A `.pt` whose only pickled classes are that config's is loaded weights-only with inert stand-ins
+    for them (tensors must be all the `model_state_dict` holds); anything else goes to the strict reader.
+    """
+    if src.is_file() and src.suffix in TORCH_FILES:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(src))
+        except Exception:  # not a zip checkpoint: the strict reader names what is wrong
+            unsafe = []
+        if unsafe and all(name in CONFIG_CLASSES for name in unsafe):
+            try:
+                with torch.serialization.safe_globals([(CONFIG_CLASSES[name], name) for name in unsafe]):
+                    saved = torch.load(src, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch's message, first line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointKeyError(f"cannot read {src} safely (weights only, no pickled objects): "
+                                         f"{first}") from None
+            tensors = saved.get("model_state_dict") if isinstance(saved, dict) else None
+            if not isinstance(tensors, dict):
+                raise CheckpointKeyError(f"{src} holds a pickled training config but no 'model_state_dict' of tensors")
+            for key, value in tensors.items():
+                if not isinstance(value, torch.Tensor):
+                    raise CheckpointKeyError(f"key '{key}' in {src} is a {type(value).__name__}, not a tensor")
+            shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+            return StateReader(src, shapes, tensors.__getitem__), saved.get("tuning_config")
+    return open_state(src), None
+
+
+def _lora_settings(config: Any) -> dict[str, Any]:
+    """The first mapping holding `lora_alpha` inside the pickled config's data (its tuning_config), or {}."""
+    todo, seen = [config], 0
+    while todo and seen < 10_000:
+        item = todo.pop(0)
+        seen += 1
+        if isinstance(item, PickledRecord):
+            todo.append(item.state)
+        elif isinstance(item, dict):
+            if "lora_alpha" in item:
+                return {k: item[k] for k in ("lora_r", "lora_alpha", "lora_dropout") if k in item}
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return {}
 
 
 def _number(option: str, value: str) -> float:
@@ -170,7 +243,8 @@ def _base_shapes(base_dir: Path, base_weights: dict[str, torch.Tensor]) -> dict[
     return shapes
 
 
-def _expected(t: LoraTensor, shapes: dict[str, tuple[int, ...]], rank: int, state: StateReader) -> tuple[int, ...] | None:
+def _expected(t: LoraTensor, shapes: dict[str, tuple[int, ...]], rank: int,
+              state: StateReader) -> tuple[int, ...] | None:
     """lora_A is [rank, in], lora_B [out, rank] of the adapted Linear's [out, in] weight."""
     shape = shapes.get(t.base_weight)
     if shape is None:
