@@ -65,8 +65,8 @@ def _save_llava(folder: Path, tower: str) -> Path:
                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                           initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
-    config = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                            vision_feature_layer=layer, vision_feature_select_strategy=strategy)
+    config = tf.LlavaConfig(vision_config=vision, text_config=text,
+                            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=layer, vision_feature_select_strategy=strategy)
     torch.manual_seed(0)
     model = tf.LlavaForConditionalGeneration(config).eval()
     path = folder / tower
@@ -250,13 +250,15 @@ def test_exporting_another_architecture_is_refused_in_one_line(tmp_path, capsys)
 def test_eval_and_chat_read_the_import(imported, synth, tmp_path, monkeypatch, capsys) -> None:
     from lamm.cli.chat import main as chat_main
 
+    from lamm.cli.eval import run as lamm_eval
+    from lamm.config import compose
+
     out = imported["clip"]
-    result = _run("lamm-eval", "benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=4",
-                  f"checkpoint={out}", f"synth_root={synth}", f"output_dir={tmp_path / 'eval'}", "model.name=llava",
-                  cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(next((tmp_path / "eval").glob("llava/*/results.json")).read_text())
-    assert results["n"] == 4
+    # `lamm-eval checkpoint=OUT ...`, in this process (its console script is tested elsewhere).
+    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=4",
+                                        f"checkpoint={out}", f"synth_root={synth}",
+                                        f"output_dir={tmp_path / 'eval'}", "model.name=llava"]))
+    assert result["n"] == 4 and (tmp_path / "eval" / "llava" / "shapes_ppl" / "results.json").is_file()
     image = synth / "shapes" / "images" / "test" / "000000.png"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\n{QUESTION}\n/quit\n"))
     assert chat_main([str(out), "--max-new-tokens", "4", "--stats"]) == 0  # lamm-chat OUT, in this process
@@ -292,13 +294,15 @@ def original(tmp_path_factory) -> dict:
                           initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(1)
     llm = tf.LlamaForCausalLM(text).eval()
-    projector = {"model.mm_projector.0.weight": torch.randn(64, 32) * 0.2, "model.mm_projector.0.bias": torch.randn(64) * 0.1,
-                 "model.mm_projector.2.weight": torch.randn(64, 64) * 0.2, "model.mm_projector.2.bias": torch.randn(64) * 0.1}
+    projector = {f"model.mm_projector.{i}.{kind}": torch.randn(*shape) * 0.2
+                 for i, cols in ((0, 32), (2, 64)) for kind, shape in (("weight", (64, cols)), ("bias", (64,)))}
     full = root / "llava-v1.5-tiny"
     full.mkdir()
-    config = {**text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], **_mm_config(vision)}
+    config = {**text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+              **_mm_config(vision)}
     (full / "config.json").write_text(json.dumps(config))
-    save_file({**{k: v.contiguous() for k, v in llm.state_dict().items()}, **projector}, str(full / "model.safetensors"))
+    tensors = {**{k: v.contiguous() for k, v in llm.state_dict().items()}, **projector}
+    save_file(tensors, str(full / "model.safetensors"))
     tok.save_pretrained(full)
     base = root / "vicuna-tiny"
     llm.save_pretrained(base)
@@ -343,7 +347,8 @@ def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
     sample = Sample("q", [Turn("user", f"<image>\n{QUESTION}")], [MediaRef("image", "x.png", "image")])
     text = "".join(s.text for s in renderer.template.render(sample, model.tokenizer))
     assert text == ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-                    f"helpful, detailed, and polite answers to the human's questions. USER: <image>\n{QUESTION} ASSISTANT:")
+                    "helpful, detailed, and polite answers to the human's questions. "
+                    f"USER: <image>\n{QUESTION} ASSISTANT:")
     pixels = model.media_specs()["image"].transform(_image()).unsqueeze(0)
     k = model.media_specs()["image"].projected_tokens
     ids = model.tokenizer(f"USER: {'<image>' * k}\n{QUESTION} ASSISTANT:", return_tensors="pt").input_ids

@@ -25,7 +25,8 @@ def _refuse_other_architectures(model_cfg: Any, run: Path) -> None:
         (model_cfg.projector.get("name") == "mlp" and int(model_cfg.projector.get("depth", 2)) == 2
          and model_cfg.projector.get("hidden_dim") in (None, "null"),
          "model.projector is not a 2-layer mlp of the LLM's width (LLaVA's projector)"),
-        (model_cfg.fusion.get("name") == "prefix", f"model.fusion is {model_cfg.fusion.get('name')}, LLaVA needs prefix"),
+        (model_cfg.fusion.get("name") == "prefix",
+         f"model.fusion is {model_cfg.fusion.get('name')}, LLaVA needs prefix"),
         (not model_cfg.encoder.get("post_layernorm", False), "model.encoder.post_layernorm is true (LLaVA reads "
                                                              "hidden states without the final norm)"),
         (model_cfg.encoder.get("image_size") is None, "model.encoder.image_size resizes the tower's input "
