@@ -201,7 +201,7 @@ def test_finetuning_the_import_lowers_the_loss(imported, finetuned, synth) -> No
 def test_exported_runs_load_in_transformers_with_lamm_logits(sources, imported, finetuned, tmp_path) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from lamm.zoo import export_checkpoint
+    from lamm.zoo import export_checkpoint, import_checkpoint
 
     # The lamm-trained run (LoRA merged), through the console script.
     out = tmp_path / "trained_hf"
@@ -226,6 +226,12 @@ def test_exported_runs_load_in_transformers_with_lamm_logits(sources, imported, 
         if run == imported["clip"]:
             with torch.no_grad():
                 torch.testing.assert_close(got, source(**inputs).logits, atol=1e-5, rtol=0)
+            # The export is in transformers' current layout (`model.language_model.*`), the source in the
+            # older one (`language_model.model.*`): hf_llava reads both.
+            again, _ = load_for_inference(import_checkpoint("hf_llava", folder, tmp_path / "again"))
+            with torch.no_grad():
+                torch.testing.assert_close(again(_lamm_batch(again, inputs), logits="all").logits, want, atol=1e-5,
+                                           rtol=0)
         else:
             _same_greedy_tokens(hf, inputs, model, _lamm_batch(model, inputs))
 
