@@ -110,7 +110,7 @@ def _lamm_batch(model, inputs) -> Batch:
 
 
 @pytest.mark.parametrize("tower", ["clip", "siglip"])
-def test_imported_llava_equals_transformers(sources, imported, tower) -> None:
+def test_imported_llava_equals_transformers(sources, imported, tower, tmp_path) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     src, out = sources[tower], imported[tower]
@@ -132,8 +132,16 @@ def test_imported_llava_equals_transformers(sources, imported, tower) -> None:
     image_id = model.llm.media_token_ids["<image>"]
     assert int((inputs["input_ids"] == image_id).sum()) == model.media_specs()["image"].projected_tokens
 
+    # lamm-chat's prompt for the same question and image is HF's, token for token and pixel for pixel.
+    from lamm.chat.session import ChatSession
+
+    _image().save(tmp_path / "image.png")
+    session = ChatSession(model, cfg.data.template, cfg.data.system_prompt)
+    session.attach("image", str(tmp_path / "image.png"))
+    batch = session.batch(session.conversation(QUESTION))
+    assert batch.input_ids.tolist() == inputs["input_ids"].tolist()
+    assert torch.equal(batch.media["image"].data, inputs["pixel_values"])
     hf = LlavaForConditionalGeneration.from_pretrained(src).eval()
-    batch = _lamm_batch(model, inputs)
     with torch.no_grad():
         want = hf(**inputs).logits
         got = model(batch, logits="all").logits
