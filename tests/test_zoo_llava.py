@@ -318,6 +318,14 @@ def original(tmp_path_factory) -> dict:
     tensors = {**{k: v.contiguous() for k, v in llm.state_dict().items()}, **projector}
     save_file(tensors, str(full / "model.safetensors"))
     tok.save_pretrained(full)
+    # A folder that saved its tower too (LLaVA's layout once the tower is unfrozen or merged).
+    with_tower = root / "llava-v1.5-tiny-tower"
+    with_tower.mkdir()
+    (with_tower / "config.json").write_text(json.dumps(config))
+    tower = tf.CLIPVisionModel.from_pretrained(vision).state_dict()
+    tensors.update({f"model.vision_tower.vision_tower.vision_model.{k}": v.contiguous() for k, v in tower.items()})
+    save_file(tensors, str(with_tower / "model.safetensors"))
+    tok.save_pretrained(with_tower)
     base = root / "vicuna-tiny"
     llm.save_pretrained(base)
     tok.save_pretrained(base)
@@ -325,7 +333,7 @@ def original(tmp_path_factory) -> dict:
     stage1.mkdir()
     (stage1 / "config.json").write_text(json.dumps(config))
     torch.save(projector, stage1 / "mm_projector.bin")
-    return {"vision": vision, "full": full, "base": base, "stage1": stage1 / "mm_projector.bin", "llm": llm,
+    return {"vision": vision, "full": full, "full_tower": with_tower, "base": base, "stage1": stage1 / "mm_projector.bin", "llm": llm,
             "projector": projector}
 
 
@@ -345,7 +353,7 @@ def _reference_logits(original: dict, model, input_ids: torch.Tensor, pixels: to
         return original["llm"](inputs_embeds=embeds).logits
 
 
-@pytest.mark.parametrize("layout", ["full", "stage1"])
+@pytest.mark.parametrize("layout", ["full", "full_tower", "stage1"])
 def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
     from lamm.benchmarks.render import Renderer
     from lamm.zoo import import_checkpoint, read_import_record
@@ -353,7 +361,8 @@ def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
     options = {"llm": str(original["base"]), "vision": str(original["vision"])} if layout == "stage1" else {}
     out = import_checkpoint("llava_original", original[layout], tmp_path / "out", options)
     notes = read_import_record(out)["notes"]
-    assert notes["tower_from"] == "vision folder" and notes["mm_projector_type"] == "mlp2x_gelu"
+    assert notes["tower_from"] == ("checkpoint" if layout == "full_tower" else "vision folder")
+    assert notes["mm_projector_type"] == "mlp2x_gelu"
     model, cfg = load_for_inference(out)
     assert cfg.model.encoder.pad_to_square and cfg.model.encoder.layer == -2 and cfg.model.projector.depth == 2
     # LLaVA-1.5's vicuna_v1 conversation, rendered by lamm's chat template.
