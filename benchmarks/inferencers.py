@@ -30,7 +30,7 @@ def generate_texts(model: Any, renderer: Any, items: Sequence[tuple], max_new_to
     """Greedy replies for (id, query, replies, upto) items, in one batched generate call."""
     batch, prompts = renderer.generation_batch(items)
     out = model.generate(batch.to(_device(model)), max_new_tokens=max_new_tokens, eos_token_id=renderer.eos_ids)
-    return _texts(model.tokenizer, out.cpu()), prompts
+    return [renderer.template.reply(t) for t in _texts(model.tokenizer, out.cpu())], prompts
 
 
 @torch.no_grad()

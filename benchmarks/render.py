@@ -16,7 +16,7 @@ from lamm.datasets.collate import build_collator
 from lamm.datasets.processor import ProcessedSample, Processor
 from lamm.datasets.sample import MARKER_RE, Sample, Turn
 from lamm.datasets.templates import get_template
-from lamm.tokens import PLACEHOLDERS
+from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
 
 
 def _with_markers(text: str, media: Sequence[Any]) -> str:
@@ -50,11 +50,13 @@ class Renderer:
         self.gen = Processor(tok, self.template, specs, layout, max_length=max_length, training=False)
         self.train = Processor(tok, self.template, specs, layout, max_length=max_length, training=True)
         self.left = build_collator(tok, "left")
-        self.eos_ids = self._stop_ids(tok)
+        self.eos_ids = self._stop_ids(tok, self.template.renders_chunk_end)
 
     @staticmethod
-    def _stop_ids(tok: Any) -> list[int]:
+    def _stop_ids(tok: Any, chunk_end: bool = False) -> list[int]:
         ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        if chunk_end:  # few-shot templates end each answer with <|endofchunk|> (OpenFlamingo stops there)
+            ids.append(tok.convert_tokens_to_ids(END_OF_CHUNK))
         for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
             i = tok.convert_tokens_to_ids(t) if t in tok.get_vocab() else None
             if i is not None and i not in ids:

@@ -94,6 +94,8 @@ class Processor:
         missing = [t for t in (*PLACEHOLDERS.values(), END_OF_CHUNK) if t not in vocab]
         if missing:
             raise ValueError(f"tokenizer lacks media tokens {missing}; call lamm.tokens.add_media_tokens(tokenizer) first")
+        if layout.around is not None and layout.around not in vocab:
+            raise ValueError(f"the fusion writes {layout.around} around each medium but the tokenizer has no such token")
         self.tokenizer = tokenizer
         self.template = template
         self.media_specs = dict(media_specs)
@@ -103,6 +105,7 @@ class Processor:
         self.training = training
         self.placeholder_ids = {m: tokenizer.convert_tokens_to_ids(t) for m, t in PLACEHOLDERS.items()}
         self.chunk_end_id = tokenizer.convert_tokens_to_ids(layout.chunk_end) if layout.chunk_end else None
+        self.around_id = tokenizer.convert_tokens_to_ids(layout.around) if layout.around else None
         self.bos_id = self._bos_id(tokenizer)
 
     @staticmethod
@@ -152,12 +155,17 @@ class Processor:
                     break
                 pos = match.end()
                 modality = MODALITY_OF_MARKER[match.group()]
-                if self.chunk_end_id is not None and seen_media:
+                if self.chunk_end_id is not None and seen_media and not self.template.renders_chunk_end:
                     pieces.append(self._end_of_chunk(sample))
                 seen_media = True
                 k = self.layout.placeholders_per_medium(self.media_specs[modality].projected_tokens)
-                pieces.append(_Piece([self.placeholder_ids[modality]] * k, [IGNORE_INDEX] * k, next(next_of[modality])))
-        if self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk:
+                block = [self.placeholder_ids[modality]] * k
+                if self.around_id is not None:  # a medium right after another shares the token between them
+                    adjacent = bool(pieces) and pieces[-1].medium is not None
+                    block = ([] if adjacent else [self.around_id]) + block + [self.around_id]
+                pieces.append(_Piece(block, [IGNORE_INDEX] * len(block), next(next_of[modality])))
+        if (self.chunk_end_id is not None and seen_media and self.training and self.layout.close_last_chunk
+                and not self.template.renders_chunk_end):
             pieces.append(self._end_of_chunk(sample))
         return pieces
 

@@ -1,17 +1,20 @@
 """Prompt templates: render a Sample into text segments, each marked as trained (response) or not.
 
-Picked by name in config (`template: vicuna_lamm | mmgpt | chat | document`). Media stay as
-placeholder markers inside the text; the processor turns them into token blocks. A conversation
+Picked by name in config (`template: vicuna_lamm | mmgpt | chat | document | openflamingo_caption |
+openflamingo_vqa`). Media stay as placeholder markers inside the text; the processor turns them into
+token blocks. A conversation
 that ends with a user turn is rendered with the assistant's prompt at the end (ready to generate).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, Sample, Turn
 from lamm.datasets.system_prompts import system_prompt_for
 from lamm.suggest import did_you_mean
+from lamm.tokens import END_OF_CHUNK
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,18 @@ class Template:
     name = "base"
     # Whether rendered text already holds the BOS token (chat templates write it themselves).
     renders_bos = False
+    # Whether rendered text already closes each medium's chunk (else the processor does, per the fusion's layout).
+    renders_chunk_end = False
 
     def __init__(self, system_prompt: str | None = None) -> None:
         self.system_prompt = system_prompt
 
     def render(self, sample: Sample, tokenizer) -> list[Segment]:
         raise NotImplementedError
+
+    def reply(self, generated: str) -> str:
+        """The answer in generated text (templates that train an end marker before EOS cut it off)."""
+        return generated.strip()
 
 
 class VicunaLammTemplate(Template):
@@ -98,50 +107,48 @@ _MEDIA_LABEL = {"image": "Image", "video": "Video", "pointcloud": "Point Cloud"}
 
 
 class MmgptTemplate(Template):
-    """Multimodal-GPT's unified instruction layout (our wording of its preamble).
-
-    Vision-language: `### Image:` block, `### Instruction:`, optional `### Input:`, `### Response:`;
-    language-only prompts drop the media block; later turns continue with Instruction/Response pairs.
-    Media marked in the first user turn move into the media block; later turns keep theirs inline.
+    """Multimodal-GPT's instruction layout, byte for byte as its datasets write it (Alpaca's preamble;
+    `### Image:`, `### Instruction:`, optional `### Input:`, `### Response:` sections joined by
+    "\n\n### "; each response trained with its `### End.` and EOS after it; later turns continue with
+    Instruction/Response pairs, as its dialogue data). Media marked in the first user turn move into
+    the media block; later turns keep theirs inline.
     """
 
     name = "mmgpt"
-    PREAMBLE = "The following is an instruction that describes a task{extra}. Write a response that completes the request appropriately."
-
-    def _preamble(self, has_media: bool, has_input: bool) -> str:
-        extra = []
-        if has_media:
-            extra.append("together with the media it refers to")
-        if has_input:
-            extra.append("paired with an input that gives further context")
-        return self.PREAMBLE.format(extra=(", " + " and ".join(extra)) if extra else "")
+    PREAMBLE = ("Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request.")
+    SEP = "\n\n### "
+    END = "### End."  # Multimodal-GPT appends it to every response it trains on
 
     def render(self, sample: Sample, tokenizer) -> list[Segment]:
         _require_chat(sample, self.name)
         eos = _eos(tokenizer)
         first = sample.turns[0] if sample.turns else Turn("user", "")
-        markers = MARKER_RE.findall(first.text)
-        default = self._preamble(bool(markers), bool(first.input))
-        system = _system(self.system_prompt, default, sample)
-        segs: list[Segment] = [Segment(system + "\n\n", False)] if system else []
+        markers = MARKER_RE.findall(first.text) if first.role == "user" else []
+        system = _system(self.system_prompt, self.PREAMBLE, sample)
+        segs: list[Segment] = [Segment(system, False)] if system else []
         for i, turn in enumerate(sample.turns):
             if turn.role == "user":
                 text = turn.text
                 block = ""
                 if i == 0 and markers:
-                    text = " ".join(MARKER_RE.sub(" ", text).split())
-                    block = "".join(f"### {_MEDIA_LABEL[MODALITY_OF_MARKER[m]]}:\n{m}\n\n" for m in markers)
-                body = f"{block}### Instruction:\n{text}\n\n"
+                    text = MARKER_RE.sub("", text).strip()
+                    block = "".join(f"{self.SEP}{_MEDIA_LABEL[MODALITY_OF_MARKER[m]]}:\n{m}" for m in markers)
+                body = f"{block}{self.SEP}Instruction:\n{text}"
                 if turn.input:
-                    body += f"### Input:\n{turn.input}\n\n"
+                    body += f"{self.SEP}Input:\n{turn.input}"
                 segs.append(Segment(body, False))
             else:
-                segs.append(Segment("### Response:\n", False))
-                segs.append(Segment(turn.text + eos, True))
-                segs.append(Segment("\n\n", False))
+                segs.append(Segment(f"{self.SEP}Response:\n", False))
+                segs.append(Segment(turn.text + self.END + eos, True))
         if sample.turns and sample.turns[-1].role == "user":
-            segs.append(Segment("### Response:\n", False))
+            segs.append(Segment(f"{self.SEP}Response:\n", False))
+        if not system and segs:  # without the preamble the text starts at its first section
+            segs[0] = Segment(segs[0].text.removeprefix("\n\n"), segs[0].train)
         return segs
+
+    def reply(self, generated: str) -> str:
+        return generated.split(self.END, 1)[0].strip()
 
 
 class ChatTemplate(Template):
@@ -204,8 +211,61 @@ class DocumentTemplate(Template):
         return [Segment(text + _eos(tokenizer), True)]
 
 
+class OpenFlamingoFewShotTemplate(Template):
+    """OpenFlamingo's few-shot evaluation prompts: each example `<image>{prompt}{answer}<|endofchunk|>`,
+    then the query `<image>{prompt}` (open_flamingo/eval: get_caption_prompt, get_vqa_prompt).
+
+    Used for in-context examples by the data processor (a conversation of example user/assistant
+    pairs) and the benchmark (`instruction: icl`). The template writes the chunk ends itself, whatever
+    the model's fusion, and trains the answer with its `<|endofchunk|>` (the reply ends there).
+    """
+
+    renders_chunk_end = True
+
+    def prompt(self, question: str) -> str:
+        raise NotImplementedError
+
+    def render(self, sample: Sample, tokenizer) -> list[Segment]:
+        _require_chat(sample, self.name)
+        segs: list[Segment] = []
+        for turn in sample.turns:
+            if turn.role == "user":
+                markers = "".join(MARKER_RE.findall(turn.text))
+                question = _user_text(Turn("user", MARKER_RE.sub("", turn.text).strip(), input=turn.input))
+                segs.append(Segment(markers + self.prompt(question), False))
+            else:
+                segs.append(Segment(turn.text + END_OF_CHUNK, True))
+        return segs
+
+
+class OpenFlamingoCaptionTemplate(OpenFlamingoFewShotTemplate):
+    """`<image>Output:{caption}<|endofchunk|>` (the question, if any, is not shown: OpenFlamingo's captioning)."""
+
+    name = "openflamingo_caption"
+
+    def prompt(self, question: str) -> str:
+        return "Output:"
+
+    def reply(self, generated: str) -> str:
+        return generated.split("Output", 1)[0].strip()  # as OpenFlamingo post-processes captions
+
+
+class OpenFlamingoVqaTemplate(OpenFlamingoFewShotTemplate):
+    """`<image>Question:{question} Short answer:{answer}<|endofchunk|>`."""
+
+    name = "openflamingo_vqa"
+
+    def prompt(self, question: str) -> str:
+        return f"Question:{question} Short answer:"
+
+    def reply(self, generated: str) -> str:
+        # OpenFlamingo's VQA post-processing: up to the next section word, then the first clause.
+        return re.split(", ", re.split("Question|Answer|Short", generated, maxsplit=1)[0], maxsplit=1)[0].strip()
+
+
 TEMPLATES: dict[str, Callable[..., Template]] = {
-    t.name: t for t in (VicunaLammTemplate, MmgptTemplate, ChatTemplate, DocumentTemplate)
+    t.name: t for t in (VicunaLammTemplate, MmgptTemplate, ChatTemplate, DocumentTemplate,
+                        OpenFlamingoCaptionTemplate, OpenFlamingoVqaTemplate)
 }
 
 

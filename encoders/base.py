@@ -19,6 +19,8 @@ class Encoder(nn.Module, ABC):
 
     modality: str = "image"
     output_dim: int
+    # Each medium's tokens are this many frames of equal length, frame-major (a video's frames).
+    frames_per_medium: int = 1
 
     @property
     @abstractmethod
@@ -32,3 +34,12 @@ class Encoder(nn.Module, ABC):
     @abstractmethod
     def num_tokens(self) -> int:
         """S, the tokens emitted per medium for media prepared by `transform`."""
+
+    @property
+    def has_pretrained_weights(self) -> bool:
+        """True when construction loaded published or trained weights (a tag, a file, a folder).
+
+        lamm-train refuses to freeze an encoder that has none (its features would be random noise)
+        unless `model.encoder.allow_random_frozen=true`; encoders that load weights override this.
+        """
+        return False

@@ -21,8 +21,7 @@ from .base import Encoder
 SELECT = ("patch", "full")
 # Two-tower (image-text) configs whose vision half has its own model class; that class reads the
 # vision weights out of the full checkpoint (`vision_model.*`), as LLaVA loads openai CLIP.
-_VISION_CLASS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel",
-                 "blip-2": "Blip2VisionModel"}
+_VISION_CLASS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
 # Attribute names the supported towers give their transformer layer list and final norm.
 _LAYER_LISTS = ("encoder.layers", "encoder.layer")
 _FINAL_NORMS = ("post_layernorm", "layernorm")
@@ -81,6 +80,9 @@ def load_vision_tower(path: str, dtype: torch.dtype | None) -> torch.nn.Module:
             raise ValueError(f"model.encoder.path: {path} holds a {config.model_type!r} model; hf_vision takes "
                              f"a vision tower or one of {sorted(_VISION_CLASS)}")
         return getattr(transformers, name).from_pretrained(path, dtype=dtype)
+    architecture = (getattr(config, "architectures", None) or [""])[0]
+    if architecture.endswith("VisionModel") and hasattr(transformers, architecture):
+        return getattr(transformers, architecture).from_pretrained(path, dtype=dtype)  # e.g. Blip2VisionModel
     return transformers.AutoModel.from_pretrained(path, dtype=dtype)
 
 

@@ -41,7 +41,11 @@ def create_clip(
 
 @ENCODERS.register("open_clip")
 class OpenCLIPEncoder(Encoder):
-    """Vision tower of an open_clip model; tokens are one block's output before ln_post/projection."""
+    """Vision tower of an open_clip model; tokens are one block's output before ln_post/projection.
+
+    `final_norm`: tokens after ln_post instead; with `layer=-1` these are the tokens that
+    `visual(x)` returns as its second output when `visual.output_tokens` is set (OpenFlamingo's).
+    """
 
     modality = "image"
 
@@ -53,6 +57,7 @@ class OpenCLIPEncoder(Encoder):
         include_cls: bool = False,
         image_size: int | None = None,
         model_cfg: dict[str, Any] | None = None,
+        final_norm: bool = False,
     ) -> None:
         super().__init__()
         model_cfg = to_plain(model_cfg)
@@ -65,10 +70,15 @@ class OpenCLIPEncoder(Encoder):
         if not -num_blocks <= layer < num_blocks:
             raise ValueError(f"open_clip expects layer in [-{num_blocks}, {num_blocks - 1}], got {layer}")
         self.layer = layer % num_blocks
+        pooled_first = getattr(visual, "final_ln_after_pool", False) or getattr(visual, "attn_pool", None) is not None
+        if final_norm and pooled_first:
+            raise ValueError(f"model.encoder.final_norm: {model_name!r} applies ln_post after pooling, "
+                             "not to its tokens")
         full_keys = set(visual.state_dict())
-        # Drop the blocks after `layer`, ln_post, the projection and any attentional pooler: never used,
-        # they would waste memory and leave gradient-less parameters that break DDP when training.
-        visual.prune_intermediate_layers([self.layer], prune_norm=True, prune_head=True)
+        # Drop the blocks after `layer`, ln_post (unless final_norm), the projection and any attentional
+        # pooler: never used, they would waste memory and leave gradient-less parameters that break DDP
+        # when training.
+        visual.prune_intermediate_layers([self.layer], prune_norm=not final_norm, prune_head=True)
         for name in ("attn_pool", "attn_pool_contrastive"):
             if getattr(visual, name, None) is not None:
                 setattr(visual, name, None)
@@ -76,7 +86,9 @@ class OpenCLIPEncoder(Encoder):
             self._load_file(visual, pretrained, full_keys)
         self.visual = visual
         self.model_name = model_name
+        self.pretrained = pretrained
         self.include_cls = include_cls
+        self.final_norm = final_norm
         self.output_dim = visual.transformer.width
         self.image_size = tuple(visual.image_size) if isinstance(visual.image_size, (tuple, list)) else (
             visual.image_size, visual.image_size)
@@ -105,6 +117,11 @@ class OpenCLIPEncoder(Encoder):
             )
 
     @property
+    def has_pretrained_weights(self) -> bool:
+        """An open_clip tag or a checkpoint file was given."""
+        return self.pretrained is not None
+
+    @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """open_clip's eval preprocessing for this model (resize, center crop, CLIP normalisation)."""
         import open_clip
@@ -128,6 +145,7 @@ class OpenCLIPEncoder(Encoder):
             indices=[self.layer],
             stop_early=True,
             intermediates_only=True,
+            normalize_intermediates=self.final_norm,
             output_fmt="NLC",
             output_extra_tokens=self.include_cls,
         )

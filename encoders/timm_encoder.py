@@ -48,6 +48,7 @@ class TimmEncoder(Encoder):
             kwargs.pop("img_size")
             self.model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
         self.model_name = model_name
+        self.pretrained = bool(pretrained)  # true too when checkpoint_path gave the weights
         self.include_prefix = include_prefix
         self.output_dim = self.model.num_features
         data_cfg = timm.data.resolve_model_data_config(self.model)
@@ -55,6 +56,11 @@ class TimmEncoder(Encoder):
             data_cfg["input_size"] = (3, img_size, img_size)
         self.data_config = data_cfg
         self._num_tokens: int | None = None
+
+    @property
+    def has_pretrained_weights(self) -> bool:
+        """timm's hub weights or a checkpoint file were loaded."""
+        return self.pretrained
 
     @property
     def transform(self) -> Callable[[Any], torch.Tensor]:

@@ -77,6 +77,11 @@ class VideoEncoder(Encoder):
         self.frame_embed = nn.Parameter(torch.randn(max_frames, self.output_dim) * 0.02)
 
     @property
+    def has_pretrained_weights(self) -> bool:
+        """The frames' image encoder holds all the weights."""
+        return self.image_encoder.has_pretrained_weights
+
+    @property
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """uint8 frames [F, H, W, C] (or a list of PIL images) -> Tensor[num_frames, C, H, W]."""
         return VideoTransform(self.image_encoder.transform, self.num_frames)
@@ -92,6 +97,11 @@ class VideoEncoder(Encoder):
         if self.temporal_pool == "mean":
             return tokens.mean(dim=1)
         return tokens.flatten(1, 2)
+
+    @property
+    def frames_per_medium(self) -> int:
+        """num_frames, or 1 when frames are mean-pooled."""
+        return 1 if self.temporal_pool == "mean" else self.num_frames
 
     def num_tokens(self) -> int:
         """S of the image encoder, times num_frames unless frames are mean-pooled."""

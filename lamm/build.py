@@ -6,7 +6,7 @@ from typing import Any
 from lamm.components import build_component
 from lamm.model import MultimodalLM
 from lamm.plain_config import to_plain
-from lamm.policy import TrainablePolicy, apply_policy
+from lamm.policy import TrainablePolicy, apply_policy, split_encoder_node
 from lamm.registry import ENCODERS, FUSIONS, LLMS, PROJECTORS
 
 
@@ -25,7 +25,10 @@ def build_model(cfg: Any) -> MultimodalLM:
     policy = TrainablePolicy.from_config(cfg.get("policy"))
     llm = build_component(LLMS, cfg["llm"], "model.llm")
 
-    encoder_cfgs = _per_modality(cfg["encoder"]) or {"": cfg["encoder"]}
+    encoder_node, _ = split_encoder_node(to_plain(cfg["encoder"]))  # the flag is lamm-train's
+    if encoder_node is None:
+        raise ValueError("model.encoder: missing required key (choose one with model/encoder=NAME)")
+    encoder_cfgs = _per_modality(encoder_node) or {"": encoder_node}
     encoders = {}
     for key, enc_cfg in encoder_cfgs.items():
         where = f"model.encoder.{key}" if key else "model.encoder"

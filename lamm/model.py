@@ -114,7 +114,14 @@ class MultimodalLM(nn.Module):
                 )
             if len(item) == 0:
                 continue
-            tokens = self.projectors[modality](self.encoders[modality](item.data))
+            projector, encoder = self.projectors[modality], self.encoders[modality]
+            time_inputs = getattr(projector, "time_inputs", ())  # plug-in projectors may not subclass Projector
+            extra: dict[str, Any] = {}
+            if "media_positions" in time_inputs:
+                extra["media_positions"] = _position_in_sample(item.sample_index)
+            if "frames" in time_inputs:
+                extra["frames"] = getattr(encoder, "frames_per_medium", 1)
+            tokens = projector(encoder(item.data), **extra)
             out[modality] = MediaTokens(tokens, item.sample_index)
         return out
 
@@ -383,6 +390,12 @@ class MultimodalLM(nn.Module):
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip padding on either side."""
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def _position_in_sample(sample_index: torch.Tensor) -> torch.Tensor:
+    """[N]: each medium's index among the media of its own sample (media are in text order per sample)."""
+    same = sample_index.unsqueeze(0) == sample_index.unsqueeze(1)
+    return torch.tril(same, diagonal=-1).sum(1)
 
 
 def _step_positions(prompt_positions: torch.Tensor, total: int) -> torch.Tensor:

@@ -27,11 +27,14 @@ class TextLayout:
     <|endofchunk|>), written before the next medium; None: chunks are not marked.
     `close_last_chunk`: whether a training sequence also ends with `chunk_end` (prompts never do:
     the model is still writing that chunk).
+    `around`: a token of the LLM's own vocabulary written before and after each medium's placeholders,
+    media next to each other sharing the one between them (IDEFICS's <fake_token_around_image>); None: none.
     """
 
     placeholders: int | None = None
     chunk_end: str | None = None
     close_last_chunk: bool = True
+    around: str | None = None
 
     def __post_init__(self) -> None:
         if self.placeholders is not None and self.placeholders < 1:
@@ -44,8 +47,11 @@ class TextLayout:
         return projected_tokens if self.placeholders is None else self.placeholders
 
     def medium_text(self, modality: str, projected_tokens: int) -> str:
-        """One medium in a hand-written prompt: its placeholder block, closed by `chunk_end` if chunks are marked."""
-        return PLACEHOLDERS[modality] * self.placeholders_per_medium(projected_tokens) + (self.chunk_end or "")
+        """One medium in a hand-written prompt: its placeholder block (between two `around` tokens if set),
+        closed by `chunk_end` if chunks are marked."""
+        around = self.around or ""
+        return around + PLACEHOLDERS[modality] * self.placeholders_per_medium(projected_tokens) + around + (
+            self.chunk_end or "")
 
 
 def add_media_tokens(tokenizer) -> dict[str, int]:

@@ -10,6 +10,10 @@ from torch import nn
 class Projector(nn.Module, ABC):
     """Built from `(in_dim, out_dim, **cfg)`; maps `[N, S, in_dim]` to `[N, K, out_dim]`."""
 
+    # Keywords `forward` also takes, which the model then passes: "media_positions" (LongTensor [N],
+    # each medium's index among the media of its sample) and "frames" (frames per medium, frame-major).
+    time_inputs: frozenset[str] = frozenset()
+
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.in_dim = in_dim

@@ -10,13 +10,19 @@ or a point cloud of many groups). Each of `depth` layers is
 followed by a final LayerNorm. As in Flamingo the resampler works at the encoder's width (in_dim);
 one Linear then maps to the LLM's width (out_dim).
 
-Time embeddings (both optional, both off unless their size is configured):
+IDEFICS's resampler is this one with `qk_norm` (a LayerNorm on each head's queries and keys),
+`ff_act: relu` and `out_proj: false` (no final Linear: its cross-attention reads keys and values
+from media at the encoder's width, so out_dim becomes in_dim).
+
+Time embeddings (both optional, both off unless their size is configured; the model passes
+`frames` and `media_positions` exactly when they are on, see `time_inputs`):
 
 - `max_frames`: when the S input tokens are F frames of S/F tokens each (frame-major), call
   `forward(x, frames=F)` and a learned embedding per frame index is added to that frame's tokens
   before resampling, so the latents can tell frames apart.
 - `max_media`: `forward(x, media_positions=p)` with `p` a LongTensor `[N]` giving each item's
   index among the media of its sample (Flamingo's T axis) adds a learned embedding per index.
+  OpenFlamingo's `media_time_embs` [T, 1, D] are these [T, D] weights.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from lamm.registry import PROJECTORS
 class PerceiverAttention(nn.Module):
     """Latents attend to concat(media, latents); separate LayerNorms for media and latents."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, qk_norm: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.dim_head = dim_head
@@ -42,6 +48,8 @@ class PerceiverAttention(nn.Module):
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
+        self.q_norm = nn.LayerNorm(dim_head) if qk_norm else None
+        self.k_norm = nn.LayerNorm(dim_head) if qk_norm else None
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         n, length, _ = t.shape
@@ -54,19 +62,25 @@ class PerceiverAttention(nn.Module):
         q = self._split_heads(self.to_q(latents))
         # Latents also attend to themselves, so a query always has something relevant to attend to.
         k, v = self.to_kv(torch.cat([media, latents], dim=1)).chunk(2, dim=-1)
-        out = F.scaled_dot_product_attention(q, self._split_heads(k), self._split_heads(v))
+        k = self._split_heads(k)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, self._split_heads(v))
         n, _, k_len, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(n, k_len, self.heads * self.dim_head))
 
 
-class FeedForward(nn.Sequential):
-    """LN -> Linear(dim, mult*dim) -> GELU -> Linear(mult*dim, dim), no biases (as in Flamingo)."""
+FF_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
-    def __init__(self, dim: int, mult: int) -> None:
+
+class FeedForward(nn.Sequential):
+    """LN -> Linear(dim, mult*dim) -> GELU (or `act`) -> Linear(mult*dim, dim), no biases (as in Flamingo)."""
+
+    def __init__(self, dim: int, mult: int, act: str = "gelu") -> None:
         super().__init__(
             nn.LayerNorm(dim),
             nn.Linear(dim, dim * mult, bias=False),
-            nn.GELU(),
+            FF_ACTIVATIONS[act](),
             nn.Linear(dim * mult, dim, bias=False),
         )
 
@@ -86,27 +100,34 @@ class PerceiverResampler(Projector):
         ff_mult: int = 4,
         max_frames: int | None = None,
         max_media: int | None = None,
+        qk_norm: bool = False,
+        ff_act: str = "gelu",
+        out_proj: bool = True,
     ) -> None:
-        super().__init__(in_dim, out_dim)
+        # Without the output Linear the tokens stay at the encoder's width.
+        super().__init__(in_dim, out_dim if out_proj else in_dim)
         if num_latents < 1 or depth < 1 or heads < 1 or dim_head < 1 or ff_mult < 1:
             raise ValueError(
                 "perceiver projector needs num_latents, depth, heads, dim_head, ff_mult >= 1, got "
                 f"{num_latents}, {depth}, {heads}, {dim_head}, {ff_mult}"
             )
+        if ff_act not in FF_ACTIVATIONS:
+            raise ValueError(f"model.projector.ff_act must be one of {', '.join(FF_ACTIVATIONS)}, got {ff_act!r}")
         self.num_latents = num_latents
         self.max_frames = max_frames
         self.max_media = max_media
+        self.time_inputs = frozenset(k for k, size in (("frames", max_frames), ("media_positions", max_media)) if size)
         # Unit-variance latents as in Flamingo; every use goes through a LayerNorm first.
         self.latents = nn.Parameter(torch.randn(num_latents, in_dim))
         # Small time embeddings so they start as a perturbation of the encoder's features.
         self.frame_embs = nn.Parameter(0.02 * torch.randn(max_frames, in_dim)) if max_frames else None
         self.media_time_embs = nn.Parameter(0.02 * torch.randn(max_media, in_dim)) if max_media else None
         self.layers = nn.ModuleList(
-            nn.ModuleList([PerceiverAttention(in_dim, heads, dim_head), FeedForward(in_dim, ff_mult)])
+            nn.ModuleList([PerceiverAttention(in_dim, heads, dim_head, qk_norm), FeedForward(in_dim, ff_mult, ff_act)])
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(in_dim)
-        self.proj = nn.Linear(in_dim, out_dim)
+        self.proj = nn.Linear(in_dim, out_dim) if out_proj else nn.Identity()
 
     def num_tokens(self, num_input_tokens: int) -> int:
         """K = num_latents, independent of S."""

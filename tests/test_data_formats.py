@@ -162,8 +162,8 @@ def test_mmgpt_language_only_vision_language_and_multi_turn(tok, media, tmp_path
     ])
     ds, batch = load_all(tok, {"name": "mmgpt", "path": [alpaca, str(dolly), vl], "root": str(media)})
     assert batch.ids == ["#0", "#1", "#0", "vl", "mt"]
-    assert responses(tok, batch) == ["Red.<|im_end|>", "hello<|im_end|>", "yes<|im_end|>", "red<|im_end|>",
-                                     "square<|im_end|>red<|im_end|>"]
+    end = "### End.<|im_end|>"  # Multimodal-GPT trains its end marker and EOS after every response
+    assert responses(tok, batch) == [f"Red.{end}", f"hello{end}", f"yes{end}", f"red{end}", f"square{end}red{end}"]
     texts = [tok.decode(batch.input_ids[i][batch.attention_mask[i].bool()]) for i in range(len(batch))]
     assert "### Image:" not in texts[0] and "### Instruction:\nName a colour.\n\n### Response:\nRed." in texts[0]
     assert "### Input:\nbonjour\n\n### Response:\n" in texts[1]

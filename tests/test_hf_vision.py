@@ -65,7 +65,7 @@ def test_features_equal_hf_hidden_states(towers, kind, prefix) -> None:
             want = hidden[layer] if select == "full" else hidden[layer][:, prefix:]
             assert got.shape == want.shape == (2, enc.num_tokens(), 32), (layer, select)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-            assert enc.output_dim == 32
+            assert enc.output_dim == 32 and enc.has_pretrained_weights
     assert HFVisionEncoder(str(path), select="patch").num_tokens() == 16
     assert HFVisionEncoder(str(path), select="full").num_tokens() == 16 + prefix
 
@@ -103,7 +103,10 @@ def test_pad_to_square_uses_the_mean_colour(towers) -> None:
     assert not torch.equal(enc.transform(image), HFVisionEncoder(str(path)).transform(image))
 
 
-def test_bad_options_fail_with_one_line(towers, tmp_path) -> None:
+def test_dtype_and_bad_options(towers, tmp_path) -> None:
+    half = HFVisionEncoder(str(towers["siglip"]), dtype="bfloat16").eval()
+    with torch.no_grad():
+        assert half(half.transform(_image()).unsqueeze(0)).dtype == torch.bfloat16
     path = str(towers["clip"])
     cases = [(dict(path=path, layer=9), "model.encoder.layer"), (dict(path=path, select="cls"), "model.encoder.select"),
              (dict(path=str(tmp_path / "missing" / "x")), "is not a folder"),

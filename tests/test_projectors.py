@@ -130,6 +130,10 @@ def test_yaml_configs_build(path):
     name = cfg.pop("name")
     if path.stem == "perceiver":  # Flamingo's sizes, checked but shrunk in width to stay fast
         assert (cfg["num_latents"], cfg["depth"], cfg["heads"], cfg["dim_head"]) == (64, 6, 8, 64)
+    if path.stem == "qformer":  # BLIP-2's sizes, checked, then shrunk (tests/test_qformer.py compares with HF)
+        assert (cfg["num_query_tokens"], cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"],
+                cfg["intermediate_size"], cfg["cross_attention_frequency"]) == (32, 12, 768, 12, 3072, 2)
+        cfg.update(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
     proj = PROJECTORS.build(name, in_dim=IN, out_dim=OUT, **cfg)
     out = proj(torch.randn(2, 16, IN))
     assert out.shape == (2, proj.num_tokens(16), OUT)
@@ -137,4 +141,4 @@ def test_yaml_configs_build(path):
 
 def test_config_names_cover_builtins():
     names = {yaml.safe_load(p.read_text())["name"] for p in CONF_DIR.glob("*.yaml")}
-    assert names == {"linear", "mlp", "perceiver"}
+    assert names == {"linear", "mlp", "perceiver", "qformer"}

@@ -65,6 +65,14 @@ COVERED_BY = {
     ".venv/bin/torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr node0 --master_port 29500 "
     "--no-python .venv/bin/lamm-train experiment=lamm_2d trainer=ddp trainer.devices=8 trainer.num_nodes=2":
         "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    ".venv/bin/lamm-train experiment=llava15_stage1 model/encoder=hf_clip_vit_l14_336 "
+    "model.encoder.path=/models/clip-vit-large-patch14-336 model.llm.path=/models/vicuna-13b-v1.5 "
+    "data.path=/data/llava/blip_laion_cc_sbu_558k.json": "tests/test_hf_vision.py::test_lamm_train_with_a_clip_tower_folder",
+    ".venv/bin/lamm-train experiment=lamm_2d model.encoder.pretrained=/models/clip-vit-l-14.safetensors "
+    "model.llm.path=/models/vicuna-13b-v1.5 data.path=/data/LAMM/LAMM_instruct_2d.json":
+        "tests/test_encoder_weights.py::test_lamm_train_research_recipe_without_weights_exits_2",
+    ".venv/bin/lamm import hf_blip2 /models/blip2-opt-2.7b runs/blip2-opt-2.7b":
+        "tests/test_zoo_blip2.py::test_logits_and_greedy_tokens_equal_transformers",
     ".venv/bin/torchrun --nproc_per_node 2 --no-python .venv/bin/lamm-eval benchmark=shapes_ppl "
     "checkpoint=runs/quickstart-prefix/<time>": "tests/test_bench_eval.py::test_two_processes_equal_one",
 }

@@ -85,7 +85,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from rich.console import Console
 
     from lamm.build import build_model
-    from lamm.policy import parameter_report
+    from lamm.policy import (check_frozen_encoders_have_weights, check_gradients_flow, parameter_report,
+                             split_encoder_node)
     from lamm.training.datamodule import LammDataModule
     from lamm.training.export import EXPORT_DIR, export_model, init_from_run
     from lamm.training.method import build_methods
@@ -105,6 +106,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.get("init_from"):
         copied = init_from_run(model, cfg.init_from)
         console.print(f"init_from {cfg.init_from}: {len(copied)} tensors copied")
+    _, allow_random_frozen = split_encoder_node(to_plain(cfg.model.encoder))
+    check_frozen_encoders_have_weights(model, model.policy, allow_random_frozen, copied if cfg.get("init_from") else ())
+    check_gradients_flow(model, model.policy)  # gates frozen at 0 (no init_from, or one without trained gates)
     counts = parameter_report(model)
     console.print("trainable parameters: " + ", ".join(f"{k} {t:,}/{n:,}" for k, (t, n) in counts.items() if n))
     max_steps = int(cfg.trainer.max_steps)

@@ -57,6 +57,12 @@ class Fusion(nn.Module, ABC):
     def check_call(self, state: Any, layer_kwargs: dict[str, Any]) -> None:
         """Called after every decoder call with the state and the kwargs it was given; raise if it went wrong."""
 
+    def zero_gated_parameters(self) -> tuple[list[str], bool]:
+        """Trainable parameters (names within the fusion) whose gradient is exactly zero because a frozen
+        gate scaling their output is 0, and whether that cuts the media off the text entirely (then the
+        encoders and projectors get no gradient either). Fusions without gates: ([], False)."""
+        return [], False
+
 
 def placeholder_masks(input_ids: torch.Tensor, media_token_ids: dict[str, int], modalities) -> dict[str, torch.Tensor]:
     """Boolean [B, T] masks of each modality's placeholder token."""

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lamm.fusion.base import Fusion, MediaTokens, check_media_counts, placeholder_masks
+from lamm.fusion.gates import zero_gated
 from lamm.registry import FUSIONS
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, TextLayout
 
@@ -25,6 +26,19 @@ LAYER_KWARG = "lamm_xattn"
 
 
 OUTPUT_SCALES = ("none", "residual")
+NORMS = ("layer", "rms")
+FFNS = ("gelu", "swiglu")
+GATES = ("float", "vector")
+PLACEMENTS = ("last", "first")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.fusion.{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _norm(kind: str, dim: int, eps: float) -> nn.Module:
+    return nn.LayerNorm(dim, eps=eps) if kind == "layer" else nn.RMSNorm(dim, eps=eps)
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -35,31 +49,59 @@ class GatedCrossAttentionBlock(nn.Module):
     magnitude with depth (SmolLM2: RMS 0.1 at layer 0, ~27 at layer 29), so a block whose output is
     O(0.05) is invisible in deep layers unless its weights grow 100x; measured in units of the
     residual, one learning rate fits every depth. Gates still start at 0, so the LLM is unchanged at init.
+
+    The defaults are Flamingo's block; IDEFICS's is `norm="rms"` (also on q and k per head with
+    `qk_norm`), `ffn="swiglu"` of width `ff_dim`, `gate="vector"` (one gate per channel) and keys and
+    values read from media of width `media_dim` (its resampler works at the vision width).
     """
 
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, ff_mult: int = 4,
-                 output_scale: str = "none") -> None:
+                 output_scale: str = "none", norm: str = "layer", norm_eps: float = 1e-5,
+                 ffn: str = "gelu", ff_dim: int | None = None, gate: str = "float",
+                 gate_init: float = 0.0, gate_init_std: float = 0.0, qk_norm: bool = False,
+                 media_dim: int | None = None) -> None:
         super().__init__()
         if output_scale not in OUTPUT_SCALES:
             raise ValueError(f"model.fusion.output_scale must be one of {', '.join(OUTPUT_SCALES)}, got {output_scale!r}")
+        _choice("norm", norm, NORMS)
+        _choice("ffn", ffn, FFNS)
+        _choice("gate", gate, GATES)
         inner = heads * dim_head
+        hidden = ff_dim or dim * ff_mult
         self.heads, self.dim_head = heads, dim_head
         self.output_scale = output_scale
-        self.norm = nn.LayerNorm(dim)
+        self.norm = _norm(norm, dim, norm_eps)
         self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_kv = nn.Linear(media_dim or dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
-        self.ff_norm = nn.LayerNorm(dim)
-        self.ff_in = nn.Linear(dim, dim * ff_mult, bias=False)
-        self.ff_out = nn.Linear(dim * ff_mult, dim, bias=False)
-        self.ff_gate = nn.Parameter(torch.zeros(1))
+        self.q_norm = _norm(norm, dim_head, norm_eps) if qk_norm else None
+        self.k_norm = _norm(norm, dim_head, norm_eps) if qk_norm else None
+        self.attn_gate = nn.Parameter(self._initial_gate(gate, dim, gate_init, gate_init_std))
+        self.ff_norm = _norm(norm, dim, norm_eps)
+        self.ff_in = nn.Linear(dim, hidden, bias=False)
+        self.ff_out = nn.Linear(hidden, dim, bias=False)
+        # SwiGLU: ff_out(silu(ff_in_gate(x)) * ff_in(x)).
+        self.ff_in_gate = nn.Linear(dim, hidden, bias=False) if ffn == "swiglu" else None
+        self.ff_gate = nn.Parameter(self._initial_gate(gate, dim, gate_init, gate_init_std))
+
+    @staticmethod
+    def _initial_gate(gate: str, dim: int, mean: float, std: float) -> torch.Tensor:
+        shape = (1,) if gate == "float" else (dim,)
+        return torch.normal(mean, std, shape) if std > 0 else torch.full(shape, float(mean))
 
     def keys_values(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, L, D] media tokens -> per-head keys and values [B, H, L, dh] (computed once per prompt)."""
         b, n, _ = media.shape
         k, v = self.to_kv(media).view(b, n, 2, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         return k, v
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The gated block's FFN on normed input: GELU MLP, or SwiGLU when built with `ffn="swiglu"`."""
+        if self.ff_in_gate is not None:
+            return self.ff_out(F.silu(self.ff_in_gate(x)) * self.ff_in(x))
+        return self.ff_out(F.gelu(self.ff_in(x)))
 
     def forward(
         self,
@@ -71,6 +113,8 @@ class GatedCrossAttentionBlock(nn.Module):
         b, t, _ = x.shape
         scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt() if self.output_scale == "residual" else 1.0
         q = self.to_q(self.norm(x)).view(b, t, self.heads, self.dim_head).transpose(1, 2)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         k, v = kv
         # Rows with no visible media would be all -inf (NaN); open them and zero the output instead.
         mask = (allowed | ~has_media.unsqueeze(-1)).unsqueeze(1)
@@ -81,7 +125,7 @@ class GatedCrossAttentionBlock(nn.Module):
         attn = attn.transpose(1, 2).reshape(b, t, -1)
         attn = self.to_out(attn) * has_media.unsqueeze(-1).to(x.dtype)
         x = x + torch.tanh(self.attn_gate) * attn * scale
-        return x + torch.tanh(self.ff_gate) * self.ff_out(F.gelu(self.ff_in(self.ff_norm(x)))) * scale
+        return x + torch.tanh(self.ff_gate) * self.feed_forward(self.ff_norm(x)) * scale
 
 
 @dataclass
@@ -94,6 +138,7 @@ class CrossAttentionState:
     last_slot: torch.Tensor  # [B]: slot of the most recent media token seen so far (-1: none yet)
     only_latest: bool
     kv_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block key -> K/V
+    closed: torch.Tensor | None = None  # [B]: an end of sequence came after the most recent media (eos_ends_media)
 
 
 @dataclass
@@ -125,25 +170,51 @@ class GatedCrossAttentionFusion(Fusion):
         only_latest_media: bool = True,
         media_norm: bool = False,
         output_scale: str = "none",
+        placement: str = "last",
+        norm: str = "layer",
+        norm_eps: float = 1e-5,
+        ffn: str = "gelu",
+        ff_dim: int | None = None,
+        gate: str = "float",
+        gate_init: float = 0.0,
+        gate_init_std: float = 0.0,
+        qk_norm: bool = False,
+        media_dim: int | None = None,
+        eos_ends_media: bool = False,
+        chunk_end: str | None = END_OF_CHUNK,
+        media_around: str | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= every <= num_layers:
             raise ValueError(f"model.fusion.every must be between 1 and the LLM's {num_layers} layers, got {every}")
+        _choice("placement", placement, PLACEMENTS)
         self.every = every
         self.only_latest_media = only_latest_media
-        # Layer i gets a block when (i + 1) % every == 0 (OpenFlamingo's placement).
-        self.layer_ids = [i for i in range(num_layers) if (i + 1) % every == 0]
+        if chunk_end != END_OF_CHUNK or media_around is not None:
+            # IDEFICS writes <fake_token_around_image><image><fake_token_around_image> and no chunk ends.
+            self.layout = TextLayout(placeholders=1, chunk_end=chunk_end, around=media_around)
+        # IDEFICS: tokens after an end of sequence see no media until the next medium (packed documents).
+        self.eos_ends_media = eos_ends_media
+        self.eos_token_id: int | None = None
+        # "last": layer i gets a block when (i + 1) % every == 0 (OpenFlamingo's placement);
+        # "first": when i % every == 0, so layer 0 has one (IDEFICS's cross_layer_interval).
+        first = placement == "first"
+        self.layer_ids = [i for i in range(num_layers) if (i if first else i + 1) % every == 0]
+        block_options = dict(norm=norm, norm_eps=norm_eps, ffn=ffn, ff_dim=ff_dim, gate=gate, gate_init=gate_init,
+                             gate_init_std=gate_init_std, qk_norm=qk_norm, media_dim=media_dim)
         self.blocks = nn.ModuleDict(
-            {str(i): GatedCrossAttentionBlock(hidden_size, heads, dim_head, ff_mult, output_scale) for i in self.layer_ids}
+            {str(i): GatedCrossAttentionBlock(hidden_size, heads, dim_head, ff_mult, output_scale, **block_options)
+             for i in self.layer_ids}
         )
         # A projector without a final norm (linear, MLP) hands over media at any scale; Flamingo's
         # resampler ends in a LayerNorm, so the blocks can share one here when the projector lacks it.
-        self.media_norm = nn.LayerNorm(hidden_size) if media_norm else None
+        self.media_norm = nn.LayerNorm(media_dim or hidden_size) if media_norm else None
         self.media_token_ids: dict[str, int] = {}
         self._hooks: list[Any] = []
 
     def attach(self, llm: Any) -> None:
         self.media_token_ids = dict(llm.media_token_ids)
+        self.eos_token_id = llm.tokenizer.eos_token_id
         for hook in self._hooks:
             hook.remove()
         self._hooks = [
@@ -234,7 +305,23 @@ class GatedCrossAttentionFusion(Fusion):
             is_media |= input_ids == self.media_token_ids[PLACEHOLDERS[modality]]
         token_slot = state.last_slot.unsqueeze(1) + is_media.long().cumsum(1)
         state.last_slot = token_slot[:, -1]
+        if self.eos_ends_media and self.eos_token_id is not None:
+            token_slot = token_slot.masked_fill(self._after_eos(state, input_ids, is_media), -1)
         return {LAYER_KWARG: CallConditioning(state, token_slot)}
+
+    def _after_eos(self, state: CrossAttentionState, input_ids: torch.Tensor, is_media: torch.Tensor) -> torch.Tensor:
+        """[B, T]: tokens with an end of sequence between them and their most recent medium (the EOS
+        itself still sees it); advances `state.closed` across calls."""
+        is_eos = (input_ids == self.eos_token_id).long()
+        eos_through = is_eos.cumsum(1)
+        eos_before = eos_through - is_eos
+        # EOS count before the most recent medium of this call (-1: none yet); counts only grow, so cummax.
+        at_media = torch.where(is_media, eos_before, torch.full_like(eos_before, -1)).cummax(1).values
+        carried = state.closed if state.closed is not None else torch.zeros_like(is_media[:, 0])
+        closed = torch.where(at_media < 0, carried.unsqueeze(1) | (eos_before > 0), eos_before > at_media)
+        last = at_media[:, -1]
+        state.closed = torch.where(last < 0, carried | (eos_through[:, -1] > 0), eos_through[:, -1] > last)
+        return closed
 
     def check_call(self, state: CrossAttentionState | None, layer_kwargs: dict[str, Any]) -> None:
         """Fail loudly if the decoder swallowed the conditioning kwargs instead of passing them on."""
@@ -244,3 +331,6 @@ class GatedCrossAttentionFusion(Fusion):
                 "gated_xattn: the LLM's decoder did not pass keyword arguments to its layers, so "
                 "cross-attention never ran; this model family is not supported by gated_xattn"
             )
+
+    def zero_gated_parameters(self) -> tuple[list[str], bool]:
+        return zero_gated(self.blocks, {"media_norm": self.media_norm})

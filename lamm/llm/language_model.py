@@ -53,6 +53,8 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.name = name
         self.tokenizer = tokenizer
+        known = tokenizer.get_vocab()
+        added = [t for t in MEDIA_TOKENS if t not in known]
         self.media_token_ids = add_media_tokens(tokenizer)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -71,10 +73,12 @@ class LanguageModel(nn.Module):
         base = causal_lm.get_input_embeddings().weight
         with torch.no_grad():
             # New rows start at the mean embedding, in the HF table too, so a bare forward of the
-            # HF model and ours agree until the media tokens train.
+            # HF model and ours agree until the media tokens train. Tokens the tokenizer already had
+            # (an imported OpenFlamingo's <image>) keep their trained rows, which a tied LM head reads.
             others = torch.ones(base.shape[0], dtype=torch.bool)
             others[ids] = False
-            base[ids] = base[others].mean(0, keepdim=True).to(base.dtype)
+            new = [self.media_token_ids[t] for t in added]
+            base[new] = base[others].mean(0, keepdim=True).to(base.dtype)
         self.media_token_embedding = nn.Parameter(base[ids].detach().clone().float())
 
     # -- the operations the rest of the framework uses -------------------------------------

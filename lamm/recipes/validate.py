@@ -219,6 +219,10 @@ def _check_parts(checker: _Checker, model: dict, part: str, registry: Any, fixed
                  nested: dict | None = None) -> None:
     """model.<part>: one component, or one per modality, each checked against the registry."""
     node = model.get(part)
+    if part == "encoder":
+        from lamm.policy import split_encoder_node
+
+        node, _ = split_encoder_node(node)  # lamm-train's flag, not an encoder argument
     key = f"model.{part}"
     if node is None or node == MISSING:
         checker.add(key, f"missing required key (choose one with model/{part}=NAME)")
