@@ -409,3 +409,18 @@ def test_corrupted_original_checkpoints_fail_in_one_line(original, corruption, m
     assert code == 2 and len(err) == 1 and err[0].startswith("lamm import: error:"), err
     assert message.format(file=file) in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing written, no staging left
+
+
+def test_dtype_option_and_bad_options(sources, tmp_path, capsys) -> None:
+    from lamm.cli.main import main
+    from lamm.zoo.llava import import_hf_llava
+
+    plan = import_hf_llava(sources["clip"], dtype="bfloat16")
+    assert {"model.llm.dtype=bfloat16", "model.encoder.dtype=bfloat16"} <= set(plan.overrides)
+    assert {"model.projector.bias=true", "model.encoder.layer=-2", "model.encoder.select=patch"} <= set(plan.overrides)
+    for option, message in (("dtype=float8", "--option dtype=float8: expected one of float32, bfloat16, float16"),
+                            ("llm=/x", "--option llm: format hf_llava takes no such option (its options: dtype)")):
+        assert main(["import", "hf_llava", str(sources["clip"]), str(tmp_path / "out"), "--option", option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
