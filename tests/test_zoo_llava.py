@@ -172,10 +172,12 @@ def synth(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned(imported, synth, tmp_path_factory) -> Path:
-    """3 lamm-train steps (projector + LoRA) on LAMM-format data, starting from the imported LLaVA."""
+    """3 lamm-train steps (projector + LoRA) on LAMM-format data, starting from the imported LLaVA, with
+    images padded to a square (the user's override of the import's setting)."""
     tmp = tmp_path_factory.mktemp("finetune")
     result = _run("lamm-train", f"init_from={imported['clip']}", "data=lamm_2d",
-                  f"data.path={synth / 'shapes' / 'train.json'}", "trainer.max_steps=3", "data.batch_size=4",
+                  f"data.path={synth / 'shapes' / 'train.json'}", "trainer.max_steps=3",
+                  "model.encoder.pad_to_square=true",  # LLaVA-1.5's padding; the exporter writes it as do_pad "data.batch_size=4",
                   "data.num_workers=0", "data.shuffle=false", "optim.lr=1e-2", "optim.warmup_steps=0",
                   f"paths.runs_dir={tmp / 'runs'}", "logger=[csv]", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -198,7 +200,9 @@ def test_finetuning_the_import_lowers_the_loss(imported, finetuned, synth) -> No
     cfg = OmegaConf.load(finetuned / "config.yaml")
     assert cfg.model.encoder.name == "hf_vision" and cfg.model.policy.llm == "lora"
     assert cfg.data.template == "chat" and cfg.data.name == "lamm"  # the import's template, the user's data
+    assert cfg.model.encoder.pad_to_square  # the user's override won over the import's
     before, _ = load_for_inference(imported["clip"])
+    before.encoders["image"].transform.pad_to_square = True  # the same pixels as the run saw
     after, _ = load_for_inference(finetuned)
     with torch.no_grad():
         loss_before = before(_fixed_batch(before, synth)).loss.item()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from lamm.registry import EXPORT_FORMATS
-from lamm.tokens import PLACEHOLDERS
+from lamm.tokens import MEDIA_TOKENS, PLACEHOLDERS
 from lamm.zoo.hf_folders import write_safetensors_shards
 from lamm.zoo.state import CheckpointKeyError
 
@@ -92,7 +92,7 @@ def export_hf_llava(run: Path, staging: Path) -> None:
     embed = causal_lm.get_input_embeddings().weight
     if not tied:  # the media tokens' own (trainable) table is their input embedding; tied rows also score them
         with torch.no_grad():
-            ids = [llm.media_token_ids[t] for t in llm.media_token_ids]
+            ids = [llm.media_token_ids[t] for t in MEDIA_TOKENS]  # the order of media_token_embedding's rows
             embed[ids] = llm.media_token_embedding.to(embed.dtype)
     image_token = PLACEHOLDERS[IMAGE]
     strategy = "default" if encoder.select == "patch" and encoder.num_prefix_tokens == 1 else "full"
