@@ -428,3 +428,32 @@ def test_dtype_option_and_bad_options(sources, tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_with_lamms_tiny_tied_llm_exports(synth, tmp_path) -> None:
+    """hf_vision + mlp + prefix + lamm's tiny Llama (tied embeddings, its own ChatML template), 2 LoRA steps."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from lamm.testing import save_tiny_vision_tower
+    from lamm.zoo import export_checkpoint
+
+    tower = save_tiny_vision_tower("clip", tmp_path)
+    result = _run("lamm-train", "model/llm=tiny_random", "model/encoder=hf_clip_vit_l14_336",
+                  f"model.encoder.path={tower}", "model/policy=lora", "data=lamm_2d",
+                  f"data.path={synth / 'shapes' / 'train.json'}", "data.template=chat", "data.system_prompt=none",
+                  "trainer.max_steps=2", "data.batch_size=4", "data.num_workers=0", "logger=[csv]",
+                  f"paths.runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = [p.parent for p in (tmp_path / "runs").glob("**/run.json")]
+    out = export_checkpoint("hf_llava", run, tmp_path / "hf")
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert hf.config.tie_word_embeddings
+    processor = AutoProcessor.from_pretrained(out)
+    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"<image>\n{QUESTION}"}],
+                                                   add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=_image(), return_tensors="pt")
+    model, _ = load_for_inference(run)
+    batch = _lamm_batch(model, inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**inputs).logits, model(batch, logits="all").logits, atol=1e-4, rtol=0)
+    _same_greedy_tokens(hf, inputs, model, batch)
