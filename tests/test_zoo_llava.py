@@ -67,7 +67,8 @@ def _save_llava(folder: Path, tower: str) -> Path:
                           initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
     config = tf.LlavaConfig(vision_config=vision, text_config=text,
-                            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=layer, vision_feature_select_strategy=strategy)
+                            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=layer,
+                            vision_feature_select_strategy=strategy)
     torch.manual_seed(0)
     model = tf.LlavaForConditionalGeneration(config).eval()
     path = folder / tower
@@ -179,7 +180,8 @@ def finetuned(imported, synth, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("finetune")
     result = _run("lamm-train", f"init_from={imported['clip']}", "data=lamm_2d",
                   f"data.path={synth / 'shapes' / 'train.json'}", "trainer.max_steps=3",
-                  "model.encoder.pad_to_square=true",  # LLaVA-1.5's padding; the exporter writes it as do_pad "data.batch_size=4",
+                  "model.encoder.pad_to_square=true",  # LLaVA-1.5's padding; the exporter writes it as do_pad
+                  "data.batch_size=4",
                   "data.num_workers=0", "data.shuffle=false", "optim.lr=1e-2", "optim.warmup_steps=0",
                   f"paths.runs_dir={tmp / 'runs'}", "logger=[csv]", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -350,7 +352,8 @@ def original(tmp_path_factory) -> dict:
     stage1.mkdir()
     (stage1 / "config.json").write_text(json.dumps(config))
     torch.save(projector, stage1 / "mm_projector.bin")
-    return {"vision": vision, "full": full, "full_tower": with_tower, "base": base, "stage1": stage1 / "mm_projector.bin", "llm": llm,
+    return {"vision": vision, "full": full, "full_tower": with_tower, "base": base,
+            "stage1": stage1 / "mm_projector.bin", "llm": llm,
             "projector": projector}
 
 
