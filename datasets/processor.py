@@ -25,7 +25,7 @@ from lamm.batch import IGNORE_INDEX, MediaSpec
 from lamm.datasets.errors import DataError, SampleSkipped
 from lamm.datasets.media import load_media
 from lamm.datasets.sample import MARKER_RE, MODALITY_OF_MARKER, MediaRef, Sample, with_media_first
-from lamm.datasets.templates import Template
+from lamm.datasets.templates import Segment, Template
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS, TextLayout
 
 TRUNCATION_POLICIES = ("right", "skip")
@@ -59,6 +59,18 @@ class _Piece:
     ids: list[int]
     labels: list[int]
     medium: MediaRef | None = None  # set for a placeholder block, which is never cut
+
+
+def merge_same_labels(segments: list[Segment]) -> list[Segment]:
+    """Adjacent segments with the same `train` flag joined, so text is tokenized across turn boundaries
+    as the model's own tokenizer sees the whole prompt (`q ` + `ASSISTANT:` is not `q ASSISTANT:` in BPE)."""
+    merged: list[Segment] = []
+    for seg in segments:
+        if merged and merged[-1].train == seg.train:
+            merged[-1] = Segment(merged[-1].text + seg.text, seg.train)
+        else:
+            merged.append(seg)
+    return merged
 
 
 class Processor:
@@ -125,7 +137,7 @@ class Processor:
 
     def _pieces(self, sample: Sample) -> list[_Piece]:
         sample = with_media_first(sample)  # parsers already did this; samples built in code may not have
-        segments = self.template.render(sample, self.tokenizer)
+        segments = merge_same_labels(self.template.render(sample, self.tokenizer))
         self._check_media(sample, [m for s in segments for m in MARKER_RE.findall(s.text)])
         next_of = {m: iter(sample.media_of(m)) for m in PLACEHOLDERS}
         pieces: list[_Piece] = []

@@ -73,6 +73,15 @@ COVERED_BY = {
         "tests/test_encoder_weights.py::test_lamm_train_research_recipe_without_weights_exits_2",
     ".venv/bin/lamm import hf_blip2 /models/blip2-opt-2.7b runs/blip2-opt-2.7b":
         "tests/test_zoo_blip2.py::test_logits_and_greedy_tokens_equal_transformers",
+    ".venv/bin/lamm import hf_llava /models/llava-1.5-7b-hf runs/llava-1.5-7b --option dtype=bfloat16":
+        "tests/test_zoo_llava.py::test_imported_llava_equals_transformers",
+    ".venv/bin/lamm import llava_original /models/llava-v1.5-7b-pretrain/mm_projector.bin runs/llava-stage1 "
+    "--option llm=/models/vicuna-7b-v1.5 --option vision=/models/clip-vit-large-patch14-336":
+        "tests/test_zoo_llava.py::test_llava_original_loads_completely",
+    ".venv/bin/lamm-train init_from=runs/llava-1.5-7b data=lamm_2d data.path=/data/LAMM/LAMM_instruct_2d.json":
+        "tests/test_zoo_llava.py::test_finetuning_the_import_lowers_the_loss",
+    ".venv/bin/lamm export --to hf_llava runs/prefix/<time> /models/my-llava-hf":
+        "tests/test_zoo_llava.py::test_exported_runs_load_in_transformers_with_lamm_logits",
     ".venv/bin/torchrun --nproc_per_node 2 --no-python .venv/bin/lamm-eval benchmark=shapes_ppl "
     "checkpoint=runs/quickstart-prefix/<time>": "tests/test_bench_eval.py::test_two_processes_equal_one",
 }

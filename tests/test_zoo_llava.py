@@ -55,18 +55,20 @@ def _save_llava(folder: Path, tower: str) -> Path:
         vision = tf.CLIPVisionConfig(**TINY_VISION_TOWER)
         image_processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                                 image_mean=TINY_VISION_MEAN, image_std=TINY_VISION_STD)
-        # llava-1.5's layout: the vocabulary padded past the tokenizer, penultimate layer, CLS dropped.
-        strategy, layer, vocab, extra, template = "default", -2, 576, 1, TYPED_TEMPLATE
+        # llava-1.5's layout (vocabulary padded past the tokenizer, penultimate layer, CLS dropped), with
+        # tied embeddings (as small LLaVAs have): the tied head also scores the existing <image> row.
+        strategy, layer, vocab, extra, template, tied = "default", -2, 576, 1, TYPED_TEMPLATE, True
     else:
         vision = tf.SiglipVisionConfig(**TINY_VISION_TOWER)
         image_processor = tf.SiglipImageProcessor(size={"height": 32, "width": 32})
-        strategy, layer, vocab, extra, template = "full", -1, len(tok), 0, None  # the tokenizer's ChatML
+        strategy, layer, vocab, extra, template, tied = "full", -1, len(tok), 0, None, False  # the tokenizer's ChatML
     text = tf.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
                           initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
-    config = tf.LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                            vision_feature_layer=layer, vision_feature_select_strategy=strategy)
+    config = tf.LlavaConfig(vision_config=vision, text_config=text,
+                            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=layer,
+                            vision_feature_select_strategy=strategy)
     torch.manual_seed(0)
     model = tf.LlavaForConditionalGeneration(config).eval()
     path = folder / tower
@@ -110,7 +112,7 @@ def _lamm_batch(model, inputs) -> Batch:
 
 
 @pytest.mark.parametrize("tower", ["clip", "siglip"])
-def test_imported_llava_equals_transformers(sources, imported, tower) -> None:
+def test_imported_llava_equals_transformers(sources, imported, tower, tmp_path) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     src, out = sources[tower], imported[tower]
@@ -132,14 +134,23 @@ def test_imported_llava_equals_transformers(sources, imported, tower) -> None:
     image_id = model.llm.media_token_ids["<image>"]
     assert int((inputs["input_ids"] == image_id).sum()) == model.media_specs()["image"].projected_tokens
 
+    # lamm-chat's prompt for the same question and image is HF's, token for token and pixel for pixel.
+    from lamm.chat.session import ChatSession
+
+    _image().save(tmp_path / "image.png")
+    session = ChatSession(model, cfg.data.template, cfg.data.system_prompt)
+    session.attach("image", str(tmp_path / "image.png"))
+    batch = session.batch(session.conversation(QUESTION))
+    assert batch.input_ids.tolist() == inputs["input_ids"].tolist()
+    assert torch.equal(batch.media["image"].data, inputs["pixel_values"])
     hf = LlavaForConditionalGeneration.from_pretrained(src).eval()
-    batch = _lamm_batch(model, inputs)
     with torch.no_grad():
         want = hf(**inputs).logits
         got = model(batch, logits="all").logits
-    vocab = want.shape[-1]
-    assert got.shape[-1] >= vocab
-    torch.testing.assert_close(got[..., :vocab], want, atol=1e-4, rtol=0)
+    # The checkpoint's vocabulary: the rows past its tokenizer are padding (llava-1.5 pads to 32064), which
+    # lamm's added media tokens take (their rows start at the mean embedding, so a tied head scores them so).
+    vocab = len(processor.tokenizer)
+    torch.testing.assert_close(got[..., :vocab], want[..., :vocab], atol=1e-4, rtol=0)
     _same_greedy_tokens(hf, inputs, model, batch)
 
 
@@ -164,10 +175,13 @@ def synth(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned(imported, synth, tmp_path_factory) -> Path:
-    """3 lamm-train steps (projector + LoRA) on LAMM-format data, starting from the imported LLaVA."""
+    """3 lamm-train steps (projector + LoRA) on LAMM-format data, starting from the imported LLaVA, with
+    images padded to a square (the user's override of the import's setting)."""
     tmp = tmp_path_factory.mktemp("finetune")
     result = _run("lamm-train", f"init_from={imported['clip']}", "data=lamm_2d",
-                  f"data.path={synth / 'shapes' / 'train.json'}", "trainer.max_steps=3", "data.batch_size=4",
+                  f"data.path={synth / 'shapes' / 'train.json'}", "trainer.max_steps=3",
+                  "model.encoder.pad_to_square=true",  # LLaVA-1.5's padding; the exporter writes it as do_pad
+                  "data.batch_size=4",
                   "data.num_workers=0", "data.shuffle=false", "optim.lr=1e-2", "optim.warmup_steps=0",
                   f"paths.runs_dir={tmp / 'runs'}", "logger=[csv]", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,7 +204,9 @@ def test_finetuning_the_import_lowers_the_loss(imported, finetuned, synth) -> No
     cfg = OmegaConf.load(finetuned / "config.yaml")
     assert cfg.model.encoder.name == "hf_vision" and cfg.model.policy.llm == "lora"
     assert cfg.data.template == "chat" and cfg.data.name == "lamm"  # the import's template, the user's data
+    assert cfg.model.encoder.pad_to_square  # the user's override won over the import's
     before, _ = load_for_inference(imported["clip"])
+    before.encoders["image"].transform.pad_to_square = True  # the same pixels as the run saw
     after, _ = load_for_inference(finetuned)
     with torch.no_grad():
         loss_before = before(_fixed_batch(before, synth)).loss.item()
@@ -198,36 +214,53 @@ def test_finetuning_the_import_lowers_the_loss(imported, finetuned, synth) -> No
     assert loss_after < loss_before - 0.1, (loss_before, loss_after)
 
 
+def _hf_prompt(processor) -> str:
+    """The question about one image, rendered by the folder's chat template (typed or string contents)."""
+    if "type" in (processor.chat_template or ""):
+        content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    return processor.tokenizer.apply_chat_template([{"role": "user", "content": f"<image>\n{QUESTION}"}],
+                                                   add_generation_prompt=True, tokenize=False)
+
+
 def test_exported_runs_load_in_transformers_with_lamm_logits(sources, imported, finetuned, tmp_path) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from lamm.zoo import export_checkpoint
+    from lamm.zoo import export_checkpoint, import_checkpoint
 
-    # The lamm-trained run (LoRA merged), through the console script.
+    # The lamm-trained run (tied LLM, LoRA merged, images padded), through the console script.
     out = tmp_path / "trained_hf"
     result = _run("lamm", "export", "--to", "hf_llava", str(finetuned), str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    # The untouched import: a round trip gives back the source's logits.
-    round_trip = export_checkpoint("hf_llava", imported["clip"], tmp_path / "round_trip")
-    source = LlavaForConditionalGeneration.from_pretrained(sources["clip"]).eval()
-    for folder, run in ((out, finetuned), (round_trip, imported["clip"])):
+    # The untouched SigLIP import (untied LLM, every tower token kept): a round trip gives the source's logits.
+    round_trip = export_checkpoint("hf_llava", imported["siglip"], tmp_path / "round_trip")
+    for folder, run, source in ((out, finetuned, None), (round_trip, imported["siglip"], sources["siglip"])):
         processor = AutoProcessor.from_pretrained(folder)
-        assert "type" in processor.chat_template  # the checkpoint's template travels back out
-        text = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
-            add_generation_prompt=True)
-        inputs = processor(text=text, images=_image(), return_tensors="pt")
+        inputs = processor(text=_hf_prompt(processor), images=_image(), return_tensors="pt")
         hf = LlavaForConditionalGeneration.from_pretrained(folder).eval()
         model, _ = load_for_inference(run)
+        batch = _lamm_batch(model, inputs)  # pixels equal too (LlavaImageProcessor's do_pad for the padded run)
         with torch.no_grad():
-            want = model(_lamm_batch(model, inputs), logits="all").logits
+            want = model(batch, logits="all").logits
             got = hf(**inputs).logits
-        torch.testing.assert_close(got, want[..., :got.shape[-1]], atol=1e-4, rtol=0)
-        if run == imported["clip"]:
-            with torch.no_grad():
-                torch.testing.assert_close(got, source(**inputs).logits, atol=1e-5, rtol=0)
-        else:
-            _same_greedy_tokens(hf, inputs, model, _lamm_batch(model, inputs))
+        if source is None:  # lamm's vocabulary (media tokens included) travels out whole
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+            assert hf.config.tie_word_embeddings and "type" in processor.chat_template  # the import's template
+            _same_greedy_tokens(hf, inputs, model, batch)
+            continue
+        # An LM head resized for lamm's media tokens gets random rows at each build (they are not weights
+        # the import holds): compared on the source's vocabulary.
+        vocab = len(AutoProcessor.from_pretrained(source).tokenizer)
+        torch.testing.assert_close(got[..., :vocab], want[..., :vocab], atol=1e-4, rtol=0)
+        with torch.no_grad():
+            original = LlavaForConditionalGeneration.from_pretrained(source).eval()
+            torch.testing.assert_close(got[..., :vocab], original(**inputs).logits, atol=1e-5, rtol=0)
+        # The export is in transformers' current layout (`model.language_model.*`), the sources in the
+        # older one (`language_model.model.*`): hf_llava reads both.
+        again, _ = load_for_inference(import_checkpoint("hf_llava", folder, tmp_path / "again"))
+        with torch.no_grad():
+            again_logits = again(_lamm_batch(again, inputs), logits="all").logits
+        torch.testing.assert_close(again_logits[..., :vocab], want[..., :vocab], atol=1e-5, rtol=0)
 
 
 def test_exporting_another_architecture_is_refused_in_one_line(tmp_path, capsys) -> None:
@@ -250,13 +283,15 @@ def test_exporting_another_architecture_is_refused_in_one_line(tmp_path, capsys)
 def test_eval_and_chat_read_the_import(imported, synth, tmp_path, monkeypatch, capsys) -> None:
     from lamm.cli.chat import main as chat_main
 
+    from lamm.cli.eval import run as lamm_eval
+    from lamm.config import compose
+
     out = imported["clip"]
-    result = _run("lamm-eval", "benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=4",
-                  f"checkpoint={out}", f"synth_root={synth}", f"output_dir={tmp_path / 'eval'}", "model.name=llava",
-                  cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(next((tmp_path / "eval").glob("llava/*/results.json")).read_text())
-    assert results["n"] == 4
+    # `lamm-eval checkpoint=OUT ...`, in this process (its console script is tested elsewhere).
+    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=4",
+                                        f"checkpoint={out}", f"synth_root={synth}",
+                                        f"output_dir={tmp_path / 'eval'}", "model.name=llava"]))
+    assert result["n"] == 4 and (tmp_path / "eval" / "llava" / "shapes_ppl" / "results.json").is_file()
     image = synth / "shapes" / "images" / "test" / "000000.png"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\n{QUESTION}\n/quit\n"))
     assert chat_main([str(out), "--max-new-tokens", "4", "--stats"]) == 0  # lamm-chat OUT, in this process
@@ -292,14 +327,24 @@ def original(tmp_path_factory) -> dict:
                           initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(1)
     llm = tf.LlamaForCausalLM(text).eval()
-    projector = {"model.mm_projector.0.weight": torch.randn(64, 32) * 0.2, "model.mm_projector.0.bias": torch.randn(64) * 0.1,
-                 "model.mm_projector.2.weight": torch.randn(64, 64) * 0.2, "model.mm_projector.2.bias": torch.randn(64) * 0.1}
+    projector = {f"model.mm_projector.{i}.{kind}": torch.randn(*shape) * 0.2
+                 for i, cols in ((0, 32), (2, 64)) for kind, shape in (("weight", (64, cols)), ("bias", (64,)))}
     full = root / "llava-v1.5-tiny"
     full.mkdir()
-    config = {**text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], **_mm_config(vision)}
+    config = {**text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+              **_mm_config(vision)}
     (full / "config.json").write_text(json.dumps(config))
-    save_file({**{k: v.contiguous() for k, v in llm.state_dict().items()}, **projector}, str(full / "model.safetensors"))
+    tensors = {**{k: v.contiguous() for k, v in llm.state_dict().items()}, **projector}
+    save_file(tensors, str(full / "model.safetensors"))
     tok.save_pretrained(full)
+    # A folder that saved its tower too (LLaVA's layout once the tower is unfrozen or merged).
+    with_tower = root / "llava-v1.5-tiny-tower"
+    with_tower.mkdir()
+    (with_tower / "config.json").write_text(json.dumps(config))
+    tower = tf.CLIPVisionModel.from_pretrained(vision).state_dict()
+    tensors.update({f"model.vision_tower.vision_tower.vision_model.{k}": v.contiguous() for k, v in tower.items()})
+    save_file(tensors, str(with_tower / "model.safetensors"))
+    tok.save_pretrained(with_tower)
     base = root / "vicuna-tiny"
     llm.save_pretrained(base)
     tok.save_pretrained(base)
@@ -307,7 +352,8 @@ def original(tmp_path_factory) -> dict:
     stage1.mkdir()
     (stage1 / "config.json").write_text(json.dumps(config))
     torch.save(projector, stage1 / "mm_projector.bin")
-    return {"vision": vision, "full": full, "base": base, "stage1": stage1 / "mm_projector.bin", "llm": llm,
+    return {"vision": vision, "full": full, "full_tower": with_tower, "base": base,
+            "stage1": stage1 / "mm_projector.bin", "llm": llm,
             "projector": projector}
 
 
@@ -327,7 +373,7 @@ def _reference_logits(original: dict, model, input_ids: torch.Tensor, pixels: to
         return original["llm"](inputs_embeds=embeds).logits
 
 
-@pytest.mark.parametrize("layout", ["full", "stage1"])
+@pytest.mark.parametrize("layout", ["full", "full_tower", "stage1"])
 def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
     from lamm.benchmarks.render import Renderer
     from lamm.zoo import import_checkpoint, read_import_record
@@ -335,7 +381,8 @@ def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
     options = {"llm": str(original["base"]), "vision": str(original["vision"])} if layout == "stage1" else {}
     out = import_checkpoint("llava_original", original[layout], tmp_path / "out", options)
     notes = read_import_record(out)["notes"]
-    assert notes["tower_from"] == "vision folder" and notes["mm_projector_type"] == "mlp2x_gelu"
+    assert notes["tower_from"] == ("checkpoint" if layout == "full_tower" else "vision folder")
+    assert notes["mm_projector_type"] == "mlp2x_gelu"
     model, cfg = load_for_inference(out)
     assert cfg.model.encoder.pad_to_square and cfg.model.encoder.layer == -2 and cfg.model.projector.depth == 2
     # LLaVA-1.5's vicuna_v1 conversation, rendered by lamm's chat template.
@@ -343,7 +390,8 @@ def test_llava_original_loads_completely(original, layout, tmp_path) -> None:
     sample = Sample("q", [Turn("user", f"<image>\n{QUESTION}")], [MediaRef("image", "x.png", "image")])
     text = "".join(s.text for s in renderer.template.render(sample, model.tokenizer))
     assert text == ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-                    f"helpful, detailed, and polite answers to the human's questions. USER: <image>\n{QUESTION} ASSISTANT:")
+                    "helpful, detailed, and polite answers to the human's questions. "
+                    f"USER: <image>\n{QUESTION} ASSISTANT:")
     pixels = model.media_specs()["image"].transform(_image()).unsqueeze(0)
     k = model.media_specs()["image"].projected_tokens
     ids = model.tokenizer(f"USER: {'<image>' * k}\n{QUESTION} ASSISTANT:", return_tensors="pt").input_ids
@@ -381,3 +429,19 @@ def test_corrupted_original_checkpoints_fail_in_one_line(original, corruption, m
     assert code == 2 and len(err) == 1 and err[0].startswith("lamm import: error:"), err
     assert message.format(file=file) in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing written, no staging left
+
+
+def test_dtype_option_and_bad_options(sources, tmp_path, capsys) -> None:
+    from lamm.cli.main import main
+    from lamm.zoo.llava import import_hf_llava
+
+    plan = import_hf_llava(sources["clip"], dtype="bfloat16")
+    assert {"model.llm.dtype=bfloat16", "model.encoder.dtype=bfloat16"} <= set(plan.overrides)
+    assert {"model.projector.bias=true", "model.encoder.layer=-2", "model.encoder.select=patch"} <= set(plan.overrides)
+    for option, message in (("dtype=float8", "--option dtype=float8: expected one of float32, bfloat16, float16"),
+                            ("llm=/x", "--option llm: format hf_llava takes no such option (its options: dtype)")):
+        assert main(["import", "hf_llava", str(sources["clip"]), str(tmp_path / "out"), "--option", option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+

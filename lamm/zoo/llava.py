@@ -105,7 +105,11 @@ def import_hf_llava(src: Path, dtype: str | None = None) -> ImportPlan:
     state.finish()
 
     tokenizer = AutoTokenizer.from_pretrained(src)
-    image_processor = AutoImageProcessor.from_pretrained(src)
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(src)
+    except OSError:
+        raise CheckpointKeyError(f"{src} has no image processor (preprocessor_config.json or processor_config.json):"
+                                 " the imported tower needs the checkpoint's own") from None
     try:
         template = AutoProcessor.from_pretrained(src).chat_template
     except (OSError, ValueError, TypeError):  # a folder without processor files: the tokenizer's template

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from lamm.registry import EXPORT_FORMATS
-from lamm.tokens import PLACEHOLDERS
+from lamm.tokens import MEDIA_TOKENS, PLACEHOLDERS
 from lamm.zoo.hf_folders import write_safetensors_shards
 from lamm.zoo.state import CheckpointKeyError
 
@@ -25,7 +25,8 @@ def _refuse_other_architectures(model_cfg: Any, run: Path) -> None:
         (model_cfg.projector.get("name") == "mlp" and int(model_cfg.projector.get("depth", 2)) == 2
          and model_cfg.projector.get("hidden_dim") in (None, "null"),
          "model.projector is not a 2-layer mlp of the LLM's width (LLaVA's projector)"),
-        (model_cfg.fusion.get("name") == "prefix", f"model.fusion is {model_cfg.fusion.get('name')}, LLaVA needs prefix"),
+        (model_cfg.fusion.get("name") == "prefix",
+         f"model.fusion is {model_cfg.fusion.get('name')}, LLaVA needs prefix"),
         (not model_cfg.encoder.get("post_layernorm", False), "model.encoder.post_layernorm is true (LLaVA reads "
                                                              "hidden states without the final norm)"),
         (model_cfg.encoder.get("image_size") is None, "model.encoder.image_size resizes the tower's input "
@@ -91,7 +92,7 @@ def export_hf_llava(run: Path, staging: Path) -> None:
     embed = causal_lm.get_input_embeddings().weight
     if not tied:  # the media tokens' own (trainable) table is their input embedding; tied rows also score them
         with torch.no_grad():
-            ids = [llm.media_token_ids[t] for t in llm.media_token_ids]
+            ids = [llm.media_token_ids[t] for t in MEDIA_TOKENS]  # the order of media_token_embedding's rows
             embed[ids] = llm.media_token_embedding.to(embed.dtype)
     image_token = PLACEHOLDERS[IMAGE]
     strategy = "default" if encoder.select == "patch" and encoder.num_prefix_tokens == 1 else "full"

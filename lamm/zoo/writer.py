@@ -47,6 +47,21 @@ def staged_folder(out: Path) -> Iterator[Path]:
         raise
 
 
+def check_options(converter: Any, fmt: str, options: dict[str, str], positional: int = 1) -> None:
+    """One line naming an `--option` the format does not take, and the ones it does (`positional`: the
+    converter's leading arguments that are not options, e.g. `src`)."""
+    import inspect
+
+    params = inspect.signature(converter).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in list(params.items())[positional:] if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"--option {key}: format {fmt} takes no such option "
+                             f"(its options: {', '.join(known) or 'none'})")
+
+
 def imported_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Any) -> None:
     """Copy `weights` into `model` by state-dict name; a name the model lacks or a shape it does not
     have is one line naming both (the importer's mapping and the architecture disagree)."""
@@ -82,6 +97,7 @@ def import_checkpoint(fmt: str, src: str | Path, out: str | Path, options: dict[
     if not src.exists():
         raise FileNotFoundError(2, f"{fmt} source not found", str(src))
     final = check_new_folder(Path(out))
+    check_options(importer, fmt, options or {})
     plan: ImportPlan = importer(src, **(options or {}))
     with staged_folder(final) as staging:
         if plan.write_folders is not None:
@@ -108,6 +124,7 @@ def export_checkpoint(fmt: str, run: str | Path, out: str | Path, options: dict[
     run = Path(run).expanduser()
     if not run.exists():
         raise FileNotFoundError(2, "run folder not found", str(run))
+    check_options(exporter, fmt, options or {}, positional=2)
     with staged_folder(Path(out)) as staging:
         exporter(run, staging, **(options or {}))
     return Path(out).expanduser().resolve()
