@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     from lamm.datasets.media import MediaLimits, media_limits, set_media_limits
     from lamm.serve.app import create_app
     from lamm.serve.batching import BatchQueue
-    from lamm.serve.conversation import Served
+    from lamm.serve.conversation import Served, describe_recipe
     from lamm.serve.media import UploadLimits
 
     with reading_checkpoint(run):
@@ -98,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
                                     "max_file_bytes": limits.max_image_bytes}))
     name = args.model_name or model_id(loaded.name)
     loaded.model.to(args.device)
-    served = Served(loaded, name, args.device, limits, args.max_tokens)
+    served = Served(loaded, name, args.device, limits, args.max_tokens, describe_recipe(run, overrides))
     session = served.session()  # the template renders (or fails) now, before the port opens
     batcher = BatchQueue(loaded.model, session.renderer.left, session.renderer.eos_ids, args.device,
                          args.max_batch, args.queue_size)

@@ -7,8 +7,10 @@ and `lamm-chat` share one rendering (the training data pipeline's), token for to
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from lamm.chat.loading import ChatModel
 from lamm.chat.session import ChatError, ChatSession
@@ -26,6 +28,7 @@ class Served:
     device: str = "cpu"
     limits: UploadLimits = UploadLimits()
     max_tokens_limit: int = 1024
+    recipe: str = ""  # how the model was made: the run's recipe, or the overrides composing it
 
     def session(self, system_prompt: str | None = None) -> ChatSession:
         """A new conversation with the run's template (and system prompt unless one is given)."""
@@ -63,8 +66,21 @@ def request_job(served: Served, request: ChatRequest) -> Job:
     raise AssertionError("a validated request ends with a user message")
 
 
+def describe_recipe(run: str | None, overrides: Sequence[str]) -> str:
+    """The recipe a run folder (or checkpoint inside one) trained with, per its run.json; the overrides otherwise."""
+    if not run:
+        return "untrained: " + " ".join(overrides)
+    for folder in [Path(run), *list(Path(run).parents)[:3]]:
+        info = folder / "run.json"
+        if info.is_file():
+            data = json.loads(info.read_text())
+            recipe = data.get("recipe") or {}
+            return recipe.get("name") or "overrides: " + " ".join(str(a) for a in data.get("command", [])[1:])
+    return "unknown (no run.json)"
+
+
 def model_card(served: Served) -> dict[str, Any]:
     """What /v1/models and the demo say about the model."""
     model = served.chat.model
     return {"id": served.model_id, "name": served.chat.name, "fusion": type(model.fusion).__name__,
-            "modalities": sorted(model.media_specs()), "template": served.chat.template}
+            "modalities": sorted(model.media_specs()), "template": served.chat.template, "recipe": served.recipe}

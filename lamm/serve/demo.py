@@ -82,7 +82,7 @@ def build_demo(served: Served, batcher: BatchQueue) -> gr.Blocks:
 
     def attach(path: str | None, history: list, request: gr.Request):
         if not path:
-            return gr.update(), history, hidden, hidden, hidden
+            return gr.update(), history, hidden, hidden, hidden, None
         session = session_of(request)
         name = os.path.basename(path)
         try:
@@ -97,11 +97,11 @@ def build_demo(served: Served, batcher: BatchQueue) -> gr.Blocks:
                 points = load_pointcloud(MediaRef("pointcloud", path, "preview"))
                 preview_cloud = gr.update(visible=True, value=cloud_figure(np.asarray(points)))
         except (ChatError, DataError) as exc:
-            return f"**Not attached:** {exc}", history, hidden, hidden, hidden
-        shown = {"path": path} if modality == "image" else f"📎 {modality}: {name}"
+            return f"**Not attached:** {exc}", history, hidden, hidden, hidden, None
+        shown = {"path": path} if modality == "image" else f"[{modality}: {name}]"
         history = [*history, {"role": "user", "content": shown}]
         return (f"Attached {modality} **{name}** to your next message ({len(session.pending)} waiting).",
-                history, preview_image, preview_frames, preview_cloud)
+                history, preview_image, preview_frames, preview_cloud, None)  # None: ready for the next file
 
     async def send(text: str, history: list, temperature: float, top_p: float, max_tokens: float,
                    request: gr.Request):
@@ -173,7 +173,7 @@ def build_demo(served: Served, batcher: BatchQueue) -> gr.Blocks:
                 max_tokens = gr.Slider(1, served.max_tokens_limit, value=min(128, served.max_tokens_limit), step=1,
                                        label="Max new tokens")
         previews = [preview_image, preview_frames, preview_cloud]
-        upload.upload(attach, [upload, chatbot], [status, chatbot, *previews])
+        upload.upload(attach, [upload, chatbot], [status, chatbot, *previews, upload])
         inputs = [message, chatbot, temperature, top_p, max_tokens]
         send_button.click(send, inputs, [chatbot, message, status])
         message.submit(send, inputs, [chatbot, message, status])
