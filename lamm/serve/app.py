@@ -90,25 +90,26 @@ def create_app(served: Served, batcher: BatchQueue, api_key: str | None = None) 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise ApiError(415, f"the request's Content-Type must be application/json, got {content_type or 'none'!r}",
-                           "content-type")
-        body = await _read_body(request, served.limits.max_body_bytes)
-        try:
-            decoded = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
-        parsed = parse_chat_request(decoded, served.model_id, served.max_tokens_limit)
-        loop = asyncio.get_running_loop()
-        job = await loop.run_in_executor(prepare, request_job, served, parsed)
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        job.sink = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-        try:
-            batcher.submit(job)
-        except QueueFull as exc:
-            return _error(ApiError(503, f"the server is busy ({exc}); retry in {RETRY_AFTER_SECONDS} s", None,
-                                   "server_error"), {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        with batcher.incoming():  # the batcher waits for this request's job rather than start without it
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != "application/json":
+                raise ApiError(415, f"the request's Content-Type must be application/json, got "
+                               f"{content_type or 'none'!r}", "content-type")
+            body = await _read_body(request, served.limits.max_body_bytes)
+            try:
+                decoded = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+            parsed = parse_chat_request(decoded, served.model_id, served.max_tokens_limit)
+            loop = asyncio.get_running_loop()
+            job = await loop.run_in_executor(prepare, request_job, served, parsed)
+            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            job.sink = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            try:
+                batcher.submit(job)
+            except QueueFull as exc:
+                return _error(ApiError(503, f"the server is busy ({exc}); retry in {RETRY_AFTER_SECONDS} s", None,
+                                       "server_error"), {"Retry-After": str(RETRY_AFTER_SECONDS)})
         include_usage = bool((decoded.get("stream_options") or {}).get("include_usage")) \
             if isinstance(decoded.get("stream_options"), dict) else False
         if parsed.stream:

@@ -2,18 +2,20 @@
 
 Every generation in the process goes through the one worker (API and demo alike): the model is
 never run from two threads at once. The worker takes the first waiting job, gathers what else arrives
-within a short window (up to `max_batch`), groups jobs that can share a decode (all greedy ones; sampled
+within a short window (up to `max_batch`; it waits only while requests are still being read and
+rendered, see `incoming`, or when the last batch had several, so a lone request starts at once), groups jobs that can share a decode (all greedy ones; sampled
 ones with equal temperature and top-p and no seed; a seeded one alone, so its seed replays exactly as
 in lamm-chat), left-pads each group into one batch and streams every row to its own sink. The
 waiting line is bounded: `submit` raises `QueueFull` beyond it (the API answers 503 with Retry-After).
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -136,12 +138,14 @@ class BatchQueue:
     """A bounded line of jobs and the worker thread that answers them in batches."""
 
     def __init__(self, model: Any, collate: Callable, stop_ids: Sequence[int], device: str | torch.device = "cpu",
-                 max_batch: int = 8, max_waiting: int = 64, window_seconds: float = 0.01) -> None:
+                 max_batch: int = 8, max_waiting: int = 64, window_seconds: float = 0.025) -> None:
         self.model, self.collate, self.stop_ids = model, collate, list(stop_ids)
         self.device = torch.device(device)
         self.max_batch, self.window = max_batch, window_seconds
         self.waiting: queue.Queue[Job | None] = queue.Queue(maxsize=max_waiting)
         self.batches: list[int] = []  # sizes of the generate calls so far (for /health and tests)
+        self._incoming = 0  # requests being read and rendered: jobs about to arrive
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="lamm-serve-batcher", daemon=True)
         self._thread.start()
 
@@ -151,6 +155,17 @@ class BatchQueue:
         except queue.Full:
             raise QueueFull(f"{self.waiting.maxsize} requests are already waiting") from None
 
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around reading and rendering a request: the worker waits for its job before starting a batch."""
+        with self._lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._incoming -= 1
+
     def close(self) -> None:
         self.waiting.put(None)
         self._thread.join(timeout=30)
@@ -158,11 +173,16 @@ class BatchQueue:
     def _gather(self, first: Job) -> list[Job]:
         jobs = [first]
         deadline = time.monotonic() + self.window
+        concurrent = bool(self.batches) and self.batches[-1] > 1  # clients were sending together a moment ago
         while len(jobs) < self.max_batch:
+            if not self._incoming and self.waiting.empty() and not concurrent:
+                break  # a lone request and nothing on its way: start now
             try:
-                job = self.waiting.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self.waiting.get(timeout=min(0.002, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                break
+                if time.monotonic() >= deadline:
+                    break
+                continue
             if job is None:
                 self.waiting.put(None)  # close() again after this round
                 break
