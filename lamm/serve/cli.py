@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, metavar="N", help="requests decoded together (default 8)")
     p.add_argument("--queue-size", type=int, default=64, metavar="N",
                    help="requests waiting at most; beyond, 503 with Retry-After (default 64)")
-    p.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="largest max_tokens a request may ask")
+    p.add_argument("--max-tokens", type=int, default=4096, metavar="N",
+                   help="largest max_tokens a request may ask (default 4096; replies also stop at the context)")
     p.add_argument("--max-body-mb", type=float, default=32, metavar="MB", help="largest request body (default 32)")
     p.add_argument("--max-image-mb", type=float, default=16, metavar="MB", help="largest image, decoded (default 16)")
     p.add_argument("--max-image-pixels", type=int, default=16_000_000, metavar="N",

@@ -27,7 +27,7 @@ class Served:
     model_id: str
     device: str = "cpu"
     limits: UploadLimits = UploadLimits()
-    max_tokens_limit: int = 1024
+    max_tokens_limit: int = 4096
     recipe: str = ""  # how the model was made: the run's recipe, or the overrides composing it
 
     def session(self, system_prompt: str | None = None) -> ChatSession:
