@@ -303,3 +303,54 @@ def test_lamm_serve_without_the_extra_or_a_model_says_what_to_do(monkeypatch, ca
     assert main(["model/llm=tiny_random"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lamm-serve: error: serving needs the serve extra: pip install 'lamm[serve]'"]
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
+def test_every_fusion_with_image_video_and_points_answers_and_previews(fusion, tmp_path) -> None:
+    """Each fusion, all three modalities at once: rendered, batched and answered; the demo's previews build."""
+    import queue
+
+    from lamm.build import build_model
+    from lamm.chat.loading import ChatModel
+    from lamm.datasets.synth.video import video_codec, write_mp4
+    from lamm.serve.batching import BatchQueue, Job
+    from lamm.serve.conversation import Served
+    from lamm.serve.demo import cloud_figure, modality_of, video_frames
+    from lamm.testing import tiny_model_config
+
+    codec = video_codec()
+    if codec is None:
+        pytest.skip("no mp4 encoder in this PyAV build")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    write_mp4(tmp_path / "clip.mp4", [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)], codec)
+    np.save(tmp_path / "cloud.npy", rng.normal(size=(300, 3)).astype(np.float32))
+    cfg = tiny_model_config(fusion=fusion)
+    cfg["encoder"] = {"image": TINY_ENCODERS["small_cnn"], "video": TINY_ENCODERS["video"],
+                      "pointcloud": TINY_ENCODERS["point_bert"]}
+    served = Served(ChatModel(build_model(cfg).eval(), "tiny", "chat", "empty"), "tiny")
+    session = served.session()
+    for name in ("a.png", "clip.mp4", "cloud.npy"):
+        session.attach(modality_of(name), str(tmp_path / name))
+    assert len(video_frames(session, str(tmp_path / "clip.mp4"))) == TINY_ENCODERS["video"]["num_frames"]
+    assert len(cloud_figure(np.load(tmp_path / "cloud.npy")).data[0].x) == 300
+    rows = [session.processed(session.conversation("what do you see?")), session.processed(served.session().conversation("hi"))]
+    batcher = BatchQueue(served.chat.model, session.renderer.left, session.renderer.eos_ids)
+    answers: list[queue.Queue] = [queue.Queue(), queue.Queue()]
+    for row, out in zip(rows, answers):
+        batcher.submit(Job(row, 5, sink=lambda kind, value, out=out: out.put((kind, value)) if kind != "text" else None))
+    results = [out.get(timeout=60) for out in answers]
+    batcher.close()
+    assert [kind for kind, _ in results] == ["done", "done"] and results[0][1].completion_tokens > 0
+    alone = lamm_chat_reply(served, tmp_path)
+    assert results[0][1].text == alone
+
+
+def lamm_chat_reply(served, tmp_path) -> str:
+    """The same first turn through lamm-chat's own `ChatSession.reply`."""
+    from lamm.chat.session import GenerationOptions
+
+    session = served.session()
+    for name, modality in (("a.png", "image"), ("clip.mp4", "video"), ("cloud.npy", "pointcloud")):
+        session.attach(modality, str(tmp_path / name))
+    return session.reply("what do you see?", GenerationOptions(max_new_tokens=5)).text

@@ -110,8 +110,8 @@ def create_app(served: Served, batcher: BatchQueue, api_key: str | None = None) 
             except QueueFull as exc:
                 return _error(ApiError(503, f"the server is busy ({exc}); retry in {RETRY_AFTER_SECONDS} s", None,
                                        "server_error"), {"Retry-After": str(RETRY_AFTER_SECONDS)})
-        include_usage = bool((decoded.get("stream_options") or {}).get("include_usage")) \
-            if isinstance(decoded.get("stream_options"), dict) else False
+        options = decoded.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if parsed.stream:
             return StreamingResponse(_sse(events, served.model_id, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
