@@ -305,6 +305,25 @@ def test_lamm_serve_without_the_extra_or_a_model_says_what_to_do(monkeypatch, ca
     assert err == ["lamm-serve: error: serving needs the serve extra: pip install 'lamm[serve]'"]
 
 
+def test_with_a_key_the_demo_asks_for_it_as_its_password(loaded) -> None:
+    from fastapi.testclient import TestClient
+
+    from lamm.serve.app import create_app
+    from lamm.serve.batching import BatchQueue
+    from lamm.serve.conversation import Served
+    from lamm.serve.demo import mount_demo
+
+    served = Served(loaded, "tiny")
+    session = served.session()
+    batcher = BatchQueue(loaded.model, session.renderer.left, session.renderer.eos_ids)
+    http = TestClient(mount_demo(create_app(served, batcher, KEY), served, batcher, KEY))
+    assert http.get("/health").status_code == 401 and http.get("/config").status_code == 401
+    assert http.post("/login", data={"username": "me", "password": "wrong"}).status_code >= 400
+    assert http.post("/login", data={"username": "me", "password": KEY}).status_code == 200
+    assert http.get("/config").status_code == 200  # the login's cookie opens the demo
+    batcher.close()
+
+
 @pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
 def test_every_fusion_with_image_video_and_points_answers_and_previews(fusion, tmp_path) -> None:
     """Each fusion, all three modalities at once: rendered, batched and answered; the demo's previews build."""
