@@ -1,7 +1,7 @@
 """lamm-serve's web demo in a real headless Chromium (Debian's, driven by Playwright's Python package).
 
 The user's steps: open the demo of a tiny model, attach an image, send a message, watch the answer
-stream in, attach a point cloud and see its 3D preview. A screenshot is kept in pytest's tmp folder.
+stream in, attach a point cloud and see its 3D preview, clear. A screenshot is kept in pytest's tmp folder.
 """
 from __future__ import annotations
 
@@ -51,5 +51,5 @@ def test_demo_in_chromium_attach_send_stream_and_preview_a_point_cloud(demo) -> 
     assert seen.reply.strip() and seen.status.endswith(("tokens (length).", "tokens (stop)."))
     growing = [s for s in seen.reply_snapshots if s.strip() and seen.reply.startswith(s.strip()[:20])]
     assert len({len(s) for s in growing}) > 2, seen.reply_snapshots  # the reply grew in several steps: streamed
-    assert seen.cloud_preview
+    assert seen.cloud_preview and seen.cleared
     assert shot.stat().st_size > 10_000 and Image.open(shot).size[0] == 1280

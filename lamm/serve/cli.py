@@ -9,6 +9,7 @@ Binds to 127.0.0.1 unless told otherwise. Heavy imports happen after argument pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from typing import Sequence
@@ -86,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from lamm.chat.loading import load_chat_model
     from lamm.cli.errors import reading_checkpoint
-    from lamm.datasets.media import MediaLimits, media_limits, set_media_limits
+    from lamm.datasets.media import media_limits, set_media_limits
     from lamm.serve.app import create_app
     from lamm.serve.batching import BatchQueue
     from lamm.serve.conversation import Served, describe_recipe
@@ -95,8 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
     with reading_checkpoint(run):
         loaded = load_chat_model(run, overrides, args.config_dir)
     limits = UploadLimits(int(args.max_body_mb * 2**20), int(args.max_image_mb * 2**20), args.max_image_pixels)
-    set_media_limits(MediaLimits(**{**media_limits().__dict__, "max_pixels": limits.max_image_pixels,
-                                    "max_file_bytes": limits.max_image_bytes}))
+    set_media_limits(dataclasses.replace(media_limits(), max_pixels=limits.max_image_pixels,
+                                         max_file_bytes=limits.max_image_bytes))
     name = args.model_name or model_id(loaded.name)
     loaded.model.to(args.device)
     served = Served(loaded, name, args.device, limits, args.max_tokens, describe_recipe(run, overrides))

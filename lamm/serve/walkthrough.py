@@ -40,11 +40,13 @@ class Walkthrough:
     reply: str = ""
     status: str = ""
     cloud_preview: bool = False
+    cleared: bool = False  # "Clear" emptied the chat and hid the previews
 
 
 def walk_demo(url: str, image: Path, cloud: Path, screenshot: Path, question: str = "What is in the picture?",
               chromium: str | None = None, timeout_ms: int = 60_000) -> Walkthrough:
-    """Attach an image, ask, wait for the streamed reply, attach a point cloud, wait for its 3D preview, screenshot."""
+    """Attach an image, ask, wait for the streamed reply, attach a point cloud, wait for its 3D preview,
+    screenshot, then clear the conversation."""
     from playwright.sync_api import sync_playwright
 
     seen = Walkthrough()
@@ -78,6 +80,11 @@ def walk_demo(url: str, image: Path, cloud: Path, screenshot: Path, question: st
             page.wait_for_timeout(500)  # let the scatter finish drawing before the picture
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
+
+            page.locator("#clear").click()
+            page.locator("#status", has_text="Conversation and media cleared").wait_for()
+            page.locator("#cloud-preview").wait_for(state="hidden")
+            seen.cleared = page.locator("#chatbot .message").count() == 0
         finally:
             browser.close()
     return seen
