@@ -324,6 +324,27 @@ def test_with_a_key_the_demo_asks_for_it_as_its_password(loaded) -> None:
     batcher.close()
 
 
+def test_a_client_that_leaves_stops_its_decoding(loaded) -> None:
+    """A cancelled job gets no more text and no answer, and the batch ends without it; the next job is answered."""
+    import queue
+
+    from lamm.serve.batching import BatchQueue, Job
+    from lamm.serve.conversation import Served
+
+    session = Served(loaded, "tiny").session()
+    batcher = BatchQueue(loaded.model, session.renderer.left, session.renderer.eos_ids)
+    row = session.processed(session.conversation("tell me everything"))
+    events: list[str] = []
+    leaving = Job(row, 60)
+    leaving.sink = lambda kind, value: (events.append(kind), setattr(leaving, "cancelled", True))
+    batcher.submit(leaving)
+    answered: queue.Queue = queue.Queue()
+    batcher.submit(Job(row, 3, sink=lambda kind, value: answered.put(value) if kind == "done" else None))
+    result = answered.get(timeout=60)
+    batcher.close()
+    assert result.completion_tokens == 3 and events == ["text"] and batcher.batches  # one piece of text, then nothing
+
+
 @pytest.mark.parametrize("fusion", ["prefix", "gated_xattn"])
 def test_every_fusion_with_image_video_and_points_answers_and_previews(fusion, tmp_path) -> None:
     """Each fusion, all three modalities at once: rendered, batched and answered; the demo's previews build."""

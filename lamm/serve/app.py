@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from lamm.serve.batching import BatchQueue, QueueFull, Result
+from lamm.serve.batching import BatchQueue, Job, QueueFull, Result
 from lamm.serve.conversation import Served, model_card, request_job
 from lamm.serve.schema import ApiError, parse_chat_request
 
@@ -113,14 +113,17 @@ def create_app(served: Served, batcher: BatchQueue, api_key: str | None = None) 
         options = decoded.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if parsed.stream:
-            return StreamingResponse(_sse(events, served.model_id, include_usage), media_type="text/event-stream",
+            return StreamingResponse(_sse(job, events, served.model_id, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        while True:
-            kind, value = await events.get()
-            if kind == "error":
-                return _error(ApiError(500, value, None, "server_error"))
-            if kind == "done":
-                return _completion(value, served.model_id)
+        try:
+            while True:
+                kind, value = await events.get()
+                if kind == "error":
+                    return _error(ApiError(500, value, None, "server_error"))
+                if kind == "done":
+                    return _completion(value, served.model_id)
+        finally:  # a no-op once done; if the client went away, its row stops being decoded
+            job.cancelled = True
 
     app.state.batcher = batcher
     app.state.served = served
@@ -139,7 +142,7 @@ def _usage(result: Result) -> dict[str, int]:
             "total_tokens": result.prompt_tokens + result.completion_tokens}
 
 
-async def _sse(events: asyncio.Queue, model_id: str, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(job: Job, events: asyncio.Queue, model_id: str, include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events as OpenAI streams them: a role delta, content deltas, a finish chunk, [DONE]."""
     cid, created = _completion_id(), int(time.time())
 
@@ -149,19 +152,22 @@ async def _sse(events: asyncio.Queue, model_id: str, include_usage: bool) -> Asy
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    while True:
-        kind, value = await events.get()
-        if kind == "text":
-            yield chunk({"content": value})
-        elif kind == "error":
-            yield f"data: {json.dumps(ApiError(500, value, None, 'server_error').body())}\n\n"
-            break
-        else:
-            yield chunk({}, value.finish_reason)
-            if include_usage:
-                body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                        "choices": [], "usage": _usage(value)}
-                yield f"data: {json.dumps(body)}\n\n"
-            break
+    try:
+        while True:
+            kind, value = await events.get()
+            if kind == "text":
+                yield chunk({"content": value})
+            elif kind == "error":
+                yield f"data: {json.dumps(ApiError(500, value, None, 'server_error').body())}\n\n"
+                break
+            else:
+                yield chunk({}, value.finish_reason)
+                if include_usage:
+                    body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                            "choices": [], "usage": _usage(value)}
+                    yield f"data: {json.dumps(body)}\n\n"
+                break
+    finally:  # normally a no-op; when the client went away mid-answer, its row stops being decoded
+        job.cancelled = True
     yield "data: [DONE]\n\n"
 

@@ -47,6 +47,7 @@ class Job:
     seed: int | None = None
     stop: Sequence[str] = ()
     sink: Callable[[str, Any], None] = lambda kind, value: None
+    cancelled: bool = False  # the client left: its row stops being decoded
 
     def group_key(self) -> tuple:
         if self.temperature == 0:
@@ -82,17 +83,25 @@ class StopText:
         return out
 
 
+class _BatchDone(Exception):
+    """Every row of a batch has its answer (stop sequence, its own max_tokens, or a client gone): stop decoding."""
+
+
 @dataclass
 class _Row:
     """One job's decoding state inside a batch."""
 
     job: Job
-    streamer: ReplyStreamer
-    stop: StopText
     prompt_tokens: int
+    tokenizer: Any
+    stop_ids: Sequence[int]
     written: list[str] = field(default_factory=list)
     steps: int = 0
     done: bool = False
+
+    def __post_init__(self) -> None:
+        self.stop = StopText(self.job.stop)
+        self.streamer = ReplyStreamer(self.tokenizer, self, self.stop_ids)  # writes its stable text to self.write
 
     def write(self, piece: str) -> None:  # ReplyStreamer's `out`
         shown = self.stop.feed(piece)
@@ -124,10 +133,15 @@ class _RowsStreamer:
         for row, token in zip(self.rows, tokens.reshape(-1)):
             if row.done:
                 continue
+            if row.job.cancelled:
+                row.done = True
+                continue
             row.steps += 1
             row.streamer.put(token.reshape(1))
             if row.streamer.stopped or row.stop.hit or row.steps >= row.job.max_new_tokens:
                 row.finish()
+        if all(row.done for row in self.rows):
+            raise _BatchDone
 
     def end(self) -> None:
         for row in self.rows:
@@ -210,15 +224,16 @@ class BatchQueue:
         self.batches.append(len(jobs))
         batch = self.collate([job.row for job in jobs]).to(self.device)
         tokenizer = self.model.tokenizer
-        rows = [_Row(job, None, StopText(job.stop), len(job.row.input_ids)) for job in jobs]  # type: ignore[arg-type]
-        for row in rows:
-            row.streamer = ReplyStreamer(tokenizer, row, self.stop_ids)
+        rows = [_Row(job, len(job.row.input_ids), tokenizer, self.stop_ids) for job in jobs]
         lead = jobs[0]
         generator = None
         if lead.temperature > 0 and lead.seed is not None:  # as lamm-chat seeds its session's first reply
             generator = torch.Generator(self.device).manual_seed(lead.seed)
         streamer = _RowsStreamer(rows)
-        self.model.generate(batch, max_new_tokens=max(job.max_new_tokens for job in jobs),
-                            do_sample=lead.temperature > 0, temperature=lead.temperature or 1.0, top_p=lead.top_p,
-                            eos_token_id=self.stop_ids, generator=generator, streamer=streamer)
+        try:
+            self.model.generate(batch, max_new_tokens=max(job.max_new_tokens for job in jobs),
+                                do_sample=lead.temperature > 0, temperature=lead.temperature or 1.0, top_p=lead.top_p,
+                                eos_token_id=self.stop_ids, generator=generator, streamer=streamer)
+        except _BatchDone:
+            pass
         streamer.end()

@@ -128,19 +128,22 @@ def build_demo(served: Served, batcher: BatchQueue) -> gr.Blocks:
             return
         history = [*history, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         yield history, "", "Generating…"
-        while True:
-            kind, value = await events.get()
-            if kind == "text":
-                history[-1] = {"role": "assistant", "content": history[-1]["content"] + value}
-                yield history, "", "Generating…"
-            elif kind == "error":
-                yield history, "", f"**Error:** {value}"
-                return
-            else:
-                session.record(sample, value.text)
-                history[-1] = {"role": "assistant", "content": value.text}
-                yield history, "", f"{value.completion_tokens} tokens ({value.finish_reason})."
-                return
+        try:
+            while True:
+                kind, value = await events.get()
+                if kind == "text":
+                    history[-1] = {"role": "assistant", "content": history[-1]["content"] + value}
+                    yield history, "", "Generating…"
+                elif kind == "error":
+                    yield history, "", f"**Error:** {value}"
+                    return
+                else:
+                    session.record(sample, value.text)
+                    history[-1] = {"role": "assistant", "content": value.text}
+                    yield history, "", f"{value.completion_tokens} tokens ({value.finish_reason})."
+                    return
+        finally:  # a no-op once answered; if the page went away, its row stops being decoded
+            job.cancelled = True
 
     def clear(request: gr.Request):
         session_of(request).reset()
