@@ -167,7 +167,8 @@ class ChatSession:
             interrupted = True
             streamer.end()
         answer = streamer.text.strip()
-        self.record(sample, answer)
+        self.turns = [*sample.turns, Turn("assistant", answer)]
+        self.media, self.pending = list(sample.media), []
         ids = batch.input_ids[0]
         placeholders = {}
         for modality, token in PLACEHOLDERS.items():
