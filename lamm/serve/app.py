@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from lamm.serve.batching import BatchQueue, Job, QueueFull, Result
 from lamm.serve.conversation import Served, model_card, request_job
 from lamm.serve.schema import ApiError, parse_chat_request
 
+LOG = logging.getLogger("lamm.serve")
 RETRY_AFTER_SECONDS = 1
 PROTECTED = ("/v1", "/health")
 
@@ -69,7 +71,8 @@ def create_app(served: Served, batcher: BatchQueue, api_key: str | None = None) 
             return await call_next(request)
         except ApiError as err:
             return _error(err)
-        except Exception as exc:  # a bug: one line to the client, the server keeps serving
+        except Exception as exc:  # a bug: one line to the client, the traceback to the log, the server keeps serving
+            LOG.exception("%s %s failed", request.method, path)
             message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
             return _error(ApiError(500, message, None, "server_error"))
 

@@ -1,16 +1,18 @@
 """Answer requests that arrive together in one `MultimodalLM.generate` call, from one worker thread.
 
 Every generation in the process goes through the one worker (API and demo alike): the model is
-never run from two threads at once. The worker takes the first waiting job, gathers what else arrives
-within a short window (up to `max_batch`; it waits only while requests are still being read and
-rendered, see `incoming`, or when the last batch had several, so a lone request starts at once), groups jobs that can share a decode (all greedy ones; sampled
-ones with equal temperature and top-p and no seed; a seeded one alone, so its seed replays exactly as
-in lamm-chat), left-pads each group into one batch and streams every row to its own sink. The
-waiting line is bounded: `submit` raises `QueueFull` beyond it (the API answers 503 with Retry-After).
+never run from two threads at once. The worker takes the first waiting job and gathers what else
+arrives within a short window, up to `max_batch` (it waits only while requests are still being read
+and rendered, see `incoming`, or after a batch of several, so a lone request starts at once). It
+groups jobs that can share a decode (all greedy ones; sampled ones with equal temperature and top-p
+and no seed; a seeded one alone, so its seed replays exactly as in lamm-chat), left-pads each group
+into one batch and streams every row to its own sink. The waiting line is bounded: `submit` raises
+`QueueFull` beyond it (the API answers 503 with Retry-After).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -21,6 +23,9 @@ import torch
 
 from lamm.chat.streaming import ReplyStreamer
 from lamm.datasets.processor import ProcessedSample
+
+
+LOG = logging.getLogger("lamm.serve")
 
 
 class QueueFull(Exception):
@@ -215,6 +220,7 @@ class BatchQueue:
                 try:
                     self.generate(jobs)
                 except Exception as exc:  # one failed batch must not stop the server
+                    LOG.exception("generating a batch of %d failed", len(jobs))  # the operator's traceback
                     for job in jobs:
                         job.sink("error", f"generation failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
 

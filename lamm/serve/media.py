@@ -30,16 +30,15 @@ def decode_image_uri(url: str, param: str, limits: UploadLimits) -> bytes:
     """The bytes of a base64 `data:image/...` URI; ApiError naming `param` for anything else."""
     match = DATA_URI.match(url)
     if match is None:
-        scheme = url.split(":", 1)[0].lower() if ":" in url[:16] else "a bare path"
-        raise ApiError(400, f"{param}: only data: URIs are accepted (got {scheme}{':' if scheme != 'a bare path' else ''}); "
-                       "this server never fetches URLs or reads local files: send the image inline as "
-                       "data:image/png;base64,...", param)
+        scheme = url.split(":", 1)[0].lower() + ":" if ":" in url[:16] else "a bare path"
+        raise ApiError(400, f"{param}: only data: URIs are accepted (got {scheme}); this server never fetches URLs "
+                       "or reads local files: send the image inline as data:image/png;base64,...", param)
     mime = match["mime"].lower()
     if mime.startswith("video/"):
         raise ApiError(400, f"{param}: a {mime} data URI in an image part; image_url takes images only", param)
     if not mime.startswith("image/"):
-        raise ApiError(400, f"{param}: media type {mime or 'missing'!r} is not an image type (image/png, image/jpeg, ...)",
-                       param)
+        raise ApiError(400, f"{param}: media type {mime or 'missing'!r} is not an image type "
+                       "(image/png, image/jpeg, ...)", param)
     if ";base64" not in match["params"].lower():
         raise ApiError(400, f"{param}: the data URI must be base64-encoded (data:{mime};base64,...)", param)
     encoded = url[match.end():]

@@ -17,7 +17,8 @@ MAX_STOP_SEQUENCES = 4
 class ApiError(Exception):
     """A request the client can fix: HTTP status, one-line message, and the field (`param`) it is about."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, " ".join(message.split()), param, kind
 
