@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_OF_FOLDER = {"lamm": "lamm", "encoders": "lamm.encoders", "projectors": "lamm.projectors",
                      "datasets": "lamm.datasets", "benchmarks": "lamm.benchmarks"}
 LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
+SERVING = ("gradio", "fastapi", "uvicorn", "starlette")  # the `serve` extra: only lamm.serve may import it
 # Which of lamm's other folders each folder may import. lamm's top-level modules (registry, batch,
 # tokens, model, ...) are governed by FORBIDDEN alone.
 MAY_IMPORT = {
@@ -27,6 +28,7 @@ MAY_IMPORT = {
     "lamm.training": {"lamm.datasets", "lamm.benchmarks", "lamm.recipes", "lamm.zoo"},  # zoo: imported runs
     "lamm.zoo": {"lamm.training", "lamm.llm", "lamm.fusion", "lamm.encoders", "lamm.projectors"},
     "lamm.chat": {"lamm.datasets", "lamm.benchmarks", "lamm.training"},
+    "lamm.serve": {"lamm.chat", "lamm.cli", "lamm.datasets", "lamm.encoders"},  # cli: split_source, run_guarded
     "lamm.cli": {"lamm.datasets", "lamm.benchmarks", "lamm.training", "lamm.recipes", "lamm.chat", "lamm.llm",
                  "lamm.fusion", "lamm.encoders", "lamm.projectors", "lamm.zoo"},
 }
@@ -100,6 +102,8 @@ def violations(root: Path) -> list[str]:
                     bad.append(f"{where} ({here} may import {sorted(MAY_IMPORT[here]) or 'no other folder'})")
                 if any(within(target, lib) for lib in LIGHTNING) and here not in ("lamm.training", "lamm.cli"):
                     bad.append(f"{where} (Lightning stays in lamm.training and lamm.cli)")
+                if any(within(target, lib) for lib in SERVING) and here != "lamm.serve":
+                    bad.append(f"{where} (the serve extra is imported by lamm.serve only: the core install stays lean)")
     return bad
 
 

@@ -62,6 +62,10 @@ COVERED_BY = {
     "printf '/image shape.png\\nWhat colour is the shape?\\n/quit\\n' | .venv/bin/lamm-chat runs/quickstart-prefix/<time>":
         "tests/test_chat.py::test_pipe_multimodal_session",
     ".venv/bin/lamm-chat model/llm=tiny_random --max-new-tokens 20": "tests/test_chat.py::test_pipe_multimodal_session",
+    ".venv/bin/lamm-serve runs/quickstart-prefix/<time>":
+        "tests/test_serve.py::test_answers_equal_lamm_chats_over_two_turns_with_one_and_two_images",
+    ".venv/bin/lamm-serve runs/quickstart-prefix/<time> --host 0.0.0.0 --api-key sk-lamm-secret":
+        "tests/test_serve.py::test_bad_requests_get_one_line_4xx_naming_the_field_and_the_server_keeps_serving",
     ".venv/bin/torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr node0 --master_port 29500 "
     "--no-python .venv/bin/lamm-train experiment=lamm_2d trainer=ddp trainer.devices=8 trainer.num_nodes=2":
         "tests/test_training.py::test_ddp_two_cpu_processes_agree",
@@ -92,6 +96,7 @@ HELP = {
     "lamm recipes": ["list", "show", "cp", "validate"],
     "lamm recipes validate": ["--trust-recipe", "--config-dir"],
     "lamm-chat": ["--config-dir", "--stats", "/image PATH", "/video PATH", "/points PATH", "/reset", "/help", "/quit"],
+    "lamm-serve": ["--port", "--host", "--api-key", "--max-batch", "--queue-size", "--max-body-mb"],
     "lamm-train": ["experiment: ", "trainer: ", "model/encoder: "],
     "lamm-eval": ["benchmark: ", "checkpoint: "],
 }

@@ -74,8 +74,11 @@ class ChatSession:
     def template(self) -> str:
         return self.renderer.template.name
 
-    def attach(self, modality: str, path: str) -> MediaRef:
-        """Load and transform a medium now (so a bad file fails here) for the next user turn."""
+    def attach(self, modality: str, path: str, data: bytes | None = None) -> MediaRef:
+        """Load and transform a medium now (so a bad file fails here) for the next user turn.
+
+        With `data`, the medium is those bytes (an upload) and `path` only names it in messages.
+        """
         if modality not in PLACEHOLDERS:
             raise ChatError(f"unknown modality {modality!r}; expected one of {', '.join(PLACEHOLDERS)}")
         if modality not in self.specs:
@@ -83,7 +86,8 @@ class ChatSession:
         if not path:
             raise ChatError(f"no path given for the {modality}")
         self._attached += 1
-        ref = MediaRef(modality, os.path.expanduser(path), f"attachment {self._attached}")
+        ref = MediaRef(modality, path if data is not None else os.path.expanduser(path), f"attachment {self._attached}",
+                       data)
         holder = Sample(id="chat", turns=[], media=[ref], source="<chat>")
         try:
             tensor = self.renderer.gen.load_media(holder, [ref])[modality][0]
@@ -108,15 +112,30 @@ class ChatSession:
         return Sample(id="chat", turns=[*self.turns, Turn("user", text)], media=[*self.media, *self.pending],
                       source="<chat>")
 
-    def batch(self, sample: Sample) -> Batch:
+    def processed(self, sample: Sample) -> ProcessedSample:
         """Token ids and media tensors of a conversation, exactly as the data processor renders it."""
         tokens = self.renderer.gen.tokenize(sample)
         media: dict[str, list[torch.Tensor]] = {}
         for ref in tokens.media:
             media.setdefault(ref.modality, []).append(self._tensors[ref])
         ids = torch.tensor(tokens.input_ids, dtype=torch.long)
-        processed = ProcessedSample("chat", ids, torch.full_like(ids, IGNORE_INDEX), media)
-        return self.renderer.left([processed]).to(self.device)
+        return ProcessedSample("chat", ids, torch.full_like(ids, IGNORE_INDEX), media)
+
+    def batch(self, sample: Sample) -> Batch:
+        """The conversation as a one-row batch on the session's device."""
+        return self.renderer.left([self.processed(sample)]).to(self.device)
+
+    def new_token_budget(self, prompt_tokens: int, wanted: int) -> int:
+        """How many tokens a reply may have after a prompt this long; ChatError if the prompt fills the context."""
+        if self.context is not None and prompt_tokens >= self.context:
+            raise ChatError(f"the conversation is {prompt_tokens} tokens, the model's context is {self.context}; "
+                            "/reset to start over")
+        return wanted if self.context is None else min(wanted, self.context - prompt_tokens)
+
+    def record(self, sample: Sample, answer: str) -> None:
+        """`sample`'s user turn was answered with `answer`: both join the history, its media with them."""
+        self.turns = [*sample.turns, Turn("assistant", answer)]
+        self.media, self.pending = list(sample.media), []
 
     def prompt_text(self, text: str) -> str:
         """The rendered prompt for the history plus `text` (placeholders shown once per medium)."""
@@ -133,10 +152,7 @@ class ChatSession:
         sample = self.conversation(text)
         batch = self.batch(sample)
         length = int(batch.attention_mask.sum())
-        if self.context is not None and length >= self.context:
-            raise ChatError(f"the conversation is {length} tokens, the model's context is {self.context}; "
-                            "/reset to start over")
-        max_new = options.max_new_tokens if self.context is None else min(options.max_new_tokens, self.context - length)
+        max_new = self.new_token_budget(length, options.max_new_tokens)
         streamer = ReplyStreamer(self.model.tokenizer, out, self.renderer.eos_ids)
         if options.temperature > 0 and options.seed is not None and self._generator is None:
             # One generator per session: replies differ turn to turn, the whole chat replays exactly.

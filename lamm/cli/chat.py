@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_source(source: Sequence[str]) -> tuple[str | None, list[str]]:
+def split_source(source: Sequence[str]) -> tuple[str | None, list[str]]:
     """(run folder, overrides): `key=value` items are overrides, except checkpoint=PATH."""
     run, overrides = None, []
     for item in source:
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     try:
-        run, overrides = _split_source(args.source)
+        run, overrides = split_source(args.source)
     except ValueError as exc:
         _note(f"error: {exc}")
         return 2
