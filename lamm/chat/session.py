@@ -167,8 +167,7 @@ class ChatSession:
             interrupted = True
             streamer.end()
         answer = self.renderer.template.reply(streamer.text)  # without an end marker the template trains
-        self.turns = [*sample.turns, Turn("assistant", answer)]
-        self.media, self.pending = list(sample.media), []
+        self.record(sample, answer)
         ids = batch.input_ids[0]
         placeholders = {}
         for modality, token in PLACEHOLDERS.items():

@@ -34,7 +34,7 @@ class QueueFull(Exception):
 
 @dataclass
 class Result:
-    text: str  # the whole answer, stripped (what lamm-chat prints)
+    text: str  # the whole answer as lamm-chat keeps it (the template's `reply`)
     finish_reason: str  # "stop" (end of turn or a stop sequence) or "length"
     prompt_tokens: int
     completion_tokens: int
@@ -53,6 +53,7 @@ class Job:
     stop: Sequence[str] = ()
     sink: Callable[[str, Any], None] = lambda kind, value: None
     cancelled: bool = False  # the client left: its row stops being decoded
+    answer: Callable[[str], str] = str.strip  # generated text -> answer: the template's `reply` (end markers cut)
 
     def group_key(self) -> tuple:
         if self.temperature == 0:
@@ -124,7 +125,7 @@ class _Row:
         self.streamer.end()
         self.write(self.stop.flush())
         reason = "stop" if self.streamer.stopped or self.stop.hit else "length"
-        result = Result("".join(self.written).strip(), reason, self.prompt_tokens, len(self.streamer.ids))
+        result = Result(self.job.answer("".join(self.written)), reason, self.prompt_tokens, len(self.streamer.ids))
         self.job.sink("done", result)
 
 

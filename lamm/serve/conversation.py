@@ -62,7 +62,8 @@ def request_job(served: Served, request: ChatRequest) -> Job:
             except ChatError:
                 raise ApiError(400, f"messages: the conversation is {len(row.input_ids)} tokens, the model's context "
                                f"is {session.context}", "messages") from None
-            return Job(row, budget, request.temperature, request.top_p, request.seed, request.stop)
+            return Job(row, budget, request.temperature, request.top_p, request.seed, request.stop,
+                       answer=session.renderer.template.reply)
     raise AssertionError("a validated request ends with a user message")
 
 

@@ -120,7 +120,8 @@ def build_demo(served: Served, batcher: BatchQueue) -> gr.Blocks:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = Job(row, budget, float(temperature), float(top_p), None, (),
-                  lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)))
+                  lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
+                  answer=session.renderer.template.reply)
         try:
             batcher.submit(job)
         except QueueFull:
