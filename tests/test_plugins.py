@@ -108,7 +108,8 @@ def test_registry_lists_the_plugin_encoder_and_where_it_comes_from(sandbox: Sand
     assert "my_encoder" in run(REGISTRY, sandbox.root, sandbox.env).stdout
     probe = ("from lamm.registry import ENCODERS; from lamm.config import group_options, plugin_config_modules; "
              "print(ENCODERS.origin('my_encoder'), ENCODERS.origin('small_cnn'), plugin_config_modules(), "
-             "'my_encoder' in group_options('model/encoder'), ENCODERS.labelled_names()[0])")
+             "'my_encoder' in group_options('model/encoder'), "
+             "[n for n in ENCODERS.labelled_names() if n.startswith('my_encoder')][0])")
     out = subprocess.run([sys.executable, "-P", "-c", probe], cwd=sandbox.root, env=sandbox.env,
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["lamm-plugin-encoder", "lamm", "('lamm_plugin_encoder.conf',)", "True",
@@ -117,7 +118,7 @@ def test_registry_lists_the_plugin_encoder_and_where_it_comes_from(sandbox: Sand
 
 def test_cfg_job_shows_the_plugin_yaml(sandbox: Sandbox) -> None:
     cfg = OmegaConf.create(run(SHOW_CONFIG, sandbox.root, sandbox.env).stdout)
-    assert cfg.model.encoder == {"name": "my_encoder", "image_size": 64, "patch_size": 16, "width": 256, "depth": 2,
+    assert cfg.model.encoder == {"allow_random_frozen": False, "name": "my_encoder", "image_size": 64, "patch_size": 16, "width": 256, "depth": 2,
                                  "token_mlp_dim": 64, "channel_mlp_dim": 512, "dropout": 0.0}
 
 
