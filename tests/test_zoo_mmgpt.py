@@ -389,3 +389,25 @@ def test_which_parameters_a_frozen_zero_gate_cuts_off():
     assert any(n.startswith("fusion.blocks.3.to_kv.lora_") for n in dead)
     model.fusion.blocks["3"].ff_gate.requires_grad_(True)  # a trainable gate opens in training
     assert not any(n.startswith("fusion.blocks.3.ff_") for n in zero_gradient_parameters(model))
+
+
+def test_lamm_eval_and_lamm_chat_on_the_mmgpt_import(zoo, tmp_path, monkeypatch, capsys) -> None:
+    """`lamm-eval checkpoint=OUT` and `lamm-chat OUT --template mmgpt`, in this process (their console
+    scripts are tested elsewhere)."""
+    import io
+
+    from lamm.cli.chat import main as chat_main
+    from lamm.cli.eval import run as lamm_eval
+    from lamm.config import compose
+    from lamm.datasets.synth import generate
+
+    generate(tmp_path / "synth", sizes={"train": 4, "test": 4}, kinds=("shapes",), image_size=32)
+    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=2",
+                                        f"checkpoint={zoo.mmgpt}", f"synth_root={tmp_path / 'synth'}",
+                                        f"output_dir={tmp_path / 'eval'}", "model.name=mmgpt"]))
+    assert result["n"] == 4 and (tmp_path / "eval" / "mmgpt" / "shapes_ppl" / "results.json").is_file()
+    image = tmp_path / "synth" / "shapes" / "images" / "test" / "000000.png"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\nWhat shape is this?\n/quit\n"))
+    assert chat_main([str(zoo.mmgpt), "--template", "mmgpt", "--max-new-tokens", "4", "--stats"]) == 0
+    said = capsys.readouterr()
+    assert "template mmgpt" in said.out + said.err, (said.out + said.err)[-2000:]
