@@ -155,13 +155,14 @@ def _hydra_entry() -> None:
 
 
 def check_override_keys(argv: list[str], config_name: str = "train",
-                        extra_dirs: Sequence[str | Path] = ()) -> str | None:
+                        extra_dirs: Sequence[str | Path] = (), check_required: bool = False) -> str | None:
     """One line naming an overridden key that does not exist, with the valid keys beside it, or the
     composition error of a bad group choice or value.
 
     A key whose value is MISSING (`???`, e.g. `data.path` of the shipped data configs) exists.
     `extra_dirs` are the command line's own config folders (--config-dir, staged recipe files), so
     their groups count as groups. Under `-m` a swept group is checked with its first choice.
+    `check_required`: also the recipe's `required:` keys (lamm/recipes/required.py), when not sweeping.
     """
     from omegaconf import ListConfig
 
@@ -195,7 +196,7 @@ def check_override_keys(argv: list[str], config_name: str = "train",
     if not sweep:  # the values too (a wrong type, a bad interpolation), before Hydra prints its own trace
         overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
         try:
-            compose(config_name, overrides, config_dirs=extra_dirs)
+            composed = compose(config_name, overrides, config_dirs=extra_dirs)
         except Exception as exc:
             from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -205,6 +206,10 @@ def check_override_keys(argv: list[str], config_name: str = "train",
                 except Exception:
                     return f"cannot parse the override '{item}': {describe(exc)[0]}"
             return describe(exc)[0]
+        if check_required:
+            from lamm.recipes.required import requirement_problem
+
+            return requirement_problem(composed)
     return None
 
 
@@ -253,7 +258,8 @@ def main() -> None:
         # Recipe files staged, refused constructs reported (one line each), --trust-recipe taken out.
         sys.argv[1:] = with_imported_architecture(prepare_argv(sys.argv[1:], "experiment"))
         argv, extra = sys.argv[1:], user_config_dirs(sys.argv[1:])
-        problem = check_override_keys(argv, extra_dirs=extra) or (
+        # `--cfg` only prints the config, so a recipe's required keys may still be unset there.
+        problem = check_override_keys(argv, extra_dirs=extra, check_required="--cfg" not in argv) or (
             None if "-m" in argv or "--multirun" in argv or "--cfg" in argv else check_output_folder(argv, extra))
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)
