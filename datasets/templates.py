@@ -1,7 +1,7 @@
 """Prompt templates: render a Sample into text segments, each marked as trained (response) or not.
 
 Picked by name in config (`template: vicuna_lamm | mmgpt | chat | document | openflamingo_caption |
-openflamingo_vqa`). Media stay as placeholder markers inside the text; the processor turns them into
+openflamingo_vqa | blip2`). Media stay as placeholder markers inside the text; the processor turns them into
 token blocks. A conversation
 that ends with a user turn is rendered with the assistant's prompt at the end (ready to generate).
 """
@@ -263,9 +263,36 @@ class OpenFlamingoVqaTemplate(OpenFlamingoFewShotTemplate):
         return re.split(", ", re.split("Question|Answer|Short", generated, maxsplit=1)[0], maxsplit=1)[0].strip()
 
 
+class Blip2Template(Template):
+    """BLIP-2's prompt: the image's queries, then `Question: {question} Answer:` and the answer after a
+    space, trained with EOS; a turn with no text besides its media is a caption (the queries alone prompt
+    it, as in BLIP-2's generative pre-training). A system prompt, if set, goes first on its own line.
+    """
+
+    name = "blip2"
+
+    def render(self, sample: Sample, tokenizer) -> list[Segment]:
+        _require_chat(sample, self.name)
+        eos = _eos(tokenizer)
+        system = _system(self.system_prompt, None, sample)
+        segs: list[Segment] = [Segment(system + "\n", False)] if system else []
+        asked = False
+        for turn in sample.turns:
+            if turn.role == "user":
+                markers = "".join(MARKER_RE.findall(turn.text))
+                question = _user_text(Turn("user", MARKER_RE.sub("", turn.text).strip(), input=turn.input))
+                asked = bool(question)
+                prompt = f"Question: {question} Answer:" if asked else ""
+                gap = " " if segs and segs[-1].train else ""  # a later turn, after an answer
+                segs.append(Segment(gap + markers + prompt, False))
+            else:
+                segs.append(Segment((" " if asked else "") + turn.text + eos, True))
+        return [s for s in segs if s.text]
+
+
 TEMPLATES: dict[str, Callable[..., Template]] = {
     t.name: t for t in (VicunaLammTemplate, MmgptTemplate, ChatTemplate, DocumentTemplate,
-                        OpenFlamingoCaptionTemplate, OpenFlamingoVqaTemplate)
+                        OpenFlamingoCaptionTemplate, OpenFlamingoVqaTemplate, Blip2Template)
 }
 
 

@@ -83,6 +83,7 @@ def blip2_overrides(qformer: Any, num_query_tokens: int, dtype: str | None) -> l
         "model/llm=hf",
         f"model.llm.path={OUT}/{LLM_DIR}",
         "model/policy=align",
+        "data.template=blip2",  # `Question: {q} Answer:`, as BLIP-2 was prompted
     ]
     if dtype is not None:
         overrides += [f"model.llm.dtype={dtype}", f"model.encoder.dtype={dtype}"]
@@ -152,7 +153,7 @@ def import_hf_blip2(src: Path, dtype: str | None = None) -> ImportPlan:
         "language_model": text.model_type,
         "image_token_id": image_token,
         "qformer_text_branch_skipped": len(text_branch),
-        "prompt": "BLIP-2 was trained with plain prompts such as 'Question: {question} Answer:'",
+        "prompt": "template blip2: 'Question: {question} Answer:'",
     }
     return ImportPlan(overrides=blip2_overrides(qformer, config.num_query_tokens, dtype), weights=weights,
                       write_folders=write_folders, notes=notes)
