@@ -82,8 +82,10 @@ def test_quickstart_settings_per_fusion() -> None:
 
 def test_published_details() -> None:
     lamm2d = compose("train", ["experiment=lamm_2d"])
-    assert lamm2d.model.encoder.model_name == "ViT-L-14" and lamm2d.model.encoder.layer == -2
-    assert not lamm2d.model.encoder.include_cls and lamm2d.model.projector.name == "linear"
+    assert lamm2d.model.encoder.model_name == "ViT-L-14" and lamm2d.model.encoder.layer == -1
+    assert not lamm2d.model.encoder.include_cls and not lamm2d.model.encoder.final_norm
+    assert lamm2d.model.projector.name == "linear" and lamm2d.data.template == "vicuna_lamm"
+    assert compose("train", ["experiment=llava15_stage1"]).model.encoder.layer == -2  # LLaVA's choice
     assert (lamm2d.model.lora.r, lamm2d.model.lora.alpha, lamm2d.model.lora.dropout) == (32, 32, 0.1)
     assert list(lamm2d.model.lora.targets) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     of = compose("train", ["experiment=openflamingo_9b"])

@@ -174,7 +174,7 @@ def import_lamm(src: Path, **options: str) -> ImportPlan:
         f"model.lora.dropout={LAMM_LORA['dropout']}",
         f"model.lora.targets=[{','.join(targets)}]",
         "model/policy=lora",
-        "data.template=vicuna_lamm",
+        "data.template=lamm",  # LAMM's own prompt layout and `###` answer end (datasets/templates.py)
     ]
     notes = {"llm": str(llm_dir), "vision": str(vision_dir), "lora": {"r": rank, "alpha": alpha, "targets": targets,
              "modules": len(modules)}, "projector": [hidden, width],
