@@ -183,3 +183,17 @@ def test_blip2_finetune_recipe_trains_the_qformer_from_the_import(imported, tmp_
     after = load_file(str(next(run.glob("export/*.safetensors"))))
     moved = [k for k in before if k.startswith("projectors.") and k in after and not torch.equal(before[k], after[k])]
     assert moved, "the Q-Former did not train"
+
+
+def test_init_from_an_import_works_with_any_data_group(imported, tmp_path) -> None:
+    """data=mixture and data=interleaved have no data.template: they start from the import all the same, one
+    stderr line saying its template (blip2) is unused (a chat data config takes it: the fine-tune test above)."""
+    _, out = imported
+    for group, paths in (("mixture", ["data.datasets.0.path=/a.json", "data.datasets.1.path=/b.json"]),
+                         ("interleaved", ["data.path=/docs.jsonl"])):
+        result = subprocess.run([str(BIN / "lamm-train"), f"init_from={out}", f"data={group}", *paths,
+                                 "--cfg", "job"], capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "name: qformer" in result.stdout and f"name: {group}" in result.stdout
+        unused = [line for line in result.stderr.splitlines() if "data.template=blip2 is not used" in line]
+        assert "template: blip2" not in result.stdout and len(unused) == 1, result.stderr[-2000:]

@@ -236,15 +236,50 @@ def check_output_folder(argv: list[str], extra_dirs: Sequence[str | Path] = ()) 
 
 def with_imported_architecture(argv: list[str]) -> list[str]:
     """`init_from=FOLDER` of an imported model (`lamm import`) first applies the overrides that rebuild its
-    architecture; the user's own overrides of the same keys or groups win."""
+    architecture; the user's own overrides of the same keys or groups win. The import's data settings (its
+    prompt template) apply where the chosen data config has the key: a mixture's sources keep their own
+    templates and interleaved documents render as documents (stderr says so)."""
     from lamm.zoo.writer import read_import_record
 
     source = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("init_from=")), None)
     record = read_import_record(source) if source else None
     if record is None:
         return argv
-    typed = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
-    return [o for o in record["overrides"] if o.split("=", 1)[0].lstrip("+~") not in typed] + argv
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    typed = {key(a) for a in argv if "=" in a}
+    imported = [o for o in record["overrides"] if key(o) not in typed]
+    unused = unused_data_settings(imported, argv)
+    for override in unused:
+        print(f"lamm-train: init_from {source}: its {override} is not used: the chosen data config has no "
+              f"{key(override)} (a mixture sets it per source: data.datasets.N.{key(override)[5:]})", file=sys.stderr)
+    return [o for o in imported if o not in unused] + argv
+
+
+def unused_data_settings(imported: list[str], argv: list[str]) -> list[str]:
+    """The imported `data.*` overrides whose key the data config the command line chooses does not have."""
+    from omegaconf import OmegaConf
+
+    from lamm.config import compose
+    from lamm.recipes.launch import user_config_dirs
+
+    data = [o for o in imported if o.startswith("data.")]
+    if not data:
+        return []
+    plain = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+    try:
+        cfg = compose("train", [o for o in imported if o not in data] + plain, config_dirs=user_config_dirs(argv))
+    except Exception:  # a bad command line: check_override_keys reports it in its own words
+        return []
+
+    def has(dotted: str) -> bool:  # `keys()` lists `???` values too (`select` does not tell them apart)
+        parent, _, leaf = dotted.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        return isinstance(node, DictConfig) and leaf in node.keys()
+
+    return [o for o in data if not has(o.split("=", 1)[0])]
 
 
 def main() -> None:
