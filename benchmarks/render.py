@@ -50,13 +50,16 @@ class Renderer:
         self.gen = Processor(tok, self.template, specs, layout, max_length=max_length, training=False)
         self.train = Processor(tok, self.template, specs, layout, max_length=max_length, training=True)
         self.left = build_collator(tok, "left")
-        self.eos_ids = self._stop_ids(tok, self.template.renders_chunk_end)
+        self.eos_ids = self.stop_ids(tok, self.template.renders_chunk_end, self.template.stop_strings)
 
     @staticmethod
-    def _stop_ids(tok: Any, chunk_end: bool = False) -> list[int]:
+    def stop_ids(tok: Any, chunk_end: bool = False, stop_strings: Sequence[str] = ()) -> list[int]:
         ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
         if chunk_end:  # few-shot templates end each answer with <|endofchunk|> (OpenFlamingo stops there)
             ids.append(tok.convert_tokens_to_ids(END_OF_CHUNK))
+        vocab = tok.get_vocab()
+        # A template's end text (LAMM's `###`) where the vocabulary has it as one token; reply() cuts the rest.
+        ids += [vocab[s] for s in stop_strings if s in vocab and vocab[s] not in ids]
         for t in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
             i = tok.convert_tokens_to_ids(t) if t in tok.get_vocab() else None
             if i is not None and i not in ids:

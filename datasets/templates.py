@@ -1,7 +1,7 @@
 """Prompt templates: render a Sample into text segments, each marked as trained (response) or not.
 
 Picked by name in config (`template: vicuna_lamm | mmgpt | chat | document | openflamingo_caption |
-openflamingo_vqa`). Media stay as placeholder markers inside the text; the processor turns them into
+openflamingo_vqa | blip2 | lamm`). Media stay as placeholder markers inside the text; the processor turns them into
 token blocks. A conversation
 that ends with a user turn is rendered with the assistant's prompt at the end (ready to generate).
 """
@@ -66,6 +66,8 @@ class Template:
     renders_bos = False
     # Whether rendered text already closes each medium's chunk (else the processor does, per the fusion's layout).
     renders_chunk_end = False
+    # Text that ends a trained answer instead of EOS: generation stops at it where it is one token.
+    stop_strings: tuple[str, ...] = ()
 
     def __init__(self, system_prompt: str | None = None) -> None:
         self.system_prompt = system_prompt
@@ -101,6 +103,44 @@ class VicunaLammTemplate(Template):
         if sample.turns and sample.turns[-1].role == "user":
             segs.append(Segment("### Assistant: ", False))
         return segs
+
+
+class LammTemplate(Template):
+    """LAMM's layout as its code writes it (OpenGVLab/LAMM src/model/LAMM/openlamm.py: make_prompt_start,
+    build_one_instance, prepare_generation_embedding): `### Human: <Img>` + the image + `</Img> {question}`
+    and `\n### Assistant: `; each answer is trained with `\n###` after it (no EOS: LAMM stops generating at
+    `###`); a later turn is `Human: {question}\n### Assistant: `; a prompt to generate from ends
+    `### Assistant:` with no space, as LAMM's generation prompt does. No system prompt by default, as LAMM
+    generates (`system_prompt=task` puts one first, followed by a blank line, as LAMM's training does).
+    """
+
+    name = "lamm"
+    END = "\n###"
+    stop_strings = ("###",)
+    TAGS = {"image": ("<Img>", "</Img>"), "pointcloud": ("<Pcl>", "</Pcl>")}
+
+    def render(self, sample: Sample, tokenizer) -> list[Segment]:
+        _require_chat(sample, self.name)
+        system = _system(self.system_prompt, None, sample)
+        segs: list[Segment] = [Segment(system + "\n\n", False)] if system else []
+        for i, turn in enumerate(sample.turns):
+            if turn.role == "assistant":
+                segs.append(Segment(turn.text + self.END, True))
+                continue
+            media = "".join(self._tagged(m) for m in MARKER_RE.findall(turn.text))
+            question = _user_text(Turn("user", MARKER_RE.sub("", turn.text).strip(), input=turn.input))
+            head = "### Human: " if i == 0 else "Human: "  # later turns follow the `\n###` of an answer
+            answered = i + 1 < len(sample.turns)
+            segs.append(Segment(f"{head}{media + ' ' if media else ''}{question}\n### Assistant:"
+                                f"{' ' if answered else ''}", False))
+        return segs
+
+    def _tagged(self, marker: str) -> str:
+        start, end = self.TAGS.get(MODALITY_OF_MARKER[marker], ("", ""))
+        return f"{start}{marker}{end}"
+
+    def reply(self, generated: str) -> str:
+        return generated.split("###", 1)[0].strip()
 
 
 _MEDIA_LABEL = {"image": "Image", "video": "Video", "pointcloud": "Point Cloud"}
@@ -263,9 +303,37 @@ class OpenFlamingoVqaTemplate(OpenFlamingoFewShotTemplate):
         return re.split(", ", re.split("Question|Answer|Short", generated, maxsplit=1)[0], maxsplit=1)[0].strip()
 
 
+class Blip2Template(Template):
+    """BLIP-2's prompt: the image's queries, then `Question: {question} Answer:` and the answer after a
+    space, trained with EOS; a turn with no text besides its media is a caption (the queries alone prompt
+    it, as in BLIP-2's generative pre-training). A system prompt, if set, goes first on its own line.
+    """
+
+    name = "blip2"
+
+    def render(self, sample: Sample, tokenizer) -> list[Segment]:
+        _require_chat(sample, self.name)
+        eos = _eos(tokenizer)
+        system = _system(self.system_prompt, None, sample)
+        segs: list[Segment] = [Segment(system + "\n", False)] if system else []
+        asked = False
+        for turn in sample.turns:
+            if turn.role == "user":
+                markers = "".join(MARKER_RE.findall(turn.text))
+                question = _user_text(Turn("user", MARKER_RE.sub("", turn.text).strip(), input=turn.input))
+                asked = bool(question)
+                prompt = f"Question: {question} Answer:" if asked else ""
+                gap = " " if segs and segs[-1].train else ""  # a later turn, after an answer
+                segs.append(Segment(gap + markers + prompt, False))
+            else:
+                segs.append(Segment((" " if asked else "") + turn.text + eos, True))
+        return [s for s in segs if s.text]
+
+
 TEMPLATES: dict[str, Callable[..., Template]] = {
     t.name: t for t in (VicunaLammTemplate, MmgptTemplate, ChatTemplate, DocumentTemplate,
-                        OpenFlamingoCaptionTemplate, OpenFlamingoVqaTemplate)
+                        OpenFlamingoCaptionTemplate, OpenFlamingoVqaTemplate, Blip2Template,
+                        LammTemplate)
 }
 
 

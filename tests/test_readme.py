@@ -86,6 +86,20 @@ COVERED_BY = {
         "tests/test_zoo_llava.py::test_finetuning_the_import_lowers_the_loss",
     ".venv/bin/lamm export --to hf_llava runs/prefix/<time> /models/my-llava-hf":
         "tests/test_zoo_llava.py::test_exported_runs_load_in_transformers_with_lamm_logits",
+    ".venv/bin/lamm-train experiment=blip2_finetune init_from=runs/blip2-opt-2.7b data.path=/data/vqa/train.json":
+        "tests/test_zoo_blip2.py::test_blip2_finetune_recipe_trains_the_qformer_from_the_import",
+    ".venv/bin/lamm import lamm /models/LAMM-2D-13B/pytorch_model.pt runs/lamm-2d --option llm=/models/vicuna-13b-v0 "
+    "--option vision=/models/clip-vit-large-patch14":
+        "tests/test_zoo_lamm.py::test_every_tensor_lands_in_the_model_and_the_config_is_lamms",
+    ".venv/bin/lamm import openflamingo /models/OpenFlamingo-3B-vitl-mpt1b/checkpoint.pt runs/openflamingo-3b "
+    "--option llm=/models/mpt-1b-redpajama-200b --option vision=/models/ViT-L-14.pt":
+        "tests/test_zoo_openflamingo.py::test_logits_and_16_greedy_tokens_equal_openflamingos",
+    ".venv/bin/lamm import hf_idefics /models/idefics-9b-instruct runs/idefics-9b":
+        "tests/test_zoo_idefics.py::test_console_import_equals_transformers_logits_and_greedy_tokens",
+    ".venv/bin/lamm import mmgpt /models/mmgpt-lora-v0-release.pt runs/mmgpt --option base=runs/openflamingo-9b":
+        "tests/test_zoo_mmgpt.py::test_import_is_the_base_plus_its_lora_merged_by_hand",
+    ".venv/bin/lamm-train experiment=multimodal_gpt init_from=runs/mmgpt data.datasets.0.path=/data/dolly.jsonl "
+    "data.datasets.1.path=/data/mmgpt_vision.json": "tests/test_zoo_mmgpt.py::test_multimodal_gpt_recipe_trains_from_the_import",
     ".venv/bin/torchrun --nproc_per_node 2 --no-python .venv/bin/lamm-eval benchmark=shapes_ppl "
     "checkpoint=runs/quickstart-prefix/<time>": "tests/test_bench_eval.py::test_two_processes_equal_one",
 }

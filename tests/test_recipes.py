@@ -12,10 +12,22 @@ EXPERIMENTS = group_options("experiment")
 TRAINERS = group_options("trainer")
 
 
-def tiny_stand_ins(model: dict) -> dict:
-    """Same recipe, tiny weights: the LLM, CLIP and large point encoders shrink; every other key stays."""
+@pytest.fixture(scope="module")
+def tiny_tower(tmp_path_factory) -> str:
+    """A tiny Hugging Face CLIP tower folder for the recipes whose hf_vision path is the user's to give."""
+    from lamm.testing import save_tiny_vision_tower
+
+    return str(save_tiny_vision_tower("clip", tmp_path_factory.mktemp("tower")))
+
+
+def tiny_stand_ins(model: dict, tower: str | None = None) -> dict:
+    """Same recipe, tiny weights: the LLM, CLIP, Q-Former and large point encoders shrink; every other key stays."""
     model["llm"] = dict(TINY_LLM, num_layers=8)
     enc = model["encoder"]
+    if enc["name"] == "hf_vision":
+        enc["path"] = tower
+    if model["projector"]["name"] == "qformer":
+        model["projector"].update(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
     if enc["name"] == "open_clip":
         enc["model_cfg"] = TINY_ENCODERS["open_clip"]["model_cfg"]
         enc["image_size"] = None
@@ -30,15 +42,15 @@ def tiny_stand_ins(model: dict) -> dict:
 
 def test_the_published_setups_ship() -> None:
     for name in ("quickstart", "lamm_2d", "lamm_3d", "openflamingo_9b", "multimodal_gpt", "llava15_stage1",
-                 "llava15_stage2"):
+                 "llava15_stage2", "blip2_stage2", "blip2_finetune"):
         assert name in EXPERIMENTS
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes_and_builds(experiment: str) -> None:
+def test_experiment_composes_and_builds(experiment: str, tiny_tower: str) -> None:
     cfg = compose("train", [f"experiment={experiment}"])
     OmegaConf.to_yaml(cfg, resolve=False)
-    model_cfg = tiny_stand_ins(OmegaConf.to_container(cfg.model, resolve=True))
+    model_cfg = tiny_stand_ins(OmegaConf.to_container(cfg.model, resolve=True), tiny_tower)
     model = build_model(model_cfg)
     assert model.media_specs()
     assert cfg.data.name and cfg.trainer.max_steps > 0
@@ -70,8 +82,10 @@ def test_quickstart_settings_per_fusion() -> None:
 
 def test_published_details() -> None:
     lamm2d = compose("train", ["experiment=lamm_2d"])
-    assert lamm2d.model.encoder.model_name == "ViT-L-14" and lamm2d.model.encoder.layer == -2
-    assert not lamm2d.model.encoder.include_cls and lamm2d.model.projector.name == "linear"
+    assert lamm2d.model.encoder.model_name == "ViT-L-14" and lamm2d.model.encoder.layer == -1
+    assert not lamm2d.model.encoder.include_cls and not lamm2d.model.encoder.final_norm
+    assert lamm2d.model.projector.name == "linear" and lamm2d.data.template == "vicuna_lamm"
+    assert compose("train", ["experiment=llava15_stage1"]).model.encoder.layer == -2  # LLaVA's choice
     assert (lamm2d.model.lora.r, lamm2d.model.lora.alpha, lamm2d.model.lora.dropout) == (32, 32, 0.1)
     assert list(lamm2d.model.lora.targets) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     of = compose("train", ["experiment=openflamingo_9b"])
@@ -81,6 +95,11 @@ def test_published_details() -> None:
     assert set(mmgpt.model.lora.fusion_targets) == {"to_q", "to_kv", "to_out", "ff_in", "ff_out"}
     s1, s2 = compose("train", ["experiment=llava15_stage1"]), compose("train", ["experiment=llava15_stage2"])
     assert s1.model.policy.llm == "frozen" and s2.model.policy.llm == "lora" and s2.model.lora.r == 128
+    b2, ft = compose("train", ["experiment=blip2_stage2"]), compose("train", ["experiment=blip2_finetune"])
+    assert (b2.model.projector.name, b2.model.projector.num_query_tokens, b2.model.encoder.layer) == ("qformer", 32, -2)
+    assert list(b2.optim.betas) == [0.9, 0.98] and b2.optim.lr * b2.optim.min_lr_ratio == 5e-5
+    assert (ft.model.policy.encoder, ft.model.policy.projector, ft.model.policy.llm) == ("frozen", "full", "frozen")
+    assert ft.data.template == "blip2" and ft.optim.lr == 1e-5 and list(ft.required) == ["init_from"]
 
 
 def test_multimodal_gpt_trains_lora_on_cross_attention() -> None:

@@ -109,6 +109,22 @@ def test_validate_passes_on_every_shipped_recipe(capsys, recipe) -> None:
     assert out.startswith(f"{recipe.path}: ok ({recipe.kind}, sha256 {sha256(recipe.path)[:12]}") and not err
 
 
+def test_a_recipe_requires_init_from_in_one_line(capsys, tmp_path) -> None:
+    """`required: {init_from: ...}` (a recipe's `init_from: ???` would lose to train.yaml's null): refused
+    before anything is built, the key and what to give named; validate lists it among the values to set."""
+    result = run("lamm-train", "experiment=llava15_stage2", "data.path=/x.json", cwd=tmp_path)
+    assert result.returncode == 2 and not (tmp_path / "runs").exists(), result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("lamm-train: error: this recipe requires init_from: add init_from=<the stage-1 run")
+    from lamm.config import compose
+    from lamm.recipes.required import requirement_problem
+
+    assert "init_from=<a `lamm import openflamingo`" in requirement_problem(compose("train", ["experiment=multimodal_gpt"]))
+    assert requirement_problem(compose("train", ["experiment=multimodal_gpt", "init_from=/run"])) is None
+    code, out, _ = lamm(capsys, "recipes", "validate", "llava15_stage2")
+    assert code == 0 and out.rstrip().endswith("set on the command line: data.path, init_from)")
+
+
 EXPERIMENT = "# @package _global_\ndefaults:\n  - override /model/llm: tiny_random\n  - _self_\n"
 BROKEN = {
     "unknown_name": (EXPERIMENT + "model:\n  encoder:\n    name: small_cnnn\n",

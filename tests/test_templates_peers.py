@@ -1,7 +1,8 @@
-"""Peer prompt formats byte for byte: Multimodal-GPT's instruction template (`mmgpt`) and OpenFlamingo's
-few-shot prompts (`openflamingo_caption`, `openflamingo_vqa`), through the data processor and the
-benchmark renderer. The expected strings are the peers' own template text (Multimodal-GPT's
-mmgpt/datasets/{dolly,vqa,dial}_dataset.py and app.py; OpenFlamingo's open_flamingo/eval get_*_prompt)."""
+"""Peer prompt formats byte for byte: Multimodal-GPT's instruction template (`mmgpt`), OpenFlamingo's
+few-shot prompts (`openflamingo_caption`, `openflamingo_vqa`) and LAMM's layout (`lamm`), through the data
+processor and the benchmark renderer. The expected strings are the peers' own template text (Multimodal-GPT's
+mmgpt/datasets/{dolly,vqa,dial}_dataset.py and app.py; OpenFlamingo's open_flamingo/eval get_*_prompt;
+LAMM's src/model/LAMM/openlamm.py make_prompt_start, build_one_instance, prepare_generation_embedding)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,6 +29,13 @@ MMGPT_NO_INPUT = MMGPT + "\n\n### Instruction:\n{instruction}\n\n### Response:\n
 MMGPT_WITH_INPUT = MMGPT + "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 MMGPT_DIAL = "\n\n### Instruction:\n{question}\n\n### Response:\n"
 MMGPT_END = "### End."
+# LAMM's strings: the prompt start (sep, roles[0], the vision start tag), the first human turn after the
+# image, an answer, a later human turn, and the generation prompt after the image.
+LAMM_START = "### Human: <Img>"
+LAMM_FIRST = "</Img> {question}\n### Assistant: "
+LAMM_ANSWER = "{answer}\n###"
+LAMM_LATER = "Human: {question}\n### Assistant: "
+LAMM_GENERATE = "</Img> {question}\n### Assistant:"
 # OpenFlamingo's evaluation prompts.
 OF_CAPTION = "<image>Output:{caption}<|endofchunk|>"
 OF_VQA = "<image>Question:{question} Short answer:{answer}<|endofchunk|>"
@@ -79,6 +87,31 @@ def test_mmgpt_template_is_multimodal_gpts_text(tok, images):
     ask = Sample("a", _turns("<image>\nWhat is in this image?"), images[:1])
     assert _rendered(ask, tok, "mmgpt")[0] == MMGPT_QA.format(image="<image>", question="What is in this image?")
     assert get_template("mmgpt").reply("a red square### End.") == "a red square"
+
+
+def test_lamm_template_is_lamms_text(tok, images):
+    """LAMM's layout: `<Img>`/`</Img>` around the image, `\n###` ending each trained answer (no EOS)."""
+    from lamm.llm.tiny import tiny_tokenizer
+
+    dialogue = Sample("d", _turns("<image>\nWhat shape?", "square", "And the colour?", "red"), images[:1])
+    text, trained = _rendered(dialogue, tok, "lamm")
+    assert text == (LAMM_START + "<image>" + LAMM_FIRST.format(question="What shape?") +
+                    LAMM_ANSWER.format(answer="square") + LAMM_LATER.format(question="And the colour?") +
+                    LAMM_ANSWER.format(answer="red"))
+    assert trained == "square\n###red\n###"
+    ask = Sample("a", _turns("What colour is it?\n<image>"), images[:1])
+    assert _rendered(ask, tok, "lamm")[0] == LAMM_START + "<image>" + LAMM_GENERATE.format(question="What colour is it?")
+    system = get_template("lamm", system_prompt="Look closely.").render(ask, tok)
+    assert "".join(s.text for s in system).startswith("Look closely.\n\n" + LAMM_START)  # as LAMM's use_system
+    assert get_template("lamm").reply("a red square\n### Human: and") == "a red square"
+    specs = dummy_media_specs({"image": 1})
+    out = Processor(tok, get_template("lamm"), specs, FUSIONS.get("prefix").layout, max_length=None,
+                    training=True).tokenize(dialogue)
+    trained_ids = [i for i, label in zip(out.input_ids, out.labels) if label != IGNORE_INDEX]
+    assert _decode(tok, trained_ids) == "square\n###red\n###" and tok.eos_token_id not in trained_ids
+    hashes = tiny_tokenizer()
+    hashes.add_tokens(["###"])  # LLaMA's vocabulary has `###` as one token: generation stops there
+    assert hashes.convert_tokens_to_ids("###") in Renderer.stop_ids(hashes, stop_strings=("###",))
 
 
 def _decode(tok, ids) -> str:

@@ -142,3 +142,58 @@ def test_t5_blip2_and_broken_checkpoints_are_refused(tmp_path, capsys) -> None:
     save_file({**tensors, **text_branch}, str(good / "model.safetensors"))
     out = import_checkpoint("hf_blip2", good, tmp_path / "out_text", verify=False)
     assert json.loads((out / "import.json").read_text())["notes"]["qformer_text_branch_skipped"] == 2
+
+
+def test_blip2_template_writes_blip2s_prompt() -> None:
+    from lamm.datasets.sample import PLACEHOLDERS, Sample, Turn
+    from lamm.datasets.templates import get_template
+    from lamm.llm.tiny import tiny_tokenizer
+
+    tokenizer, image = tiny_tokenizer(), PLACEHOLDERS["image"]
+    vqa = Sample("s", [Turn("user", f"{image}\nwhat colour is the shape?"), Turn("assistant", "red")])
+    segments = get_template("blip2").render(vqa, tokenizer)
+    assert [(s.text, s.train) for s in segments] == [(image + PROMPT, False), (" red" + tokenizer.eos_token, True)]
+    caption = Sample("c", [Turn("user", image), Turn("assistant", "a red star")])
+    assert "".join(s.text for s in get_template("blip2").render(caption, tokenizer)) == \
+        image + "a red star" + tokenizer.eos_token  # stage 2: the queries alone prompt the caption
+    assert get_template("blip2").reply(" red ") == "red"
+
+
+def test_blip2_finetune_recipe_trains_the_qformer_from_the_import(imported, tmp_path) -> None:
+    """`lamm-train experiment=blip2_finetune init_from=<import>`: 2 steps; only the Q-Former moves."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    result = subprocess.run([str(BIN / "lamm"), "synth", "--out", str(tmp_path / "data"), "--kinds", "shapes",
+                             "--size", "train=8,test=8", "--image-size", "32"], capture_output=True, text=True,
+                            env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, out = imported
+    result = subprocess.run([str(BIN / "lamm-train"), "experiment=blip2_finetune", f"init_from={out}", "debug=fast",
+                             "trainer=cpu", "trainer.max_steps=2", "data.global_batch_size=null",
+                             f"data.path={tmp_path / 'data' / 'shapes' / 'train.json'}", "optim.warmup_steps=0",
+                             "optim.lr=1e-3", f"paths.runs_dir={tmp_path / 'runs'}", "logger=[csv]"],
+                            capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = [p.parent for p in (tmp_path / "runs").glob("**/run.json")]
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert (cfg.data.template, cfg.model.projector.name, cfg.model.policy.llm) == ("blip2", "qformer", "frozen")
+    assert cfg.model.projector.num_query_tokens == QUERIES and cfg.optim.lr == 1e-3
+    before = load_file(str(out / "weights.safetensors"))
+    after = load_file(str(next(run.glob("export/*.safetensors"))))
+    moved = [k for k in before if k.startswith("projectors.") and k in after and not torch.equal(before[k], after[k])]
+    assert moved, "the Q-Former did not train"
+
+
+def test_init_from_an_import_works_with_any_data_group(imported, tmp_path) -> None:
+    """data=mixture and data=interleaved have no data.template: they start from the import all the same, one
+    stderr line saying its template (blip2) is unused (a chat data config takes it: the fine-tune test above)."""
+    _, out = imported
+    for group, paths in (("mixture", ["data.datasets.0.path=/a.json", "data.datasets.1.path=/b.json"]),
+                         ("interleaved", ["data.path=/docs.jsonl"])):
+        result = subprocess.run([str(BIN / "lamm-train"), f"init_from={out}", f"data={group}", *paths,
+                                 "--cfg", "job"], capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "name: qformer" in result.stdout and f"name: {group}" in result.stdout
+        unused = [line for line in result.stderr.splitlines() if "data.template=blip2 is not used" in line]
+        assert "template: blip2" not in result.stdout and len(unused) == 1, result.stderr[-2000:]

@@ -97,7 +97,7 @@ def test_every_tensor_lands_in_the_model_and_the_config_is_lamms(parts, imported
     assert cfg.model.projector.name == "linear" and cfg.model.fusion.name == "prefix"
     assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (32, 32, 0.1)
     assert cfg.model.policy.llm == "lora" and cfg.model.policy.encoder == "frozen"
-    assert cfg.data.template == "vicuna_lamm"
+    assert cfg.data.template == "lamm"
     state = model.state_dict()
     delta = dict(parts["delta"])
     assert torch.equal(state["projectors.image.proj.weight"], delta.pop("llama_proj.weight"))

@@ -109,8 +109,10 @@ def zoo(tmp_path_factory):
         CHECKPOINT_FORMATS.register("toy_openflamingo")(toy_openflamingo)
     root = tmp_path_factory.mktemp("mmgpt")
     _write_mmgpt_data(root / "data")
-    # Without init_from the recipe's frozen gates are 0: refused.
-    refusal = _popen("lamm-train", *_train_argv(root, "null", *ARCH, "model.encoder.allow_random_frozen=true"))
+    # Without init_from the recipe's frozen gates are 0: refused (its `required: init_from` lifted, so the
+    # gate check itself speaks).
+    refusal = _popen("lamm-train", *_train_argv(root, "null", *ARCH, "model.encoder.allow_random_frozen=true",
+                                                 "required.init_from=null"))
     torch.manual_seed(0)
     model = build_model(compose("train", ARCH).model)
     tensors = {k: (torch.empty_like(v).uniform_(0.3, 0.9) if k.endswith("_gate") else v)

@@ -155,13 +155,14 @@ def _hydra_entry() -> None:
 
 
 def check_override_keys(argv: list[str], config_name: str = "train",
-                        extra_dirs: Sequence[str | Path] = ()) -> str | None:
+                        extra_dirs: Sequence[str | Path] = (), check_required: bool = False) -> str | None:
     """One line naming an overridden key that does not exist, with the valid keys beside it, or the
     composition error of a bad group choice or value.
 
     A key whose value is MISSING (`???`, e.g. `data.path` of the shipped data configs) exists.
     `extra_dirs` are the command line's own config folders (--config-dir, staged recipe files), so
     their groups count as groups. Under `-m` a swept group is checked with its first choice.
+    `check_required`: also the recipe's `required:` keys (lamm/recipes/required.py), when not sweeping.
     """
     from omegaconf import ListConfig
 
@@ -195,7 +196,7 @@ def check_override_keys(argv: list[str], config_name: str = "train",
     if not sweep:  # the values too (a wrong type, a bad interpolation), before Hydra prints its own trace
         overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
         try:
-            compose(config_name, overrides, config_dirs=extra_dirs)
+            composed = compose(config_name, overrides, config_dirs=extra_dirs)
         except Exception as exc:
             from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -205,6 +206,10 @@ def check_override_keys(argv: list[str], config_name: str = "train",
                 except Exception:
                     return f"cannot parse the override '{item}': {describe(exc)[0]}"
             return describe(exc)[0]
+        if check_required:
+            from lamm.recipes.required import requirement_problem
+
+            return requirement_problem(composed)
     return None
 
 
@@ -231,15 +236,50 @@ def check_output_folder(argv: list[str], extra_dirs: Sequence[str | Path] = ()) 
 
 def with_imported_architecture(argv: list[str]) -> list[str]:
     """`init_from=FOLDER` of an imported model (`lamm import`) first applies the overrides that rebuild its
-    architecture; the user's own overrides of the same keys or groups win."""
+    architecture; the user's own overrides of the same keys or groups win. The import's data settings (its
+    prompt template) apply where the chosen data config has the key: a mixture's sources keep their own
+    templates and interleaved documents render as documents (stderr says so)."""
     from lamm.zoo.writer import read_import_record
 
     source = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("init_from=")), None)
     record = read_import_record(source) if source else None
     if record is None:
         return argv
-    typed = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
-    return [o for o in record["overrides"] if o.split("=", 1)[0].lstrip("+~") not in typed] + argv
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    typed = {key(a) for a in argv if "=" in a}
+    imported = [o for o in record["overrides"] if key(o) not in typed]
+    unused = unused_data_settings(imported, argv)
+    for override in unused:
+        print(f"lamm-train: init_from {source}: its {override} is not used: the chosen data config has no "
+              f"{key(override)} (a mixture sets it per source: data.datasets.N.{key(override)[5:]})", file=sys.stderr)
+    return [o for o in imported if o not in unused] + argv
+
+
+def unused_data_settings(imported: list[str], argv: list[str]) -> list[str]:
+    """The imported `data.*` overrides whose key the data config the command line chooses does not have."""
+    from omegaconf import OmegaConf
+
+    from lamm.config import compose
+    from lamm.recipes.launch import user_config_dirs
+
+    data = [o for o in imported if o.startswith("data.")]
+    if not data:
+        return []
+    plain = [a for a in argv if "=" in a and not a.startswith(("-", "hydra"))]
+    try:
+        cfg = compose("train", [o for o in imported if o not in data] + plain, config_dirs=user_config_dirs(argv))
+    except Exception:  # a bad command line: check_override_keys reports it in its own words
+        return []
+
+    def has(dotted: str) -> bool:  # `keys()` lists `???` values too (`select` does not tell them apart)
+        parent, _, leaf = dotted.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        return isinstance(node, DictConfig) and leaf in node.keys()
+
+    return [o for o in data if not has(o.split("=", 1)[0])]
 
 
 def main() -> None:
@@ -253,7 +293,8 @@ def main() -> None:
         # Recipe files staged, refused constructs reported (one line each), --trust-recipe taken out.
         sys.argv[1:] = with_imported_architecture(prepare_argv(sys.argv[1:], "experiment"))
         argv, extra = sys.argv[1:], user_config_dirs(sys.argv[1:])
-        problem = check_override_keys(argv, extra_dirs=extra) or (
+        # `--cfg` only prints the config, so a recipe's required keys may still be unset there.
+        problem = check_override_keys(argv, extra_dirs=extra, check_required="--cfg" not in argv) or (
             None if "-m" in argv or "--multirun" in argv or "--cfg" in argv else check_output_folder(argv, extra))
     if problem:
         print(f"lamm-train: error: {problem}", file=sys.stderr)

@@ -25,6 +25,7 @@ from lamm.components import ConfigProblem, component_problems, name_problems, ty
 from lamm.config import config_search_dirs, group_options, is_config_group
 from lamm.plain_config import MISSING, to_plain
 from lamm.recipes.hashing import sha256_file
+from lamm.recipes.required import unmet_requirements
 from lamm.recipes.safety import Problem, package_header, scan_text, walk_nodes
 from lamm.recipes.staging import stage_file
 from lamm.suggest import did_you_mean
@@ -259,7 +260,7 @@ def _check_experiment(checker: _Checker, text: str, data: dict, lines: _Lines, d
     base_resolved = _resolved(base_cfg, _Checker(checker.path, lines)) if base_cfg is not None else None
     if resolved is None:
         return
-    report.needs = _missing_values(resolved)
+    report.needs = _missing_values(resolved) + [key for key, _ in unmet_requirements(cfg)]
     model = resolved.get("model") or {}
     _check_parts(checker, model, "llm", LLMS)
     _check_parts(checker, model, "encoder", ENCODERS, nested={"image_encoder": ENCODERS})

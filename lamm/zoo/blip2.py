@@ -15,9 +15,10 @@ from typing import Any, Callable
 import torch
 
 from lamm.registry import CHECKPOINT_FORMATS
-from lamm.zoo.hf_folders import write_safetensors_shards
+from lamm.zoo.hf_folders import save_hf_folder
+from lamm.zoo.parts import checked_mapping, meta_module, meta_shapes, state_shapes, streamed
 from lamm.zoo.plan import OUT, ImportPlan
-from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
+from lamm.zoo.state import open_state
 
 VISION_DIR = "vision"
 LLM_DIR = "llm"
@@ -27,36 +28,11 @@ _DTYPES = ("float32", "bfloat16", "float16")
 _QFORMER_TEXT_ONLY = re.compile(r"qformer\.(encoder\.layer\.\d+\.(intermediate|output)\.|embeddings\.)")
 
 
-def _meta_shapes(build: Callable[[], torch.nn.Module]) -> tuple[str, dict[str, tuple[int, ...]]]:
-    """The class name and state-dict names and shapes of the module `build` makes, on the meta device."""
-    with torch.device("meta"):
-        module = build()
-    return type(module).__name__, {name: tuple(t.shape) for name, t in module.state_dict().items()}
-
-
-def _map_prefix(state: StateReader, prefix: str, target: dict[str, tuple[int, ...]], what: str,
-                optional: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
-    """{target name: checkpoint key} for `prefix + name`, every shape checked; a missing key is one line."""
-    mapping = {}
-    for name, shape in target.items():
-        key = prefix + name
-        if key not in state:
-            if optional(name):
-                continue
-            raise CheckpointKeyError(f"missing key '{key}' in {state.source} (the {what} needs it)")
-        if tuple(state.shape(key)) != tuple(shape):
-            raise CheckpointKeyError(f"key '{key}' in {state.source} has shape {list(state.shape(key))}, "
-                                     f"the {what} expects {list(shape)}")
-        mapping[name] = key
-    return mapping
-
-
-def _write_hf_folder(folder: Path, config: Any, architecture: str, state: StateReader,
-                     mapping: dict[str, str]) -> None:
-    """config.json (with its architecture named) + the mapped tensors, streamed from the checkpoint."""
-    config.architectures = [architecture]
-    config.save_pretrained(folder)
-    write_safetensors_shards(folder, ((name, lambda key=key: state.take(key)) for name, key in mapping.items()))
+def _prefixed(state: Any, prefix: str, module: torch.nn.Module, what: str,
+              optional: Callable[[str], bool] = lambda name: False) -> dict[str, str]:
+    """{`module`'s tensor name: `prefix` + name}, every key present (unless optional) and of its shape."""
+    target = state_shapes(module)
+    return checked_mapping(state, {name: prefix + name for name in target}, target, what, optional)
 
 
 def blip2_overrides(qformer: Any, num_query_tokens: int, dtype: str | None) -> list[str]:
@@ -83,6 +59,7 @@ def blip2_overrides(qformer: Any, num_query_tokens: int, dtype: str | None) -> l
         "model/llm=hf",
         f"model.llm.path={OUT}/{LLM_DIR}",
         "model/policy=align",
+        "data.template=blip2",  # `Question: {q} Answer:`, as BLIP-2 was prompted
     ]
     if dtype is not None:
         overrides += [f"model.llm.dtype={dtype}", f"model.encoder.dtype={dtype}"]
@@ -116,19 +93,19 @@ def import_hf_blip2(src: Path, dtype: str | None = None) -> ImportPlan:
         image_token = getattr(config, "image_token_index", None)
 
     state = open_state(src)
-    vision_class, vision_target = _meta_shapes(lambda: transformers.Blip2VisionModel(config.vision_config))
-    vision = _map_prefix(state, "vision_model.", vision_target, "vision tower")
-    llm_class, llm_target = _meta_shapes(lambda: AutoModelForCausalLM.from_config(text))
+    vision_model = meta_module(lambda: transformers.Blip2VisionModel(config.vision_config))
+    vision = _prefixed(state, "vision_model.", vision_model, "vision tower")
+    llm_model = meta_module(lambda: AutoModelForCausalLM.from_config(text))
     tied = bool(getattr(text, "tie_word_embeddings", False))
-    llm = _map_prefix(state, "language_model.", llm_target, f"{text.model_type} language model",
-                      optional=lambda name: tied and name == "lm_head.weight")
+    llm = _prefixed(state, "language_model.", llm_model, f"{text.model_type} language model",
+                    optional=lambda name: tied and name == "lm_head.weight")
     qformer = config.qformer_config
-    _, projector_target = _meta_shapes(lambda: QFormerProjector(
+    projector_target = meta_shapes(lambda: QFormerProjector(
         config.vision_config.hidden_size, text.hidden_size, num_query_tokens=config.num_query_tokens,
         num_hidden_layers=qformer.num_hidden_layers, hidden_size=qformer.hidden_size,
         num_attention_heads=qformer.num_attention_heads, intermediate_size=qformer.intermediate_size,
         cross_attention_frequency=qformer.cross_attention_frequency, layer_norm_eps=qformer.layer_norm_eps))
-    projector_keys = _map_prefix(state, "", projector_target, "Q-Former")
+    projector_keys = checked_mapping(state, {name: name for name in projector_target}, projector_target, "Q-Former")
 
     # Check the whole checkpoint before anything is written: the folders' tensors are taken later, while
     # streaming; what neither part reads must be the Q-Former's text branch.
@@ -141,10 +118,11 @@ def import_hf_blip2(src: Path, dtype: str | None = None) -> ImportPlan:
     def write_folders(staging: Path) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        _write_hf_folder(staging / VISION_DIR, config.vision_config, vision_class, state, vision)
-        AutoImageProcessor.from_pretrained(src).save_pretrained(staging / VISION_DIR)
-        _write_hf_folder(staging / LLM_DIR, text, llm_class, state, llm)
-        AutoTokenizer.from_pretrained(src).save_pretrained(staging / LLM_DIR)
+        config.vision_config.architectures = [type(vision_model).__name__]
+        save_hf_folder(staging / VISION_DIR, config.vision_config, streamed(state, vision),
+                       AutoImageProcessor.from_pretrained(src))
+        text.architectures = [type(llm_model).__name__]
+        save_hf_folder(staging / LLM_DIR, text, streamed(state, llm), AutoTokenizer.from_pretrained(src))
 
     notes = {
         "vision": f"{config.vision_config.num_hidden_layers} blocks, last layer after post_layernorm, CLS kept",
@@ -152,7 +130,7 @@ def import_hf_blip2(src: Path, dtype: str | None = None) -> ImportPlan:
         "language_model": text.model_type,
         "image_token_id": image_token,
         "qformer_text_branch_skipped": len(text_branch),
-        "prompt": "BLIP-2 was trained with plain prompts such as 'Question: {question} Answer:'",
+        "prompt": "template blip2: 'Question: {question} Answer:'",
     }
     return ImportPlan(overrides=blip2_overrides(qformer, config.num_query_tokens, dtype), weights=weights,
                       write_folders=write_folders, notes=notes)

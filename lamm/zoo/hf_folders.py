@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from safetensors.torch import save_file
@@ -51,3 +51,14 @@ def write_safetensors_shards(folder: Path, tensors: Iterable[tuple[str, Callable
     (folder / f"{prefix}.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     return paths
+
+
+def save_hf_folder(folder: Path, config: Any, tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]],
+                   *extras: Any) -> None:
+    """An HF model folder: config.json, safetensors shards written tensor by tensor, and each of `extras`
+    (tokenizer, image processor) saved beside them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(folder))
+    write_safetensors_shards(folder, tensors)
+    for extra in extras:
+        extra.save_pretrained(str(folder))

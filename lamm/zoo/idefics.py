@@ -26,13 +26,13 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
 from lamm.registry import CHECKPOINT_FORMATS
 from lamm.tokens import MEDIA_TOKENS, PLACEHOLDERS, add_media_tokens
-from lamm.zoo.hf_folders import write_safetensors_shards
+from lamm.zoo.hf_folders import save_hf_folder
 from lamm.zoo.plan import OUT, ImportPlan
 from lamm.zoo.state import StateReader, open_state
 
@@ -240,16 +240,6 @@ def image_processor(src: Path, shape: IdeficsShape) -> Any:
                               **kwargs)
 
 
-def save_folder(folder: Path, tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]], config: Any,
-                *extras: Any) -> None:
-    """An HF model folder: config.json, safetensors shards written tensor by tensor, tokenizer / processor."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(folder))
-    write_safetensors_shards(folder, tensors)
-    for extra in extras:
-        extra.save_pretrained(str(folder))
-
-
 @CHECKPOINT_FORMATS.register("hf_idefics")
 def import_idefics(src: Path) -> ImportPlan:
     """An `IdeficsForVisionText2Text` folder (config.json, safetensors or .bin weights, tokenizer, processor)."""
@@ -274,10 +264,10 @@ def import_idefics(src: Path) -> ImportPlan:
         llm_tensors = [("model.embed_tokens.weight", lambda: embed),
                        ("lm_head.weight", lambda: text_table(state, shape, rows, *head)),
                        *((key, functools.partial(state.take, key)) for key in decoder)]
-        save_folder(staging / "llm", llm_tensors, llm_config(shape, tokenizer, rows), tokenizer)
+        save_hf_folder(staging / "llm", llm_config(shape, tokenizer, rows), llm_tensors, tokenizer)
         vision_tensors = [("vision_model." + key[len(VISION_PREFIX):], functools.partial(state.take, key))
                           for key in vision]
-        save_folder(staging / "vision", vision_tensors, vision_config(shape), image_processor(src, shape))
+        save_hf_folder(staging / "vision", vision_config(shape), vision_tensors, image_processor(src, shape))
 
     notes = {"source_architecture": "IdeficsForVisionText2Text", "cross_layer_interval": shape.interval,
              "alpha_type": shape.config["alpha_type"], "qk_layer_norms": shape.config["qk_layer_norms"],

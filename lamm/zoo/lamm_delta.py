@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from lamm.registry import CHECKPOINT_FORMATS
+from lamm.zoo.parts import meta_module
 from lamm.zoo.plan import ImportPlan, quote_value
 from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
 
@@ -83,8 +84,7 @@ def _llm_linears(folder: Path) -> tuple[Any, dict[str, tuple[int, int]]]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    model = meta_module(lambda: AutoModelForCausalLM.from_config(config))
     return config, {name: (m.in_features, m.out_features) for name, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear)}
 
@@ -174,7 +174,7 @@ def import_lamm(src: Path, **options: str) -> ImportPlan:
         f"model.lora.dropout={LAMM_LORA['dropout']}",
         f"model.lora.targets=[{','.join(targets)}]",
         "model/policy=lora",
-        "data.template=vicuna_lamm",
+        "data.template=lamm",  # LAMM's own prompt layout and `###` answer end (datasets/templates.py)
     ]
     notes = {"llm": str(llm_dir), "vision": str(vision_dir), "lora": {"r": rank, "alpha": alpha, "targets": targets,
              "modules": len(modules)}, "projector": [hidden, width],

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lamm.registry import CHECKPOINT_FORMATS
+from lamm.zoo.hf_folders import save_hf_folder
 from lamm.zoo.llava_parts import (LLAVA_V1_TEMPLATE, LLM_DIR, VISION_DIR, chat_template_for, llava_overrides,
-                                  streamed, text_model_mapping, vision_tower_mapping, write_llm_folder,
-                                  write_vision_folder)
+                                  text_model_mapping, vision_tower_mapping, write_llm_folder)
+from lamm.zoo.parts import streamed
 from lamm.zoo.plan import ImportPlan
 from lamm.zoo.state import CheckpointKeyError, open_state
 
@@ -119,7 +120,7 @@ def import_hf_llava(src: Path, dtype: str | None = None) -> ImportPlan:
     lamm_template = chat_template_for(tokenizer, template or LLAVA_V1_TEMPLATE)
 
     def write_folders(staging: Path) -> None:
-        write_vision_folder(staging / VISION_DIR, vision_config, image_processor, streamed(state, vision))
+        save_hf_folder(staging / VISION_DIR, vision_config, streamed(state, vision), image_processor)
         write_llm_folder(staging / LLM_DIR, text_config, tokenizer, lamm_template, streamed(state, text))
 
     notes = {

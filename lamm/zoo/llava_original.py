@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from lamm.registry import CHECKPOINT_FORMATS
-from lamm.zoo.llava_parts import (LLAVA_V1_TEMPLATE, LLM_DIR, VISION_DIR, chat_template_for, llava_overrides, streamed,
-                                  text_model_mapping, vision_tower_mapping, write_llm_folder, write_vision_folder)
+from lamm.zoo.hf_folders import save_hf_folder
+from lamm.zoo.llava_parts import (LLAVA_V1_TEMPLATE, LLM_DIR, VISION_DIR, chat_template_for, llava_overrides,
+                                  text_model_mapping, vision_tower_mapping, write_llm_folder)
+from lamm.zoo.parts import streamed
 from lamm.zoo.plan import ImportPlan
 from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
 
@@ -139,7 +141,7 @@ def import_llava_original(src: Path, llm: str | None = None, vision: str | None 
     template = chat_template_for(tokenizer, LLAVA_V1_TEMPLATE)
 
     def write_folders(staging: Path) -> None:
-        write_vision_folder(staging / VISION_DIR, vision_config, image_processor, streamed(tower_state, vision_map))
+        save_hf_folder(staging / VISION_DIR, vision_config, streamed(tower_state, vision_map), image_processor)
         write_llm_folder(staging / LLM_DIR, text_config, tokenizer, template, streamed(text_state, text_map))
 
     overrides = llava_overrides(layer, SELECT_FEATURES[feature], True, dtype)

@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from lamm.zoo.hf_folders import write_safetensors_shards
+from lamm.zoo.hf_folders import save_hf_folder
+from lamm.zoo.parts import check_shape, checked_mapping, meta_module, meta_shapes, state_shapes
 from lamm.zoo.plan import OUT
 from lamm.zoo.state import CheckpointKeyError, StateReader
 
@@ -61,20 +62,6 @@ def llava_overrides(layer: int, select: str, projector_bias: bool, dtype: str | 
     return overrides
 
 
-def meta_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
-    """The state-dict names and shapes of the module `build` makes, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        module = build()
-    return {name: tuple(t.shape) for name, t in module.state_dict().items()}
-
-
-def check_shape(state: StateReader, key: str, shape: tuple[int, ...]) -> None:
-    """One line naming `key`, the file and both shapes when the checkpoint's tensor has another shape."""
-    got = state.shape(key)
-    if tuple(got) != tuple(shape):
-        raise CheckpointKeyError(f"key '{key}' in {state.source} has shape {list(got)}, expected {list(shape)}")
-
-
 def strip_vision_model(name: str) -> str:
     """A tower's tensor name without the `vision_model.` wrapper older transformers versions add."""
     return name.removeprefix("vision_model.")
@@ -108,21 +95,11 @@ def text_model_mapping(state: StateReader, propose: Callable[[str], dict[str, st
     (the prefix is `model` for Llama-family LMs). A tied LM head may be absent."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        causal_lm = AutoModelForCausalLM.from_config(text_config)
-    target = {name: tuple(t.shape) for name, t in causal_lm.state_dict().items()}
-    keys = propose(causal_lm.base_model_prefix)
+    causal_lm = meta_module(lambda: AutoModelForCausalLM.from_config(text_config))
+    target = state_shapes(causal_lm)
     tied = bool(getattr(text_config, "tie_word_embeddings", False))
-    mapping: dict[str, str] = {}
-    for name, shape in target.items():
-        key = keys.get(name)
-        if key is None:
-            if tied and name.endswith("lm_head.weight"):
-                continue
-            raise CheckpointKeyError(f"missing key for the language model's '{name}' in {state.source}")
-        check_shape(state, key, shape)
-        mapping[name] = key
-    return mapping
+    return checked_mapping(state, propose(causal_lm.base_model_prefix), target, "language model",
+                           optional=lambda name: tied and name.endswith("lm_head.weight"))
 
 
 def chat_template_for(tokenizer: Any, template: str | None) -> str | None:
@@ -163,27 +140,9 @@ def _adds_bos(tokenizer: Any) -> bool:
         and len(ids) > len(tokenizer("a", add_special_tokens=False)["input_ids"])
 
 
-def streamed(state: StateReader, mapping: dict[str, str]) -> Iterable[tuple[str, Callable[[], torch.Tensor]]]:
-    """(name, loader) pairs that read each checkpoint tensor only when its shard is written."""
-    for name, key in mapping.items():
-        yield name, (lambda key=key: state.take(key))
-
-
-def write_vision_folder(folder: Path, vision_config: Any, image_processor: Any,
-                        tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]]) -> None:
-    """An HF vision-tower folder (config, weights, image processor) that `hf_vision` loads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vision_config.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    write_safetensors_shards(folder, tensors)
-
-
 def write_llm_folder(folder: Path, text_config: Any, tokenizer: Any, chat_template: str | None,
                      tensors: Iterable[tuple[str, Callable[[], torch.Tensor]]]) -> None:
     """An HF causal-LM folder (config, tokenizer with its chat template, weights) that `model/llm=hf` loads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text_config.save_pretrained(folder)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
-    tokenizer.save_pretrained(folder)
-    write_safetensors_shards(folder, tensors)
+    save_hf_folder(folder, text_config, tensors, tokenizer)

@@ -30,7 +30,8 @@ from safetensors.torch import save_file
 from lamm.llm.language_model import find_decoder_layers
 from lamm.registry import CHECKPOINT_FORMATS
 from lamm.tokens import END_OF_CHUNK, MEDIA_TOKENS, PLACEHOLDERS
-from lamm.zoo.hf_folders import write_safetensors_shards
+from lamm.zoo.hf_folders import save_hf_folder
+from lamm.zoo.parts import meta_module
 from lamm.zoo.plan import OUT, ImportPlan
 from lamm.zoo.state import CheckpointKeyError, StateReader, open_state
 
@@ -121,8 +122,7 @@ class BaseLLM:
                              f"({str(exc).strip().splitlines()[0]})") from None
         self.path = path
         text = self.config.get_text_config()
-        with torch.device("meta"):  # the module tree and shapes only, no memory
-            model = AutoModelForCausalLM.from_config(self.config)
+        model = meta_module(lambda: AutoModelForCausalLM.from_config(self.config))
         names = {id(m): n for n, m in model.named_modules()}
         # The decoder layers found as lamm finds them for gated_xattn (OpenFlamingo's decoder_layers_attr_name).
         self.layers_path = names[id(find_decoder_layers(model, text.num_hidden_layers))]
@@ -181,11 +181,8 @@ class BaseLLM:
                 else:
                     yield key, lambda k=key: source.take(k)
 
-        write_safetensors_shards(folder, tensors())
-        config = self.config
-        config.get_text_config().vocab_size = self.vocab
-        config.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        self.config.get_text_config().vocab_size = self.vocab
+        save_hf_folder(folder, self.config, tensors(), self.tokenizer)
 
 
 def _grow(table: torch.Tensor, rows: int) -> torch.Tensor:
