@@ -197,3 +197,25 @@ def test_init_from_an_import_works_with_any_data_group(imported, tmp_path) -> No
         assert "name: qformer" in result.stdout and f"name: {group}" in result.stdout
         unused = [line for line in result.stderr.splitlines() if "data.template=blip2 is not used" in line]
         assert "template: blip2" not in result.stdout and len(unused) == 1, result.stderr[-2000:]
+
+
+def test_lamm_eval_and_lamm_chat_on_the_import(imported, tmp_path, monkeypatch, capsys) -> None:
+    """`lamm-eval checkpoint=OUT` and `lamm-chat OUT`, in this process (their console scripts are tested elsewhere)."""
+    import io
+
+    from lamm.cli.chat import main as chat_main
+    from lamm.cli.eval import run as lamm_eval
+    from lamm.config import compose
+    from lamm.datasets.synth import generate
+
+    _, out = imported
+    generate(tmp_path / "synth", sizes={"train": 4, "test": 4}, kinds=("shapes",), image_size=32)
+    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=2",
+                                        f"checkpoint={out}", f"synth_root={tmp_path / 'synth'}",
+                                        f"output_dir={tmp_path / 'eval'}", "model.name=blip2"]))
+    assert result["n"] == 4 and (tmp_path / "eval" / "blip2" / "shapes_ppl" / "results.json").is_file()
+    image = tmp_path / "synth" / "shapes" / "images" / "test" / "000000.png"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\nwhat is it?\n/quit\n"))
+    assert chat_main([str(out), "--max-new-tokens", "4", "--stats"]) == 0
+    said = capsys.readouterr()
+    assert "template blip2" in said.out + said.err, (said.out + said.err)[-2000:]

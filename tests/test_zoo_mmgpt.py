@@ -394,8 +394,8 @@ def test_which_parameters_a_frozen_zero_gate_cuts_off():
 
 
 def test_lamm_eval_and_lamm_chat_on_the_mmgpt_import(zoo, tmp_path, monkeypatch, capsys) -> None:
-    """`lamm-eval checkpoint=OUT` and `lamm-chat OUT --template mmgpt`, in this process (their console
-    scripts are tested elsewhere)."""
+    """`lamm-eval checkpoint=OUT` and `lamm-chat OUT` (the import sets Multimodal-GPT's template), in this
+    process (their console scripts are tested elsewhere)."""
     import io
 
     from lamm.cli.chat import main as chat_main
@@ -410,6 +410,6 @@ def test_lamm_eval_and_lamm_chat_on_the_mmgpt_import(zoo, tmp_path, monkeypatch,
     assert result["n"] == 4 and (tmp_path / "eval" / "mmgpt" / "shapes_ppl" / "results.json").is_file()
     image = tmp_path / "synth" / "shapes" / "images" / "test" / "000000.png"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\nWhat shape is this?\n/quit\n"))
-    assert chat_main([str(zoo.mmgpt), "--template", "mmgpt", "--max-new-tokens", "4", "--stats"]) == 0
+    assert chat_main([str(zoo.mmgpt), "--max-new-tokens", "4", "--stats"]) == 0
     said = capsys.readouterr()
     assert "template mmgpt" in said.out + said.err, (said.out + said.err)[-2000:]

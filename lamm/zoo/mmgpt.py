@@ -139,6 +139,7 @@ def import_mmgpt(src: Path, base: str | None = None, alpha: str | None = None,
         "model.policy.encoder=frozen", "model.policy.projector=frozen", "model.policy.media_tokens=frozen",
         f"model.policy.llm={'lora' if llm_targets else 'frozen'}",
         f"model.policy.fusion={'lora' if fusion_targets else 'frozen'}",
+        "data.template=mmgpt",  # Multimodal-GPT's own prompt text (datasets/templates.py)
     ]
     given = "options" if alpha is not None or dropout is not None else "tuning_config" if settings else "defaults"
     notes = {"base": str(base_dir), "base_format": record.get("format"), "rank": rank, "alpha": alpha_value,
