@@ -219,6 +219,7 @@ def _corpus(model_id: str) -> list[tuple[str, dict | bytes | str, dict, int, str
         ("max_tokens huge", {**good, "max_tokens": 10**9}, {}, 400, "max_tokens"),
         ("temperature out of range", {**good, "temperature": 7}, {}, 400, "temperature"),
         ("stream not a boolean", {**good, "stream": "yes"}, {}, 400, "stream"),
+        ("too many images", {**good, "messages": [user("look", *[corrupt] * 17)]}, {}, 400, "messages"),
         ("missing API key", good, {"Authorization": ""}, 401, "authorization"),
         ("wrong API key", good, {"Authorization": "Bearer nope"}, 401, "authorization"),
         ("oversized body", {**good, "padding": "x" * (1 << 20)}, {}, 413, "request body"),

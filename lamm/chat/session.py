@@ -22,6 +22,9 @@ from lamm.datasets.sample import MARKER_RE, MediaRef, Sample, Turn
 from lamm.tokens import PLACEHOLDERS
 
 
+MAX_MEDIA = 32  # per conversation (lamm-chat and each lamm-serve demo session)
+
+
 class ChatError(ValueError):
     """Something the user can fix (a bad media path, an unsupported modality); one line, the chat goes on."""
 
@@ -85,6 +88,8 @@ class ChatSession:
             raise ChatError(f"this model has no {modality} encoder (it reads: {', '.join(sorted(self.specs)) or 'text only'})")
         if not path:
             raise ChatError(f"no path given for the {modality}")
+        if len(self.media) + len(self.pending) >= MAX_MEDIA:  # every medium stays in memory with the history
+            raise ChatError(f"this conversation already holds {MAX_MEDIA} media; /reset to start over")
         self._attached += 1
         ref = MediaRef(modality, path if data is not None else os.path.expanduser(path), f"attachment {self._attached}",
                        data)

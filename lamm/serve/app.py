@@ -73,7 +73,7 @@ def create_app(served: Served, batcher: BatchQueue, api_key: str | None = None) 
             return _error(err)
         except Exception as exc:  # a bug: one line to the client, the traceback to the log, the server keeps serving
             LOG.exception("%s %s failed", request.method, path)
-            message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            message = f"internal error ({type(exc).__name__}); the server's log has the details"  # no paths to clients
             return _error(ApiError(500, message, None, "server_error"))
 
     @app.exception_handler(ApiError)
@@ -83,7 +83,7 @@ def create_app(served: Served, batcher: BatchQueue, api_key: str | None = None) 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": served.model_id, "waiting": batcher.waiting.qsize(),
-                "batches": len(batcher.batches), "largest_batch": max(batcher.batches, default=0)}
+                "batches": batcher.batch_count, "largest_batch": batcher.largest_batch}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

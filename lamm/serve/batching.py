@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -163,7 +164,9 @@ class BatchQueue:
         self.device = torch.device(device)
         self.max_batch, self.window = max_batch, window_seconds
         self.waiting: queue.Queue[Job | None] = queue.Queue(maxsize=max_waiting)
-        self.batches: list[int] = []  # sizes of the generate calls so far (for /health and tests)
+        self.batches: deque[int] = deque(maxlen=1024)  # sizes of the latest generate calls (bounded: a server runs for weeks)
+        self.batch_count = 0
+        self.largest_batch = 0
         self._incoming = 0  # requests being read and rendered: jobs about to arrive
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="lamm-serve-batcher", daemon=True)
@@ -223,12 +226,14 @@ class BatchQueue:
                 except Exception as exc:  # one failed batch must not stop the server
                     LOG.exception("generating a batch of %d failed", len(jobs))  # the operator's traceback
                     for job in jobs:
-                        job.sink("error", f"generation failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
+                        job.sink("error", f"generation failed ({type(exc).__name__}); the server's log has the details")
 
     @torch.inference_mode()
     def generate(self, jobs: list[Job]) -> None:
         """Decode `jobs` (one group) as one left-padded batch."""
         self.batches.append(len(jobs))
+        self.batch_count += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
         batch = self.collate([job.row for job in jobs]).to(self.device)
         tokenizer = self.model.tokenizer
         rows = [_Row(job, len(job.row.input_ids), tokenizer, self.stop_ids) for job in jobs]

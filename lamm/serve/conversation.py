@@ -76,7 +76,11 @@ def describe_recipe(run: str | None, overrides: Sequence[str]) -> str:
         if info.is_file():
             data = json.loads(info.read_text())
             recipe = data.get("recipe") or {}
-            return recipe.get("name") or "overrides: " + " ".join(str(a) for a in data.get("command", [])[1:])
+            # Values that look like paths stay private: /v1/models and the demo are seen by every client.
+            shown = [str(a) for a in data.get("command", [])[1:]
+                     if "=" in str(a) and not str(a).split("=", 1)[1].startswith(("/", ".", "~"))
+                     and "/" not in str(a).split("=", 1)[1]]
+            return recipe.get("name") or "overrides: " + " ".join(shown)
     return "unknown (no run.json)"
 
 

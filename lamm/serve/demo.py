@@ -114,7 +114,7 @@ def build_demo(served: Served, batcher: BatchQueue) -> gr.Blocks:
             sample = session.conversation(text)
             row = session.processed(sample)
             budget = session.new_token_budget(len(row.input_ids), int(max_tokens))
-        except ChatError as exc:
+        except (ChatError, DataError) as exc:  # the user's message or media: shown, the demo goes on
             yield history, text, f"**Error:** {exc}"
             return
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_IMAGES = 16  # per request, the whole conversation
 MAX_STOP_SEQUENCES = 4
 
 
@@ -145,6 +146,9 @@ def parse_chat_request(body: Any, served_model: str, max_tokens_limit: int) -> C
         messages.append(Message(role, text, images, where))
     if not messages or messages[-1].role != "user":
         raise ApiError(400, "messages must end with a user message", "messages")
+    images = sum(len(m.images) for m in messages)
+    if images > MAX_IMAGES:  # each decoded image becomes a tensor: bound the memory one request can take
+        raise ApiError(400, f"messages: {images} images in one request, over this server's {MAX_IMAGES}", "messages")
 
     max_tokens = _integer(body, "max_completion_tokens")
     key = "max_completion_tokens"
