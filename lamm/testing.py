@@ -154,3 +154,21 @@ def save_tiny_vision_tower(kind: str, folder) -> "Path":
     model.eval().save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def evaluate_run_in_process(run, tmp, name: str, limit: int = 4) -> "Path":
+    """`lamm-eval checkpoint=RUN benchmark=shapes_ppl` on `limit` generated samples, in this process (the
+    console script is tested elsewhere); returns the synth data folder (its test images serve chat checks)."""
+    from pathlib import Path
+
+    from lamm.cli.eval import run as lamm_eval
+    from lamm.config import compose
+    from lamm.datasets.synth import generate
+
+    tmp = Path(tmp)
+    generate(tmp / "synth", sizes={"train": limit, "test": limit}, kinds=("shapes",), image_size=32)
+    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", f"+benchmark.scenario.limit={limit}", "batch_size=2",
+                                        f"checkpoint={run}", f"synth_root={tmp / 'synth'}",
+                                        f"output_dir={tmp / 'eval'}", f"model.name={name}"]))
+    assert result["n"] == limit and (tmp / "eval" / name / "shapes_ppl" / "results.json").is_file()
+    return tmp / "synth"

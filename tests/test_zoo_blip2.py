@@ -204,17 +204,11 @@ def test_lamm_eval_and_lamm_chat_on_the_import(imported, tmp_path, monkeypatch, 
     import io
 
     from lamm.cli.chat import main as chat_main
-    from lamm.cli.eval import run as lamm_eval
-    from lamm.config import compose
-    from lamm.datasets.synth import generate
+    from lamm.testing import evaluate_run_in_process
 
     _, out = imported
-    generate(tmp_path / "synth", sizes={"train": 4, "test": 4}, kinds=("shapes",), image_size=32)
-    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=2",
-                                        f"checkpoint={out}", f"synth_root={tmp_path / 'synth'}",
-                                        f"output_dir={tmp_path / 'eval'}", "model.name=blip2"]))
-    assert result["n"] == 4 and (tmp_path / "eval" / "blip2" / "shapes_ppl" / "results.json").is_file()
-    image = tmp_path / "synth" / "shapes" / "images" / "test" / "000000.png"
+    synth = evaluate_run_in_process(out, tmp_path, "blip2")
+    image = synth / "shapes" / "images" / "test" / "000000.png"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\nwhat is it?\n/quit\n"))
     assert chat_main([str(out), "--max-new-tokens", "4", "--stats"]) == 0
     said = capsys.readouterr()

@@ -272,13 +272,7 @@ def test_a_folder_that_is_not_idefics_is_refused_by_name(tmp_path) -> None:
 
 def test_lamm_eval_on_the_imported_folder(imported, tmp_path) -> None:
     """`lamm-eval checkpoint=OUT benchmark=shapes_ppl`, in this process (its console script is tested elsewhere)."""
-    from lamm.cli.eval import run as lamm_eval
-    from lamm.config import compose
-    from lamm.datasets.synth import generate
+    from lamm.testing import evaluate_run_in_process
 
     _, out = imported
-    generate(tmp_path / "synth", sizes={"train": 4, "test": 4}, kinds=("shapes",), image_size=32)
-    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=2",
-                                        f"checkpoint={out}", f"synth_root={tmp_path / 'synth'}",
-                                        f"output_dir={tmp_path / 'eval'}", "model.name=idefics"]))
-    assert result["n"] == 4 and (tmp_path / "eval" / "idefics" / "shapes_ppl" / "results.json").is_file()
+    evaluate_run_in_process(out, tmp_path, "idefics")

@@ -215,12 +215,6 @@ def test_the_3d_variant_and_missing_folders_are_refused_in_one_line(parts, tmp_p
 
 def test_lamm_eval_on_the_imported_folder(imported, tmp_path) -> None:
     """`lamm-eval checkpoint=OUT benchmark=shapes_ppl`, in this process (its console script is tested elsewhere)."""
-    from lamm.cli.eval import run as lamm_eval
-    from lamm.config import compose
-    from lamm.datasets.synth import generate
+    from lamm.testing import evaluate_run_in_process
 
-    generate(tmp_path / "synth", sizes={"train": 4, "test": 4}, kinds=("shapes",), image_size=32)
-    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=2",
-                                        f"checkpoint={imported}", f"synth_root={tmp_path / 'synth'}",
-                                        f"output_dir={tmp_path / 'eval'}", "model.name=lamm"]))
-    assert result["n"] == 4 and (tmp_path / "eval" / "lamm" / "shapes_ppl" / "results.json").is_file()
+    evaluate_run_in_process(imported, tmp_path, "lamm")

@@ -399,16 +399,10 @@ def test_lamm_eval_and_lamm_chat_on_the_mmgpt_import(zoo, tmp_path, monkeypatch,
     import io
 
     from lamm.cli.chat import main as chat_main
-    from lamm.cli.eval import run as lamm_eval
-    from lamm.config import compose
-    from lamm.datasets.synth import generate
+    from lamm.testing import evaluate_run_in_process
 
-    generate(tmp_path / "synth", sizes={"train": 4, "test": 4}, kinds=("shapes",), image_size=32)
-    result = lamm_eval(compose("eval", ["benchmark=shapes_ppl", "+benchmark.scenario.limit=4", "batch_size=2",
-                                        f"checkpoint={zoo.mmgpt}", f"synth_root={tmp_path / 'synth'}",
-                                        f"output_dir={tmp_path / 'eval'}", "model.name=mmgpt"]))
-    assert result["n"] == 4 and (tmp_path / "eval" / "mmgpt" / "shapes_ppl" / "results.json").is_file()
-    image = tmp_path / "synth" / "shapes" / "images" / "test" / "000000.png"
+    synth = evaluate_run_in_process(zoo.mmgpt, tmp_path, "mmgpt")
+    image = synth / "shapes" / "images" / "test" / "000000.png"
     monkeypatch.setattr("sys.stdin", io.StringIO(f"/image {image}\nWhat shape is this?\n/quit\n"))
     assert chat_main([str(zoo.mmgpt), "--max-new-tokens", "4", "--stats"]) == 0
     said = capsys.readouterr()
