@@ -200,6 +200,31 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
+def imported_top_level(stderr: str) -> set[str]:
+    """Top-level packages from `PYTHONPROFILEIMPORTTIME=1` output ("import time: self | cumulative | name")."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_eval_and_chat_on_a_trained_run_import_no_lightning(trained_run, tmp_path) -> None:
+    """What a user types after training: lamm-eval and lamm-chat on the run folder; only training needs
+    Lightning (and the torchmetrics/torchvision/scipy it pulls in: seconds per command)."""
+    env = {**ENV, "PYTHONPROFILEIMPORTTIME": "1"}
+    synth = trained_run.parents[2] / "data" / "synth-0"
+    evaluate = subprocess.run([str(BIN / "lamm-eval"), f"checkpoint={trained_run}", "benchmark=shapes_ppl",
+                               "+benchmark.scenario.limit=2", f"synth_root={synth}", f"output_dir={tmp_path}"],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert list(tmp_path.glob("*/shapes_ppl/results.json"))
+    chat = subprocess.run([str(BIN / "lamm-chat"), str(trained_run), "--max-new-tokens", "2"], input="hello\n/quit\n",
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    for result in (evaluate, chat):
+        imported = imported_top_level(result.stderr)
+        assert "torch" in imported  # the probe sees the imports: the model needs torch
+        assert not imported & {"lightning", "pytorch_lightning", "torchmetrics"}
+
+
 def test_run_prompts_equal_the_training_pipeline(trained_run) -> None:
     """The chat renders a question + image token for token as the run's own data pipeline does."""
     from omegaconf import OmegaConf

@@ -8,8 +8,6 @@
     lamm-eval benchmark=path/to/recipe.yaml ...          # a recipe file from anywhere (--trust-recipe: see lamm-train)
 
 results.json and report.md record the recipe file's SHA-256 (`recipe_file`).
-
-Heavy imports happen inside `run`, so `lamm-eval --help` is instant.
 """
 from __future__ import annotations
 
@@ -108,8 +106,12 @@ def main() -> None:
     overrides checked against the composed config, then Hydra."""
     from lamm.cli.errors import error_boundary
     from lamm.cli.train import check_override_keys
+    from lamm.cli.usage import print_help, wants_help
     from lamm.recipes.launch import prepare_argv, user_config_dirs
 
+    if wants_help(sys.argv[1:]):
+        print_help("lamm-eval", __doc__, "eval", groups=["benchmark"], extra=user_config_dirs(sys.argv[1:]))
+        return
     with error_boundary("lamm-eval"):
         sys.argv[1:] = prepare_argv(sys.argv[1:], "benchmark")
         problem = check_override_keys(sys.argv[1:], "eval", extra_dirs=user_config_dirs(sys.argv[1:]))

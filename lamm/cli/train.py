@@ -239,10 +239,12 @@ def with_imported_architecture(argv: list[str]) -> list[str]:
     architecture; the user's own overrides of the same keys or groups win. The import's data settings (its
     prompt template) apply where the chosen data config has the key: a mixture's sources keep their own
     templates and interleaved documents render as documents (stderr says so)."""
-    from lamm.zoo.writer import read_import_record
-
     source = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("init_from=")), None)
-    record = read_import_record(source) if source else None
+    if not source:
+        return argv
+    from lamm.zoo.writer import read_import_record  # torch: only when there is an init_from to read
+
+    record = read_import_record(source)
     if record is None:
         return argv
 
@@ -285,8 +287,14 @@ def unused_data_settings(imported: list[str], argv: list[str]) -> list[str]:
 def main() -> None:
     """Entry point of the `lamm-train` console script."""
     from lamm.cli.errors import error_boundary
+    from lamm.cli.usage import print_help, wants_help
 
     TYPED_COMMAND[:] = sys.argv
+    if wants_help(sys.argv[1:]):
+        from lamm.recipes.launch import user_config_dirs
+
+        print_help("lamm-train", __doc__, "train", extra=user_config_dirs(sys.argv[1:]))
+        return
     with error_boundary("lamm-train"):  # the checks before Hydra starts: recipe safety, keys, output folder
         from lamm.recipes.launch import prepare_argv, user_config_dirs
 

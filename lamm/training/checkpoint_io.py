@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from safetensors.torch import load_file, save_file
 
 from lamm.faults import kill_self, triggered
@@ -142,16 +141,3 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
     state["state_dict"] = load_file(str(folder / WEIGHTS), device=str(map_location or "cpu"))
     return state
-
-
-class FolderCheckpointIO(CheckpointIO):
-    """Lightning CheckpointIO plugin writing and reading the folder format above."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        write_checkpoint(checkpoint, Path(path))
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return read_checkpoint(path, map_location or "cpu")
-
-    def remove_checkpoint(self, path: Any) -> None:
-        shutil.rmtree(path, ignore_errors=True)

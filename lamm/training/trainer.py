@@ -195,7 +195,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, methods: Sequence[Any] = ()):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lamm.training.checkpoint_io import FolderCheckpointIO
+    from lamm.training.checkpoint_plugin import FolderCheckpointIO
 
     kwargs = trainer_arguments(cfg.trainer)
     kwargs.pop("accumulate_grad_batches", None)  # set below, once the device count is known
