@@ -392,3 +392,84 @@ class MatchRatio(Metric):
         out = {"match_ratio": float(np.mean([v for vs in by_map.values() for v in vs])) if records else math.nan}
         out.update({f"match_ratio_{k}": float(np.mean(v)) for k, v in by_map.items()})
         return out
+
+
+@METRICS.register("roc_auc")
+class RocAUC(Metric):
+    """Area under the ROC curve of the `positive` option's probability (Hateful Memes: P("yes"), the
+    challenge's metric); needs per-option probabilities (inferencer ppl). NaN when one class is absent."""
+
+    name = "roc_auc"
+
+    def __init__(self, positive: str = "yes") -> None:
+        self.positive = positive
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
+        scores, labels = [], []
+        for r in records:
+            if not r.get("probs"):
+                raise ValueError(f"metric roc_auc needs per-option probabilities; sample {r.get('id')!r} has none "
+                                 "(use inferencer ppl)")
+            opts = [norm(o) for o in r.get("options") or []]
+            if norm(self.positive) not in opts:
+                raise ValueError(f"metric roc_auc: sample {r.get('id')!r} has no option {self.positive!r} "
+                                 f"(options {r.get('options')})")
+            scores.append(float(r["probs"][opts.index(norm(self.positive))]))
+            labels.append(int(norm(r["answer"]) == norm(self.positive)))
+        if len(set(labels)) < 2:
+            return {"roc_auc": float("nan")}
+        return {"roc_auc": float(roc_auc_score(labels, scores))}
+
+
+def mme_answer(raw: str) -> str | None:
+    """MME's reading of an answer: yes/no exactly, else "yes" or "no" within its first four characters."""
+    text = raw.strip().lower()
+    if text in ("yes", "no"):
+        return text
+    head = text[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return None
+
+
+@METRICS.register("mme")
+class MMEScore(Metric):
+    """MME, on its scale: per category (the sample's task) acc = % of questions right, acc_plus = % of
+    images with both questions right (`extra.question_group`), score = acc + acc_plus; `mme_perception`
+    and `mme_cognition` sum the scores of the categories of each kind (at most 2000 and 800)."""
+
+    name = "mme"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        return mme_answer(record["raw"])
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        from lamm.benchmarks.mme import COGNITION, PERCEPTION
+
+        by_cat: dict[str, list[bool]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
+        for r in records:
+            ok = self.judge(r)
+            by_cat[r["task"]].append(ok)
+            group = (r.get("extra") or {}).get("question_group", r["id"])
+            groups[(r["task"], str(group))].append(ok)
+        out: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        for cat, oks in by_cat.items():
+            acc = 100.0 * float(np.mean(oks))
+            acc_plus = 100.0 * float(np.mean([all(v) for (c, _), v in groups.items() if c == cat]))
+            out.update({f"mme_{cat}_acc": acc, f"mme_{cat}_acc_plus": acc_plus, f"mme_{cat}_score": acc + acc_plus})
+            kind = "perception" if cat in PERCEPTION else "cognition" if cat in COGNITION else None
+            if kind:
+                totals[kind] = totals.get(kind, 0.0) + acc + acc_plus
+        return {**{f"mme_{k}": v for k, v in sorted(totals.items(), reverse=True)}, **out}
