@@ -27,7 +27,7 @@ import numpy as np
 
 from lamm.benchmarks.base import Metric
 from lamm.benchmarks.box3d import box_iou, mean_average_precision
-from lamm.benchmarks.parsing import norm, parse_boxes, parse_number, parse_option, vqa_normalize
+from lamm.benchmarks.parsing import norm, parse_boxes, parse_number, parse_option, vqa_normalize, vqa_punctuation
 from lamm.registry import METRICS
 
 
@@ -72,22 +72,49 @@ class Accuracy(Metric):
         return out
 
 
+VQA_PROTOCOLS = ("textvqa", "vqav2", "vizwiz")
+
+
 @METRICS.register("vqa_accuracy")
 class VQAAccuracy(Metric):
-    """The VQA v2 metric: official answer normalisation, min(#matching humans / 3, 1) averaged over the
-    leave-one-out subsets of the reference answers (one reference: exact match after normalisation)."""
+    """VQA accuracy: min(#matching humans / 3, 1) averaged over the leave-one-out subsets of the human answers
+    (one reference: exact match), after the official answer processing as each dataset's script applies it:
+    - `textvqa` (default; TextVQA's evaluation): prediction and human answers fully processed (punctuation,
+      digits, articles, contractions, lower case);
+    - `vqav2` (VQAv2's and OK-VQA's script): the prediction fully processed; the human answers get only the
+      punctuation step, and only when they disagree;
+    - `vizwiz` (VizWiz's script): both fully processed only when the human answers disagree; compared
+      ignoring case.
+    The output's first line is the answer."""
 
     name = "vqa_accuracy"
+
+    def __init__(self, protocol: str = "textvqa") -> None:
+        if protocol not in VQA_PROTOCOLS:
+            raise ValueError(f"metric vqa_accuracy: protocol must be one of {', '.join(VQA_PROTOCOLS)}, found {protocol!r}")
+        self.protocol = protocol
 
     def parse(self, record: dict[str, Any]) -> Any:
         text = record["raw"].strip().split("\n")[0]
         return vqa_normalize(text) or None
 
+    def _compared(self, record: dict[str, Any]) -> tuple[str, list[str]]:
+        """(prediction, human answers) as the protocol's script compares them."""
+        pred = record["raw"].strip().split("\n")[0].replace("\t", " ").strip()
+        refs = [a.replace("\n", " ").replace("\t", " ").strip() for a in _refs(record["answer"])]
+        disagree = len(set(refs)) > 1
+        if self.protocol == "textvqa":
+            return vqa_normalize(pred), [vqa_normalize(a) for a in refs]
+        if self.protocol == "vqav2":
+            return vqa_normalize(pred), [vqa_punctuation(a) for a in refs] if disagree else refs
+        if disagree:
+            pred, refs = vqa_normalize(pred), [vqa_normalize(a) for a in refs]
+        return pred.lower(), [a.lower() for a in refs]
+
     def score(self, record: dict[str, Any]) -> float:
-        pred = self.parse(record)
-        if pred is None:
+        pred, refs = self._compared(record)
+        if not pred:
             return 0.0
-        refs = [vqa_normalize(a) for a in _refs(record["answer"])]
         if len(refs) == 1:
             return float(pred == refs[0])
         accs = []
@@ -100,7 +127,14 @@ class VQAAccuracy(Metric):
         return self.score(record) > 0.0
 
     def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-        return {"vqa_accuracy": float(np.mean([self.score(r) for r in records])) if records else float("nan")}
+        scores = [self.score(r) for r in records]
+        out = {"vqa_accuracy": float(np.mean(scores)) if records else float("nan")}
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for r, v in zip(records, scores):
+            by_task[str(r.get("task"))].append(v)
+        if len(by_task) > 1:  # the official scripts also report each answer type (the VQA scenarios' task)
+            out.update({f"vqa_accuracy_{t}": float(np.mean(v)) for t, v in sorted(by_task.items())})
+        return out
 
 
 def _simple_tokenize(text: str) -> str:

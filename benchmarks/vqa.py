@@ -1,8 +1,9 @@
 """Open-ended VQA over the official files: VQAv2, OK-VQA, TextVQA, VizWiz.
 
 Every sample's answer is the list of human answers (10 for all four datasets), scored with
-`vqa_accuracy`: the official answer normalisation and min(#matching humans / 3, 1) averaged over the
-ten leave-one-out subsets — the VQAv2 evaluation, which TextVQA's and VizWiz's evaluations reuse.
+`vqa_accuracy`: min(#matching humans / 3, 1) averaged over the ten leave-one-out subsets after the
+official answer processing, applied as each dataset's script does (`protocol: vqav2` for VQAv2 and
+OK-VQA, `textvqa`, `vizwiz`).
 A sample's task is its answer type where the dataset has one (VQAv2/OK-VQA/VizWiz: yes/no, number,
 other; VizWiz also unanswerable), so results.json's per-task table breaks accuracy down by it.
 

@@ -159,6 +159,20 @@ def test_vqa_accuracy_leave_one_out_and_normalisation() -> None:
     assert vqa.score(_rec("The ball.", ball)) == 1.0 and vqa.score(_rec("Two", ["2"] * 4 + ["3"] * 6)) == 1.0
     assert vqa.score(_rec("unanswerable", ["unanswerable"] * 8 + ["blurry"] * 2)) == 1.0
     assert vqa.compute([_rec("no", yes_no), _rec("yes", yes_no)])["vqa_accuracy"] == pytest.approx(0.95)
+    by_type = vqa.compute([_rec("no", yes_no, task="yes/no"), _rec("toy", ball, task="other"),
+                           _rec("ball", ball, task="other")])
+    assert by_type["vqa_accuracy_yes/no"] == pytest.approx(0.9) and by_type["vqa_accuracy_other"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("protocol, expected", [("textvqa", [1, 1, 1, 1]), ("vqav2", [0, 0, 1, 1]),
+                                                ("vizwiz", [1, 1, 0, 1])])
+def test_vqa_accuracy_protocols(protocol, expected) -> None:
+    """Where the three scripts differ: VQAv2 leaves unanimous human answers unprocessed (but processes the
+    prediction: "two" -> "2"); VizWiz processes neither when the humans agree (but ignores case)."""
+    (vqa,) = build_metrics([{"name": "vqa_accuracy", "protocol": protocol}])
+    cases = [("two", ["two"] * 10), ("blue", ["Blue"] * 10), ("the ball", ["ball"] * 10),
+             ("Ball!", ["ball"] * 5 + ["balls"] * 5)]
+    assert [vqa.score(_rec(raw, refs)) for raw, refs in cases] == expected
 
 
 def test_cider_hand_checked() -> None:
