@@ -83,8 +83,10 @@ class VQAAccuracy(Metric):
       digits, articles, contractions, lower case);
     - `vqav2` (VQAv2's and OK-VQA's script): the prediction fully processed; the human answers get only the
       punctuation step, and only when they disagree;
-    - `vizwiz` (VizWiz's script): both fully processed only when the human answers disagree; compared
-      ignoring case.
+    - `vizwiz` (VizWiz's script): the prediction fully processed, the human answers as written. With
+      `extra.answerable` in the records it also scores VizWiz's unanswerability task as its script does,
+      an answer of "unanswerable" predicting "not answerable": `unanswerable_ap` (average precision) and
+      `unanswerable_f1`.
     The output's first line is the answer."""
 
     name = "vqa_accuracy"
@@ -107,9 +109,7 @@ class VQAAccuracy(Metric):
             return vqa_normalize(pred), [vqa_normalize(a) for a in refs]
         if self.protocol == "vqav2":
             return vqa_normalize(pred), [vqa_punctuation(a) for a in refs] if disagree else refs
-        if disagree:
-            pred, refs = vqa_normalize(pred), [vqa_normalize(a) for a in refs]
-        return pred.lower(), [a.lower() for a in refs]
+        return vqa_normalize(pred), refs
 
     def score(self, record: dict[str, Any]) -> float:
         pred, refs = self._compared(record)
@@ -134,7 +134,20 @@ class VQAAccuracy(Metric):
             by_task[str(r.get("task"))].append(v)
         if len(by_task) > 1:  # the official scripts also report each answer type (the VQA scenarios' task)
             out.update({f"vqa_accuracy_{t}": float(np.mean(v)) for t, v in sorted(by_task.items())})
+        flags = [(r.get("extra") or {}).get("answerable") for r in records]
+        if self.protocol == "vizwiz" and records and all(f is not None for f in flags):
+            out.update(unanswerability([not f for f in flags], [self._compared(r)[0] == "unanswerable" for r in records]))
         return out
+
+
+def unanswerability(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[str, float]:
+    """VizWiz's unanswerability scores (positive class: not answerable); NaN when one class is absent."""
+    from sklearn.metrics import average_precision_score, f1_score
+
+    if len(set(truth)) < 2:
+        return {"unanswerable_ap": float("nan"), "unanswerable_f1": float("nan")}
+    y, p = np.asarray(truth, dtype=int), np.asarray(predicted, dtype=float)
+    return {"unanswerable_ap": float(average_precision_score(y, p)), "unanswerable_f1": float(f1_score(y, p > 0.5))}
 
 
 def _simple_tokenize(text: str) -> str:

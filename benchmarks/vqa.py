@@ -8,7 +8,8 @@ A sample's task is its answer type where the dataset has one (VQAv2/OK-VQA/VizWi
 other; VizWiz also unanswerable), so results.json's per-task table breaks accuracy down by it.
 
 VizWiz's unanswerable questions keep their human answers (mostly "unanswerable"), as VizWiz's own
-evaluation does: a model scores on them by answering "unanswerable".
+evaluation does: a model scores on them by answering "unanswerable"; `extra.answerable` lets
+`vqa_accuracy` (protocol vizwiz) score the unanswerability task too.
 """
 from __future__ import annotations
 

@@ -164,15 +164,29 @@ def test_vqa_accuracy_leave_one_out_and_normalisation() -> None:
     assert by_type["vqa_accuracy_yes/no"] == pytest.approx(0.9) and by_type["vqa_accuracy_other"] == pytest.approx(0.8)
 
 
-@pytest.mark.parametrize("protocol, expected", [("textvqa", [1, 1, 1, 1]), ("vqav2", [0, 0, 1, 1]),
-                                                ("vizwiz", [1, 1, 0, 1])])
+@pytest.mark.parametrize("protocol, expected", [("textvqa", [1, 1, 1, 1, 1]), ("vqav2", [0, 0, 1, 1, 1]),
+                                                ("vizwiz", [0, 0, 1, 1, 0])])
 def test_vqa_accuracy_protocols(protocol, expected) -> None:
-    """Where the three scripts differ: VQAv2 leaves unanimous human answers unprocessed (but processes the
-    prediction: "two" -> "2"); VizWiz processes neither when the humans agree (but ignores case)."""
+    """Where the scripts differ: all process the prediction ("two" -> "2", "the ball" -> "ball"); VQAv2
+    leaves unanimous human answers as written and only de-punctuates the others; VizWiz never touches them."""
     (vqa,) = build_metrics([{"name": "vqa_accuracy", "protocol": protocol}])
     cases = [("two", ["two"] * 10), ("blue", ["Blue"] * 10), ("the ball", ["ball"] * 10),
-             ("Ball!", ["ball"] * 5 + ["balls"] * 5)]
+             ("Ball!", ["ball"] * 5 + ["balls"] * 5), ("ball", ["ball."] * 5 + ["orb"] * 5)]
     assert [vqa.score(_rec(raw, refs)) for raw, refs in cases] == expected
+
+
+def test_vizwiz_unanswerability() -> None:
+    """VizWiz's second task: does the answer say "unanswerable" where the question is (positive class)?"""
+    (vqa,) = build_metrics([{"name": "vqa_accuracy", "protocol": "vizwiz"}])
+    refs = ["unanswerable"] * 10
+    recs = [_rec("Unanswerable.", refs, extra={"answerable": False}), _rec("blue", refs, extra={"answerable": False}),
+            _rec("unanswerable", ["red"] * 10, extra={"answerable": True}), _rec("red", ["red"] * 10, extra={"answerable": True})]
+    out = vqa.compute(recs)
+    # predicted unanswerable: samples 1 and 3; truly unanswerable: 1 and 2 -> precision 1/2, recall 1/2
+    assert out["unanswerable_f1"] == pytest.approx(0.5) and out["vqa_accuracy"] == pytest.approx(0.5)
+    # binary scores: recall 1/2 at precision 1/2 (score 1), the other 1/2 at precision 2/4 (score 0) -> AP 0.5
+    assert out["unanswerable_ap"] == pytest.approx(0.5)
+    assert "unanswerable_f1" not in build_metrics(["vqa_accuracy"])[0].compute(recs)
 
 
 def test_cider_hand_checked() -> None:
