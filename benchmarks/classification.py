@@ -21,28 +21,36 @@ CLASS_FILES = ("classnames.txt", "LOC_synset_mapping.txt")
 
 
 def read_class_names(path: Path, folders: list[str]) -> dict[str, str]:
-    """Class folder -> class name, from `wnid name[, synonym...]` lines (LOC_synset_mapping.txt; the first
-    name, or all of them where the first is shared by another class) or one name per line in the
-    sorted order of the class folders (classnames.txt)."""
+    """Class folder -> class name, from `<wnid> <name>[, <synonym>...]` lines (LOC_synset_mapping.txt) or one
+    name per line in the sorted order of the class folders (classnames.txt, e.g. CLIP's or OpenFlamingo's list).
+
+    LOC names: the first name; where two classes share it, their whole synonym lists; where those are
+    shared too (LOC's two "crane" classes), the name and the wnid ("crane (n02012849)"). A plain list must
+    have distinct names (ranking needs them)."""
     lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-    if lines and all(WNID.match(line.split(maxsplit=1)[0]) and " " in line for _, line in lines):
-        full = {line.split(maxsplit=1)[0]: (n, line.split(maxsplit=1)[1].strip()) for n, line in lines}
-        first = {w: name.split(",")[0].strip() for w, (_, name) in full.items()}
-        shared = {v for v in first.values() if list(first.values()).count(v) > 1}
-        names = {w: (full[w][1] if first[w] in shared else first[w]) for w in full}
-        where = {w: n for w, (n, _) in full.items()}
+    if any(WNID.match(line.split()[0]) for _, line in lines):
+        full: dict[str, str] = {}
+        where: dict[str, int] = {}
+        for n, line in lines:
+            parts = line.split(maxsplit=1)
+            if len(parts) < 2 or not WNID.match(parts[0]):
+                raise ScenarioDataError(f"{path} line {n}: expected `<wnid> <name>[, <synonym>...]`, found {line!r}")
+            full[parts[0]], where[parts[0]] = parts[1].strip(), n
+        first = {w: name.split(",")[0].strip() for w, name in full.items()}
+        names = {w: full[w] if list(first.values()).count(first[w]) > 1 else first[w] for w in full}
+        names = {w: f"{v} ({w})" if list(names.values()).count(v) > 1 else v for w, v in names.items()}
     else:
         if len(lines) != len(folders):
             raise ScenarioDataError(f"{path}: {len(lines)} class names for {len(folders)} class folders (one name per "
                                     "line, in the sorted order of the folders, or `<wnid> <name>` lines)")
         names = {f: line for f, (_, line) in zip(folders, lines)}
         where = {f: n for f, (n, _) in zip(folders, lines)}
-    seen: dict[str, str] = {}
-    for w, name in names.items():
-        if name in seen:
-            raise ScenarioDataError(f"{path} line {where[w]}: class name {name!r} of {w} is also the name of "
-                                    f"{seen[name]}; ranking needs distinct class names")
-        seen[name] = w
+        seen: dict[str, str] = {}
+        for w, name in names.items():
+            if name in seen:
+                raise ScenarioDataError(f"{path} line {where[w]}: class name {name!r} of {w} is also the name of "
+                                        f"{seen[name]} (line {where[seen[name]]}); ranking needs distinct class names")
+            seen[name] = w
     missing = [f for f in folders if f not in names]
     if missing:
         raise ScenarioDataError(f"{path}: no class name for class folder {missing[0]!r}")

@@ -64,6 +64,14 @@ def test_closed_set_mme_and_mmmu_fields(roots) -> None:
     net = _scenario("imagenet", roots["imagenet"]).samples()
     assert net[0].options == ["tench", "goldfish", "great white shark"]
     assert [s.answer for s in net] == ["tench", "goldfish", "great white shark"]
+    names = roots["imagenet"] / "names.txt"  # LOC's lines as shipped, where two classes are both just "crane"
+    names.write_text("n01440764 crane\nn01443537 maillot\nn01484850 crane\n")
+    assert _scenario("imagenet", roots["imagenet"], class_names="names.txt").samples()[0].options == [
+        "crane (n01440764)", "maillot", "crane (n01484850)"]
+    names.write_text("tench\ngoldfish\ntench\n")  # a plain list, in sorted wnid order: names must differ
+    with pytest.raises(ScenarioDataError, match="names.txt line 3: class name 'tench' of n01484850 is also"):
+        _scenario("imagenet", roots["imagenet"], class_names="names.txt").samples()
+    names.unlink()
     memes = _scenario("hateful_memes", roots["hateful_memes"]).samples()
     assert [s.answer for s in memes] == ["no", "yes", "no", "yes"] and memes[0].options == ["yes", "no"]
     assert "meme text 0" in memes[0].question and memes[0].extra["text"] == "meme text 0"
@@ -105,8 +113,7 @@ BREAKS = {
               lambda p: _rewrite_json(p, lambda d: d["questions"][0].pop("image_id")), "image_id"),
     "textvqa": ("TextVQA_0.5.1_val.json", lambda p: _rewrite_json(p, lambda d: d["data"][0].pop("question")), "question"),
     "vizwiz": ("Annotations/val.json", lambda p: _rewrite_json(p, lambda d: d[1]["answers"][0].pop("answer")), "answer"),
-    "imagenet": ("LOC_synset_mapping.txt", lambda p: _break_line(p, 2, lambda ln: "n01484850 tench, Tinca tinca"),
-                 "class name"),
+    "imagenet": ("LOC_synset_mapping.txt", lambda p: _break_line(p, 2, lambda ln: "n01484850"), "<wnid> <name>"),
     "hateful_memes": ("test_seen.jsonl", lambda p: _break_line(p, 1, lambda ln: ln.replace('"label": 1', '"label": 2')),
                       "label"),
     "mme": ("existence/exi_001.txt", lambda p: _break_line(p, 1, lambda ln: ln.replace("\tNo", "\tMaybe")), "answer"),
