@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from lamm.benchmarks.adapters import ScenarioDataError
+from lamm.benchmarks.adapters import ScenarioDataError, load_json
 from lamm.benchmarks.base import EvalSample
-from lamm.benchmarks.official import OfficialScenario, need, need_text, read_json
+from lamm.benchmarks.official import OfficialScenario, need, need_text
 from lamm.datasets.sample import MediaRef
 from lamm.registry import SCENARIOS
 
@@ -41,7 +41,7 @@ class KarpathyCaptions(OfficialScenario):
 
     def _all_images(self) -> list:
         if self._images is None:
-            data = read_json(self.path, self.name)
+            data = load_json(self.path, f"scenario {self.name}")
             self._images = need(data, "images", str(self.path), list)
         return self._images
 

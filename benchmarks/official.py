@@ -16,18 +16,8 @@ from lamm.benchmarks.adapters import ScenarioDataError
 from lamm.benchmarks.base import EvalSample, Scenario
 
 
-def read_json(path: Path, scenario: str) -> Any:
-    """A JSON file, or one line naming it (missing file, malformed JSON)."""
-    if not path.is_file():
-        raise ScenarioDataError(f"scenario {scenario}: file not found: expected {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ScenarioDataError(f"scenario {scenario}: malformed JSON in {path} (line {exc.lineno}: {exc.msg})") from None
-
-
 def read_jsonl(path: Path, scenario: str) -> list[tuple[int, Any]]:
-    """(line number, value) for each non-empty line of a JSON-lines file."""
+    """(line number, value) for each non-empty line of a JSON-lines file; one line naming it on an error."""
     if not path.is_file():
         raise ScenarioDataError(f"scenario {scenario}: file not found: expected {path}")
     rows = []

@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lamm.benchmarks.adapters import ScenarioDataError
+from lamm.benchmarks.adapters import ScenarioDataError, load_json
 from lamm.benchmarks.base import EvalSample
-from lamm.benchmarks.official import OfficialScenario, need, need_text, read_json
+from lamm.benchmarks.official import OfficialScenario, need, need_text
 from lamm.datasets.sample import MediaRef
 from lamm.registry import SCENARIOS
 
@@ -53,8 +53,8 @@ class CocoVQA(OfficialScenario):
 
     def load(self, split: str) -> list[EvalSample]:
         qpath, apath = self._files(split)
-        questions = need(read_json(qpath, self.name), "questions", str(qpath), list)
-        annotations = need(read_json(apath, self.name), "annotations", str(apath), list)
+        questions = need(load_json(qpath, f"scenario {self.name}"), "questions", str(qpath), list)
+        annotations = need(load_json(apath, f"scenario {self.name}"), "annotations", str(apath), list)
         by_id = {}
         for i, ann in enumerate(annotations):
             by_id[str(need(ann, "question_id", f"{apath} annotations[{i}]", (int, str)))] = (i, ann)
@@ -116,7 +116,7 @@ class TextVQA(OfficialScenario):
 
     def _ocr(self, split: str) -> dict[str, list[str]]:
         path = self.data_root / f"TextVQA_Rosetta_OCR_v0.2_{split}.json"
-        rows = need(read_json(path, self.name), "data", str(path), list)
+        rows = need(load_json(path, f"scenario {self.name}"), "data", str(path), list)
         out = {}
         for i, row in enumerate(rows):
             where = f"{path} data[{i}]"
@@ -125,7 +125,7 @@ class TextVQA(OfficialScenario):
 
     def load(self, split: str) -> list[EvalSample]:
         path = self._file(split)
-        data = need(read_json(path, self.name), "data", str(path), list)
+        data = need(load_json(path, f"scenario {self.name}"), "data", str(path), list)
         ocr: dict[str, list[str]] | None = None
         out = []
         for i, item in enumerate(data):
@@ -169,7 +169,7 @@ class VizWiz(OfficialScenario):
 
     def load(self, split: str) -> list[EvalSample]:
         path = self._file(split)
-        data = read_json(path, self.name)
+        data = load_json(path, f"scenario {self.name}")
         if not isinstance(data, list):
             raise ScenarioDataError(f"{path}: expected a JSON list of questions, found {type(data).__name__}")
         out = []
