@@ -8,6 +8,7 @@ benchmarks/README.md; `lamm.benchmarks.testing.write_official_fixture` writes a 
 """
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,9 +71,9 @@ class OfficialScenario(Scenario):
             self.support_splits = [support_split] if isinstance(support_split, str) else list(support_split)
         self._cache: dict[str, list[EvalSample]] = {}
 
+    @abc.abstractmethod
     def load(self, split: str) -> list[EvalSample]:
         """Every sample of one split, in file order."""
-        raise NotImplementedError
 
     def _split(self, split: str) -> list[EvalSample]:
         if split not in self._cache:
