@@ -239,6 +239,38 @@ def test_mme_acc_plus_and_score_sums() -> None:
     assert [mme.parse(r) for r in recs[4:6]] == ["no", None]
 
 
+# -- every scenario through the evaluator (tiny model) ---------------------------------------------------
+
+# kind -> (inferencer, metrics, metric keys expected in results.json)
+RUNS = {
+    "coco_captions": ("direct", [{"name": "cider", "tokenizer": "simple"}], {"cider"}),
+    "flickr30k": ("direct", [{"name": "cider", "tokenizer": "simple"}], {"cider"}),
+    "vqav2": ("direct", [{"name": "vqa_accuracy", "protocol": "vqav2"}], {"vqa_accuracy", "vqa_accuracy_yes/no"}),
+    "okvqa": ("direct", [{"name": "vqa_accuracy", "protocol": "vqav2"}], {"vqa_accuracy", "vqa_accuracy_number"}),
+    "textvqa": ("direct", ["vqa_accuracy"], {"vqa_accuracy"}),
+    "vizwiz": ("direct", [{"name": "vqa_accuracy", "protocol": "vizwiz"}], {"vqa_accuracy", "unanswerable_f1"}),
+    "imagenet": ("ppl", ["accuracy"], {"accuracy"}),
+    "hateful_memes": ("ppl", ["roc_auc", "accuracy"], {"roc_auc", "accuracy"}),
+    "mme": ("ppl", ["mme"], {"mme_perception", "mme_existence_acc_plus"}),
+    "mmmu": ("direct", ["accuracy"], {"accuracy"}),
+}
+
+
+def test_every_scenario_evaluates(model, roots, tmp_path) -> None:
+    from lamm.benchmarks import evaluate
+
+    for kind, (inferencer, metrics, keys) in RUNS.items():
+        recipe = {"name": kind, "scenario": {"name": kind, "data_root": str(roots[kind]), "limit": 2},
+                  "inferencer": {"name": inferencer, **({"max_new_tokens": 3} if inferencer == "direct" else {})},
+                  "metrics": metrics}
+        res = evaluate(model, recipe, tmp_path / kind, batch_size=4, progress=False)
+        assert res["n"] == 2 and keys <= set(res["metrics"]), (kind, res["metrics"])
+        records = [json.loads(x) for x in (tmp_path / kind / "samples.jsonl").read_text().splitlines()]
+        assert all(r["prompt"].count("<image>") == (2 if r["id"] == "validation_Art_1" else 1) for r in records), kind
+        if inferencer == "ppl":
+            assert all(len(r["probs"]) == len(r["options"]) for r in records)
+
+
 # -- the command a user types ----------------------------------------------------------------------------
 
 TINY_MODEL = ['model.overrides=["model/llm=tiny_random","model.encoder.image_size=32","model.encoder.width=32"]',
