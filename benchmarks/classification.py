@@ -136,7 +136,7 @@ class HatefulMemes(OfficialScenario):
     def load(self, split: str) -> list[EvalSample]:
         path = self._file(split)
         out = []
-        for line, item in read_jsonl(path, self.name):
+        for line, item in read_jsonl(path, f"scenario {self.name}"):
             where = f"{path} line {line}"
             text = need(item, "text", where, str)
             out.append(EvalSample(str(need(item, "id", where, (int, str))),

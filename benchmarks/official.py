@@ -17,10 +17,10 @@ from lamm.benchmarks.adapters import ScenarioDataError
 from lamm.benchmarks.base import EvalSample, Scenario
 
 
-def read_jsonl(path: Path, scenario: str) -> list[tuple[int, Any]]:
-    """(line number, value) for each non-empty line of a JSON-lines file; one line naming it on an error."""
+def read_jsonl(path: Path, what: str) -> list[tuple[int, Any]]:
+    """(line number, value) for each non-empty line of a JSON-lines file; one line `<what>: ...` on an error."""
     if not path.is_file():
-        raise ScenarioDataError(f"scenario {scenario}: file not found: expected {path}")
+        raise ScenarioDataError(f"{what}: file not found: expected {path}")
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -28,7 +28,7 @@ def read_jsonl(path: Path, scenario: str) -> list[tuple[int, Any]]:
         try:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise ScenarioDataError(f"scenario {scenario}: malformed JSON in {path} line {number} ({exc.msg})") from None
+            raise ScenarioDataError(f"{what}: malformed JSON in {path} line {number} ({exc.msg})") from None
     return rows
 
 

@@ -136,6 +136,20 @@ def test_malformed_file_is_one_line_naming_file_and_field(roots, tmp_path, kind)
     assert isinstance(err.value, ValueError)  # lamm-eval's error boundary: exit 2
 
 
+def test_broken_json_is_one_line_naming_file_and_line(roots, tmp_path) -> None:
+    shutil.copytree(roots["hateful_memes"], tmp_path / "hm")
+    _break_line(tmp_path / "hm" / "train.jsonl", 1, lambda ln: ln[:-3])
+    scen = _scenario("hateful_memes", tmp_path / "hm")
+    assert len(scen.samples()) == 4  # the evaluated split is fine; the support file is read when asked for
+    with pytest.raises(ScenarioDataError, match=rf"malformed JSON in {tmp_path / 'hm' / 'train.jsonl'} line 2"):
+        scen.support()
+    shutil.copytree(roots["coco_captions"], tmp_path / "coco")
+    path = tmp_path / "coco" / "dataset_coco.json"
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(ScenarioDataError, match=rf"scenario coco_captions: malformed JSON in {path} \(line 1"):
+        _scenario("coco_captions", tmp_path / "coco").samples()
+
+
 def test_missing_files_fail_when_built(tmp_path) -> None:
     """Before any model loads: the scenario names the file it expected."""
     for kind, expected in [("vqav2", "v2_OpenEnded_mscoco_val2014_questions.json"), ("coco_captions", "dataset_coco.json"),
