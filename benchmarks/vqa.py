@@ -70,7 +70,7 @@ class CocoVQA(OfficialScenario):
             image = self.data_root / self.image_dir.format(split=split) / self.image_file.format(split=split, image_id=image_id)
             out.append(EvalSample(qid, need_text(q, "question", where), [], answers,
                                   [MediaRef("image", str(image), "image_id")], str(ann.get("answer_type") or "vqa"),
-                                  {"image_id": image_id}))
+                                  {"image_id": image_id, "multiple_choice_answer": ann.get("multiple_choice_answer")}))
         return out
 
 

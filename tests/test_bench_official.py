@@ -51,6 +51,7 @@ def test_captions_and_vqa_fields(roots) -> None:
     vqa = _scenario("vqav2", roots["vqav2"]).samples()
     assert [(s.id, s.task) for s in vqa] == [("10000", "yes/no"), ("10001", "number"), ("11002", "other")]
     assert vqa[0].media[0].path.endswith("val2014/COCO_val2014_000000000010.jpg") and len(vqa[0].answer) == 10
+    assert vqa[2].extra["multiple_choice_answer"] == "a ball"  # the dataset's consensus answer, kept for prompts
     plain = _scenario("textvqa", roots["textvqa"]).samples()[0]
     ocr = _scenario("textvqa", roots["textvqa"], use_ocr=True).samples()[0]
     assert plain.question == "What does sign 0 say?"  # OCR tokens ignored unless asked
