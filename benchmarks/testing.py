@@ -185,8 +185,12 @@ def mmmu_row(sid: str, question: str, options: list[str], answer: str, images: i
 
 def write_mmmu_parquet(path: "os.PathLike[str] | str", rows: list[dict[str, Any]]) -> None:
     """Rows written as MMMU's parquet files are (image columns as {bytes, path} structs)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("writing MMMU's parquet files needs pyarrow (a lamm dependency since the mmmu scenario: "
+                          "pip install 'pyarrow>=15')") from None
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
