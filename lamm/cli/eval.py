@@ -77,7 +77,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     template = hints.get("template", "auto") if cfg.template == "auto" else cfg.template
     system_prompt = hints.get("system_prompt", "none") if cfg.system_prompt == "auto" else cfg.system_prompt
     kwargs = dict(batch_size=int(cfg.batch_size), template=template, system_prompt=system_prompt,
-                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name, recipe_file=recipe_file)
+                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name, recipe_file=recipe_file,
+                  bootstrap=cfg.get("bootstrap"), check_batch_invariance=bool(cfg.get("check_batch_invariance")))
     out = Path(cfg.output_dir) / name / str(bench.get("name", "recipe"))
     if recipe is None:
         result = run_desiderata(model, bench.desiderata, out, **kwargs)
