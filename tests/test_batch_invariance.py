@@ -78,10 +78,14 @@ def test_generated_ids_identical_across_batch_sizes(fusion: str, scenario) -> No
     """The model boundary itself: `generate` token ids per row equal at batch 1, 8 and 16 (left padding)."""
     model = tiny(fusion)
     renderer = Renderer(model)
-    instr = build_instruction({"name": "icl", "retriever": "random", "num_examples": 1})
-    instr.prepare(scenario, model)
+    icl, standard = build_instruction({"name": "icl", "retriever": "random", "num_examples": 1}), build_instruction({"name": "standard"})
+    icl.prepare(scenario, model)
     samples = scenario.samples()[:16]
-    items = [(s.id, instr.query(s), [], None) for s in samples]
+    # Rows with two media, one medium and none, mixed in every batch: media counts and lengths differ per row.
+    queries = [icl.query(s) if i % 3 == 0 else standard.query(s) for i, s in enumerate(samples)]
+    for q in queries[2::3]:
+        q.media = []
+    items = [(s.id, q, [], None) for s, q in zip(samples, queries)]
     rows = {}
     for bs in BATCH_SIZES:
         out = []
