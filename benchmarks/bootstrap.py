@@ -86,9 +86,18 @@ def replicate_values(metric: Any, records: Sequence[dict[str, Any]], keys: Seque
         compute = metric.resampled(records)
         rows: list[dict[str, float]] = []
         for chunk in replicate_chunks(n, spec, spec.max_recompute):
-            rows.extend(compute(idx) for idx in chunk)
+            rows.extend(_defined(compute, idx) for idx in chunk)
         out.update({k: np.array([r.get(k, math.nan) for r in rows], dtype=np.float64) for k in rest})
     return out, set(rest)
+
+
+def _defined(compute: Any, idx: np.ndarray) -> dict[str, float]:
+    """One replicate's values; {} (NaN for every key) when the metric is undefined on it (e.g. RRM on a
+    resample without clean samples)."""
+    try:
+        return compute(idx)
+    except (ValueError, ArithmeticError, KeyError, IndexError):
+        return {}
 
 
 def standard_error(values: np.ndarray) -> float | None:

@@ -215,9 +215,11 @@ def comparison_chart(path: Path, shared: Sequence[str], runs: Sequence[Run]) -> 
     x = np.arange(len(shared))
     for i, run in enumerate(runs):
         values = [_number(run.results["metrics"].get(k)) for k in shared]
-        errors = [_number((run.results.get("stderr") or {}).get(k)) or 0.0 for k in shared]
+        errors = [_number((run.results.get("stderr") or {}).get(k)) for k in shared]
         heights = [v if v is not None and not math.isnan(v) else 0.0 for v in values]
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, yerr=errors if any(errors) else None,
+        known = any(e is not None for e in errors)
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width,
+               yerr=[math.nan if e is None else e for e in errors] if known else None,
                capsize=3, label=f"{i + 1}. {run.label}")
     ax.set_xticks(x, list(shared), rotation=45, fontsize=8)
     ax.set_ylabel("value")

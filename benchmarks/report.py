@@ -77,9 +77,9 @@ def bar_chart(path: Path, title: str, values: dict[str, float], ylabel: str = "v
 
     items = [(k, v) for k, v in values.items() if isinstance(v, (int, float)) and not math.isnan(v)]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(items) + 2), 3.5), dpi=100)
-    yerr = [(errors or {}).get(k) or 0.0 for k, _ in items]
-    ax.bar([k for k, _ in items], [v for _, v in items], color="#4878a8",
-           yerr=yerr if any(yerr) else None, capsize=3, ecolor="#222222")
+    yerr = [(errors or {}).get(k) for k, _ in items]
+    ax.bar([k for k, _ in items], [v for _, v in items], color="#4878a8", capsize=3, ecolor="#222222",
+           yerr=[math.nan if e is None else e for e in yerr] if any(e is not None for e in yerr) else None)
     for i, (_, v) in enumerate(items):
         ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     ax.set_title(title, fontsize=10)
