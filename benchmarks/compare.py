@@ -124,15 +124,16 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def compare_runs(runs: Sequence[Run], spec: BootstrapSpec = BootstrapSpec()) -> tuple[list[str], list[MetricRow], list[McNemarRow]]:
+def compare_runs(runs: Sequence[Run], spec: BootstrapSpec = BootstrapSpec()
+                 ) -> tuple[list[str], list[MetricRow], list[McNemarRow]]:
     """The shared metrics, a row per (metric, run) and a McNemar row per run after the first."""
     base = runs[0]
     shared = list(base.results["metrics"])
     for run in runs[1:]:
         mine = [k for k in shared if k in run.results["metrics"]]
         if not mine:
-            raise ValueError(f"{run.file}: no metric in common with {base.file} "
-                             f"({', '.join(base.results['metrics']) or 'none'} vs {', '.join(run.results['metrics']) or 'none'})")
+            theirs, ours = ", ".join(base.results["metrics"]) or "none", ", ".join(run.results["metrics"]) or "none"
+            raise ValueError(f"{run.file}: no metric in common with {base.file} ({theirs} vs {ours})")
         shared = mine
     objects = _metric_objects(base)
     rows: list[MetricRow] = []

@@ -184,7 +184,7 @@ class Evaluator:
         self.metrics = build_metrics(recipe.metrics)
         self.renderer = Renderer(model, template=template, system_prompt=system_prompt, max_length=max_length)
         where = "benchmark.bootstrap" if recipe.bootstrap is not None else "bootstrap"
-        self.bootstrap = BootstrapSpec.from_config(recipe.bootstrap if recipe.bootstrap is not None else bootstrap, where)
+        self.bootstrap = BootstrapSpec.from_config(bootstrap if recipe.bootstrap is None else recipe.bootstrap, where)
         self.check_batch_invariance = check_batch_invariance
 
     def _samples(self) -> list[EvalSample]:
@@ -303,7 +303,8 @@ class Evaluator:
 
     def _invariance(self, records: Sequence[dict[str, Any]], alone: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """How many answers change between the run's batch size and batch size 1, in the model's precision."""
-        changed = [r["id"] for r in records if (r["raw"], r.get("turns")) != (alone[r["id"]]["raw"], alone[r["id"]].get("turns"))]
+        changed = [r["id"] for r in records
+                   if (r["raw"], r.get("turns")) != (alone[r["id"]]["raw"], alone[r["id"]].get("turns"))]
         verdicts = [r["id"] for r in records if r["correct"] != alone[r["id"]]["correct"]]
         prob_diffs = [abs(a - b) for r in records if r.get("probs") and alone[r["id"]].get("probs")
                       for a, b in zip(r["probs"], alone[r["id"]]["probs"])]

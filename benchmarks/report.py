@@ -35,18 +35,21 @@ def report_markdown(records: Sequence[dict[str, Any]], results: dict[str, Any]) 
     if boot.get("samples"):
         slow = boot.get("recomputed") or {}
         note = (f"; recomputed over {', '.join(f'{n} ({k})' for k, n in slow.items())} replicates" if slow else "")
-        lines += ["", f"SE: bootstrap standard error over samples ({boot['samples']} replicates, seed {boot['seed']}{note})."]
+        lines += ["", f"SE: bootstrap standard error over samples ({boot['samples']} replicates, "
+                      f"seed {boot['seed']}{note})."]
     inv = results.get("batch_invariance")
     if inv:
         lines += ["", "## Batch invariance", "",
                   f"Batch size {inv['batch_size']} vs 1 ({', '.join(inv['dtypes'])}): {inv['changed']} of {inv['n']} "
                   f"answers changed, {inv['changed_verdicts']} verdicts changed"
-                  + (f", largest option-probability change {inv['max_prob_diff']:.2g}" if inv.get("max_prob_diff") is not None else "")
+                  + (f", largest option-probability change {inv['max_prob_diff']:.2g}"
+                     if inv.get("max_prob_diff") is not None else "")
                   + "."]
         lines += ["", "| metric | batch " + str(inv["batch_size"]) + " | batch 1 |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(results['metrics'].get(k))} | {_fmt(v)} |" for k, v in inv["metrics_batch_1"].items()]
         if inv["changed_ids"]:
-            lines += ["", "Changed: " + ", ".join(inv["changed_ids"]) + (" ..." if inv["changed"] > len(inv["changed_ids"]) else "")]
+            more = " ..." if inv["changed"] > len(inv["changed_ids"]) else ""
+            lines += ["", "Changed: " + ", ".join(inv["changed_ids"]) + more]
     lines += ["", "## Per task", "", "| task | n | accuracy | chance |", "|---|---|---|---|"]
     lines += [f"| {t} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v.get('chance'))} |"
               for t, v in results["per_task"].items()]

@@ -78,7 +78,8 @@ def test_generated_ids_identical_across_batch_sizes(fusion: str, scenario) -> No
     """The model boundary itself: `generate` token ids per row equal at batch 1, 8 and 16 (left padding)."""
     model = tiny(fusion)
     renderer = Renderer(model)
-    icl, standard = build_instruction({"name": "icl", "retriever": "random", "num_examples": 1}), build_instruction({"name": "standard"})
+    icl = build_instruction({"name": "icl", "retriever": "random", "num_examples": 1})
+    standard = build_instruction({"name": "standard"})
     icl.prepare(scenario, model)
     samples = scenario.samples()[:16]
     # Rows with two media, one medium and none, mixed in every batch: media counts and lengths differ per row.

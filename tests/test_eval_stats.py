@@ -48,7 +48,8 @@ def test_bootstrap_se_seeded_and_close_to_the_analytical_value() -> None:
     assert recomputed == {}  # accuracy is a mean over samples: vectorised, all 1000 replicates
     # The capped recompute sees the very same replicates: its values are the vectorised ones' prefix.
     fast, _ = replicate_values(acc, records, ["accuracy"], spec)
-    slow, slow_keys = replicate_values(AccuracyRecomputed(), records, ["accuracy"], BootstrapSpec(1000, 0, max_recompute=50))
+    capped = BootstrapSpec(1000, 0, max_recompute=50)
+    slow, slow_keys = replicate_values(AccuracyRecomputed(), records, ["accuracy"], capped)
     assert slow_keys == {"accuracy"} and len(slow["accuracy"]) == 50
     np.testing.assert_allclose(slow["accuracy"], fast["accuracy"][:50], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match=r"bootstrap\.sample: unknown key"):
@@ -89,8 +90,8 @@ def test_compare_console_script_difference_and_p_values(tmp_path: Path) -> None:
     b = [True] * 4 + [False] * 1 + [True] * 7 + [False] * 8
     run_a, run_b = write_run(tmp_path / "m" / "A", a), write_run(tmp_path / "m" / "B", b)
     out = tmp_path / "figs" / "ab"
-    proc = subprocess.run([str(BIN / "lamm-eval"), "compare", str(run_a), str(run_b / "results.json"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(BIN / "lamm-eval"), "compare", str(run_a), str(run_b / "results.json"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "figs" / "ab.md").read_text()
     assert (tmp_path / "figs" / "ab.png").stat().st_size > 1000

@@ -17,7 +17,8 @@ PROG = "lamm-eval compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RESULTS",
                         help="lamm-eval output folders (or their results.json); the first is the baseline")
     parser.add_argument("--out", default="compare", help="writes OUT.md and OUT.png (default: compare)")
