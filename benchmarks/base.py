@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lamm.datasets.sample import MediaRef
 
@@ -138,3 +138,13 @@ class Metric(abc.ABC):
     @abc.abstractmethod
     def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         """Named values over all records."""
+
+    def sample_scores(self, records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+        """Per named value of `compute` that is a plain mean over records: each record's share (the
+        bootstrap then resamples these vectorised); {} when none is (the default)."""
+        return {}
+
+    def resampled(self, records: Sequence[dict[str, Any]]) -> Callable[[Sequence[int]], dict[str, float]]:
+        """`compute` over the records at the given indices (repeats allowed), for bootstrap replicates;
+        a metric with costly preparation shared by every replicate overrides it to prepare once."""
+        return lambda idx: self.compute([records[i] for i in idx])

@@ -28,6 +28,7 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 
 from lamm.benchmarks.base import EvalSample, Query
+from lamm.benchmarks.bootstrap import BootstrapSpec, standard_errors
 from lamm.benchmarks.build import build_inferencer, build_instruction, build_metrics, build_scenario
 from lamm.benchmarks.render import Renderer
 from lamm.components import ConfigProblem, check_component
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.jsonl"
 RESULTS_FILE = "results.json"
-RECIPE_KEYS = {"name", "scenario", "instruction", "inferencer", "metrics", "description", "batch_size"}
+MAX_CHANGED_IDS = 20  # batch-invariance check: ids of changed answers listed in results.json
+RECIPE_KEYS = {"name", "scenario", "instruction", "inferencer", "metrics", "description", "batch_size", "bootstrap"}
 
 
 @dataclass
@@ -54,6 +56,7 @@ class EvalSpec:
     metrics: list[Any] = field(default_factory=lambda: ["accuracy"])
     description: str = ""
     batch_size: int | None = None
+    bootstrap: dict[str, Any] | None = None  # error bars: {samples, seed, max_recompute}; overrides lamm-eval's
 
     @classmethod
     def from_config(cls, cfg: Any) -> "EvalSpec":
@@ -167,7 +170,8 @@ class Evaluator:
                  template: str = "auto", model_name: str = "model", resume: bool = True,
                  system_prompt: str | None = "none",
                  max_length: int | None = None, progress: bool = True,
-                 recipe_file: dict[str, Any] | None = None) -> None:
+                 recipe_file: dict[str, Any] | None = None, bootstrap: Any = None,
+                 check_batch_invariance: bool = False) -> None:
         self.model = model.eval()
         self.recipe_file = recipe_file  # kind, name, path, sha256 of the recipe YAML (lamm.recipes.hashing)
         self.recipe = recipe
@@ -180,6 +184,9 @@ class Evaluator:
         self.inferencer = build_inferencer(recipe.inferencer)
         self.metrics = build_metrics(recipe.metrics)
         self.renderer = Renderer(model, template=template, system_prompt=system_prompt, max_length=max_length)
+        where = "benchmark.bootstrap" if recipe.bootstrap is not None else "bootstrap"
+        self.bootstrap = BootstrapSpec.from_config(bootstrap if recipe.bootstrap is None else recipe.bootstrap, where)
+        self.check_batch_invariance = check_batch_invariance
 
     def _samples(self) -> list[EvalSample]:
         samples = self.scenario.samples()
@@ -266,11 +273,14 @@ class Evaluator:
                     log.info("%s: batch %d/%d (%d samples, %.1f samples/s)", self.recipe.name, k + 1, len(todo),
                              n_new, n_new / max(1e-9, time.perf_counter() - start))
         merged = self._merge(mine, done, world)
+        alone = self._batch_one_records(samples, rank, world) if self.check_batch_invariance else None
         results: dict[str, Any] | None = None
         if rank == 0:
             order = {s.id: i for i, s in enumerate(samples)}
             records = sorted((r for r in merged.values() if r["id"] in order), key=lambda r: order[r["id"]])
             results = self._results(records)
+            if alone is not None:
+                results["batch_invariance"] = self._invariance(records, alone)
             from lamm.benchmarks.report import write_outputs
 
             write_outputs(self.out_dir, records, results)
@@ -281,6 +291,33 @@ class Evaluator:
             torch.distributed.broadcast_object_list(box, src=0)
             results = box[0]
         return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _batch_one_records(self, samples: Sequence[EvalSample], rank: int, world: int) -> dict[str, dict[str, Any]]:
+        """Every sample evaluated again alone (batch size 1), sharded over ranks like the run; merged on all."""
+        mine = []
+        for i, s in enumerate(samples):
+            if i % world == rank:
+                q = self.instruction.query(s)
+                mine.append(self._record(s, q, self.inferencer(self.model, [s], [q], self.renderer)[0]))
+        return self._merge(mine, {}, world)
+
+    def _invariance(self, records: Sequence[dict[str, Any]], alone: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """How many answers change between the run's batch size and batch size 1, in the model's precision."""
+        changed = [r["id"] for r in records
+                   if (r["raw"], r.get("turns")) != (alone[r["id"]]["raw"], alone[r["id"]].get("turns"))]
+        verdicts = [r["id"] for r in records if r["correct"] != alone[r["id"]]["correct"]]
+        prob_diffs = [abs(a - b) for r in records if r.get("probs") and alone[r["id"]].get("probs")
+                      for a, b in zip(r["probs"], alone[r["id"]]["probs"])]
+        reference = [alone[r["id"]] for r in records]
+        metrics_alone: dict[str, float] = {}
+        for m in self.metrics:
+            metrics_alone.update(m.compute(reference))
+        dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters()})
+        return _jsonable({"batch_size": self.batch_size, "reference_batch_size": 1, "dtypes": dtypes,
+                          "n": len(records), "changed": len(changed), "changed_verdicts": len(verdicts),
+                          "max_prob_diff": max(prob_diffs) if prob_diffs else None,
+                          "changed_ids": changed[:MAX_CHANGED_IDS], "metrics_batch_1": metrics_alone})
 
     def _fingerprint(self) -> dict[str, Any]:
         return _jsonable({"recipe": self.recipe.name, "model": self.model_name, "scenario": self.recipe.scenario,
@@ -316,8 +353,10 @@ class Evaluator:
 
     def _results(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         metrics: dict[str, float] = {}
-        for m in self.metrics:
-            metrics.update(m.compute(records))
+        computed = [(m, m.compute(records)) for m in self.metrics]
+        for _, values in computed:
+            metrics.update(values)
+        stderr, recomputed = standard_errors(computed, records, self.bootstrap)
         per_task: dict[str, dict[str, Any]] = {}
         for task in sorted({r["task"] for r in records}):
             rs = [r for r in records if r["task"] == task]
@@ -332,6 +371,8 @@ class Evaluator:
             "model": self.model_name,
             "n": len(records),
             "metrics": metrics,
+            "stderr": {k: stderr[k] for k in metrics if k in stderr},
+            "bootstrap": {**self.bootstrap.as_dict(), "recomputed": recomputed},
             "per_task": per_task,
             "unparseable": len(unparseable),
             "config": {"scenario": self.recipe.scenario, "instruction": self.recipe.instruction,

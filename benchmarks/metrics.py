@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,6 +70,9 @@ class Accuracy(Metric):
         if groups:
             out["circular_accuracy"] = float(np.mean([all(v) for v in groups.values()]))
         return out
+
+    def sample_scores(self, records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+        return {"accuracy": [float(self.judge(r)) for r in records]}
 
 
 VQA_PROTOCOLS = ("textvqa", "vqav2", "vizwiz")
@@ -149,6 +152,9 @@ def unanswerability(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[st
     y, p = np.asarray(truth, dtype=int), np.asarray(predicted, dtype=float)
     return {"unanswerable_ap": float(average_precision_score(y, p)), "unanswerable_f1": float(f1_score(y, p > 0.5))}
 
+    def sample_scores(self, records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+        return {"vqa_accuracy": [self.score(r) for r in records]}
+
 
 def _simple_tokenize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
@@ -185,13 +191,26 @@ class _Caption(Metric):
     def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
         if not records:
             return {self.key: float("nan")}
-        gts, res = self._tokenized(records)
-        scorer = self.scorer()
+        return self._score(*self._tokenized(records))
+
+    def _score(self, gts: dict, res: dict) -> dict[str, float]:
         kwargs = {"verbose": 0} if self.key == "bleu4" else {}  # BLEU prints its ratios unless told not to
-        score, _ = scorer.compute_score(gts, res, **kwargs)
+        score, _ = self.scorer().compute_score(gts, res, **kwargs)
         if isinstance(score, list):  # BLEU returns BLEU-1..4
             return {self.key: float(score[3])}
         return {self.key: float(score)}
+
+    def resampled(self, records: Sequence[dict[str, Any]]) -> Callable[[Sequence[int]], dict[str, float]]:
+        """Tokenised once (the PTB tokenizer starts Java); each replicate rescored, its corpus statistics
+        (CIDEr's document frequencies) recomputed over the resampled records."""
+        gts, res = self._tokenized(records)
+
+        def compute(idx: Sequence[int]) -> dict[str, float]:
+            picked = [str(int(i)) for i in idx]
+            return self._score({str(j): gts[k] for j, k in enumerate(picked)},
+                               {str(j): res[k] for j, k in enumerate(picked)})
+
+        return compute
 
 
 @METRICS.register("bleu4")
@@ -316,8 +335,11 @@ class CountingMAE(Metric):
         return p is not None and round(p) == round(float(record["answer"]))
 
     def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-        errs = [abs((self.parse(r) or 0.0) - float(r["answer"])) for r in records]
+        errs = self.sample_scores(records)["mae"]
         return {"mae": float(np.mean(errs)) if errs else float("nan")}
+
+    def sample_scores(self, records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+        return {"mae": [abs((self.parse(r) or 0.0) - float(r["answer"])) for r in records]}
 
 
 def ece_equal_count(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
@@ -385,6 +407,12 @@ class PopeMetric(Metric):
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         return {"pope_accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
                 "yes_ratio": yes / n}
+
+    def sample_scores(self, records: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+        parsed = [self.parse(r) for r in records]
+        hits = [p == "yes" if norm(r["answer"]) == "yes" else p == "no" for p, r in zip(parsed, records)]
+        return {"pope_accuracy": [float(h) for h in hits],
+                "yes_ratio": [float(p == "yes") for p in parsed]}
 
 
 @METRICS.register("rrm")

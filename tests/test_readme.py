@@ -47,6 +47,12 @@ COVERED_BY = {
         "tests/test_bench_eval.py::test_run_source",
     ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_desiderata_one_command",
+    ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time> bootstrap.samples=2000 bootstrap.seed=1":
+        "tests/test_eval_stats.py::test_lamm_eval_bootstrap_and_batch_invariance_check",
+    ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time> check_batch_invariance=true":
+        "tests/test_eval_stats.py::test_lamm_eval_bootstrap_and_batch_invariance_check",
+    ".venv/bin/lamm-eval compare outputs/eval/<model A>/shapes_ppl outputs/eval/<model B>/shapes_ppl --out ab":
+        "tests/test_eval_stats.py::test_compare_console_script_difference_and_p_values",
     ".venv/bin/lamm-train --config-dir my_conf experiment=mine":
         "tests/test_recipes_cli.py::test_config_dir_recipe_trains_and_records_its_hash",
     ".venv/bin/lamm-train experiment=my_recipes/quickstart.yaml":
@@ -113,6 +119,7 @@ HELP = {
     "lamm-serve": ["--port", "--host", "--api-key", "--max-batch", "--queue-size", "--max-body-mb"],
     "lamm-train": ["experiment: ", "trainer: ", "model/encoder: "],
     "lamm-eval": ["benchmark: ", "checkpoint: "],
+    "lamm-eval compare": ["RESULTS", "--out", "--samples", "--seed"],
 }
 
 

@@ -6,6 +6,7 @@
     torchrun --nproc_per_node 2 --no-python lamm-eval benchmark=shapes_ppl ...  # sharded, merged once
     lamm-eval --config-dir DIR benchmark=NAME ...        # a recipe in DIR/benchmark/NAME.yaml
     lamm-eval benchmark=path/to/recipe.yaml ...          # a recipe file from anywhere (--trust-recipe: see lamm-train)
+    lamm-eval compare RUN_A RUN_B [...]                  # shared metrics, differences, paired tests (lamm.cli.compare)
 
 results.json and report.md record the recipe file's SHA-256 (`recipe_file`).
 """
@@ -75,7 +76,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     template = hints.get("template", "auto") if cfg.template == "auto" else cfg.template
     system_prompt = hints.get("system_prompt", "none") if cfg.system_prompt == "auto" else cfg.system_prompt
     kwargs = dict(batch_size=int(cfg.batch_size), template=template, system_prompt=system_prompt,
-                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name, recipe_file=recipe_file)
+                  resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name, recipe_file=recipe_file,
+                  bootstrap=cfg.get("bootstrap"), check_batch_invariance=bool(cfg.get("check_batch_invariance")))
     out = Path(cfg.output_dir) / name / str(bench.get("name", "recipe"))
     if recipe is None:
         result = run_desiderata(model, bench.desiderata, out, **kwargs)
@@ -104,6 +106,10 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console-script entry point: recipe files staged and checked (see lamm.recipes.launch), the
     overrides checked against the composed config, then Hydra."""
+    if sys.argv[1:2] == ["compare"]:  # a subcommand, not a Hydra override: no config is composed
+        from lamm.cli.compare import main as compare_main
+
+        compare_main(sys.argv[2:])
     from lamm.cli.errors import error_boundary
     from lamm.cli.train import check_override_keys
     from lamm.cli.usage import print_help, wants_help

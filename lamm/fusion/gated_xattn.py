@@ -106,12 +106,21 @@ class GatedCrossAttentionBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor],
-        allowed: torch.Tensor,
-        has_media: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        allowed: torch.Tensor | None = None,
+        has_media: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`kv` None: no medium anywhere in the batch, so only the FFN branch runs (the attention branch
+        of a token that sees no media adds exactly zero, so this equals that row beside rows with media)."""
         b, t, _ = x.shape
         scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt() if self.output_scale == "residual" else 1.0
+        if kv is not None:
+            x = x + torch.tanh(self.attn_gate) * self._attend(x, kv, allowed, has_media) * scale
+        return x + torch.tanh(self.ff_gate) * self.feed_forward(self.ff_norm(x)) * scale
+
+    def _attend(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], allowed: torch.Tensor,
+                has_media: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
         q = self.to_q(self.norm(x)).view(b, t, self.heads, self.dim_head).transpose(1, 2)
         if self.q_norm is not None:
             q = self.q_norm(q)
@@ -123,9 +132,7 @@ class GatedCrossAttentionBlock(nn.Module):
         with sdpa_kernel(SDPBackend.MATH) if low_precision_cpu else nullcontext():
             attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         attn = attn.transpose(1, 2).reshape(b, t, -1)
-        attn = self.to_out(attn) * has_media.unsqueeze(-1).to(x.dtype)
-        x = x + torch.tanh(self.attn_gate) * attn * scale
-        return x + torch.tanh(self.ff_gate) * self.feed_forward(self.ff_norm(x)) * scale
+        return self.to_out(attn) * has_media.unsqueeze(-1).to(x.dtype)
 
 
 @dataclass
@@ -227,7 +234,7 @@ class GatedCrossAttentionFusion(Fusion):
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             cond: CallConditioning | None = kwargs.pop(LAYER_KWARG, None)
-            if cond is None or key not in self.blocks or cond.state.media is None:
+            if cond is None or key not in self.blocks:
                 return args, kwargs
             cond.calls.append(layer_id)
             hidden = args[0] if args else kwargs["hidden_states"]
@@ -245,6 +252,11 @@ class GatedCrossAttentionFusion(Fusion):
         block = self.blocks[key]
         # The blocks keep their own dtype (fp32 beside a bf16 LLM): inputs in, output back to the LLM's.
         dtype = block.to_q.weight.dtype
+        if state.media is None:
+            # No medium in the batch: the block still runs (its FFN), so a text-only prompt gets the same
+            # result alone as beside prompts with media (batch-size invariance; OpenFlamingo and IDEFICS
+            # apply the FFN to every token too).
+            return block(hidden.to(dtype), None).to(hidden.dtype)
         if not torch.is_grad_enabled():
             # Generation: keys/values once per prompt, reused at every decoding step.
             if key not in state.kv_cache:
