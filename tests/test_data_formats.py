@@ -294,6 +294,9 @@ def test_conf_data_yaml_builds(tok, media, tmp_path, yaml_file):
     if cfg.name == "interleaved":
         path = tmp_path / "d.jsonl"
         path.write_text(json.dumps({"text_list": ["a"], "image_info": []}) + "\n")
+    elif cfg.name == "jsonl_shards":
+        path = tmp_path / "s.jsonl"
+        path.write_text(json.dumps({"conversations": conv("Hi", "Hello")}) + "\n")
     elif cfg.name == "webdataset":
         path = tmp_path / "s.tar"
         with tarfile.open(path, "w") as tar:
