@@ -27,15 +27,15 @@ from lamm.training.checkpoint_io import WEIGHTS, read_checkpoint
 from lamm.training.datamodule import SAMPLE_LOG_ENV
 
 BIN = Path(sys.executable).parent
-SHARDS, PER_SHARD = 6, 8
-# 2 processes x 2 workers = 4 readers over 6 shards: two readers get 2 shards, two get 1. 8 steps of
+SHARDS, PER_SHARD = 6, 4
+# 2 processes x 2 workers = 4 readers over 6 shards: two readers get 2 shards, two get 1. 4 steps of
 # 4 samples per process: the 2-shard readers finish epoch 0, the 1-shard readers read 2 epochs.
 # No LoRA dropout: a checkpoint holds rank 0's RNG state only (tests/test_faults.py says why).
 # debug=fast without its data.synth.sizes (which would generate the built-in shapes data besides).
 FAST = ["model/llm=tiny_random", "trainer.log_every_n_steps=1", "data.batch_size=4", "data.num_workers=0"]
 WDS = ["data=webdataset", "data.template=chat"]
-DDP = ["trainer=ddp_cpu", "model.lora.dropout=0", "data.num_workers=2", "trainer.max_steps=8",
-       "checkpoint.every_n_steps=2", "seed=3", "data.shuffle_buffer=5"]
+DDP = ["trainer=ddp_cpu", "model.lora.dropout=0", "data.num_workers=2", "trainer.max_steps=4",
+       "checkpoint.every_n_steps=2", "seed=3", "data.shuffle_buffer=3"]
 
 
 def lamm_train(root: Path, *overrides: str, log: Path | None = None, fault: str | None = None,
@@ -98,18 +98,17 @@ def straight(tmp_path_factory, shards) -> tuple[Path, dict[int, list[dict]]]:
 
 def test_two_processes_two_workers_read_every_sample_once_per_epoch(straight, shards) -> None:
     _, log = straight
-    assert sorted(log) == [0, 1] and all(len(rank) == 8 for rank in log.values())
+    assert sorted(log) == [0, 1] and all(len(rank) == 4 for rank in log.values())
     by_epoch: dict[int, list[str]] = {}
     for rank in log.values():
-        assert [b["step"] for b in rank] == list(range(8))
-        assert [b["reader"] for b in rank] == [0, 1] * 4  # the DataLoader takes its workers in turn
+        assert [b["step"] for b in rank] == list(range(4))
+        assert [b["reader"] for b in rank] == [0, 1] * 2  # the DataLoader takes its workers in turn
         for batch in rank:
             for sample, epoch in zip(batch["ids"], batch["epochs"]):
                 by_epoch.setdefault(epoch, []).append(sample)
     assert sorted(by_epoch[0]) == sorted(shards[1])  # every sample exactly once in epoch 0
-    assert len(by_epoch[1]) == 16 and len(set(by_epoch[1])) == 16  # the 1-shard readers' second pass
-    first = [b["ids"] for b in log[0]]
-    assert first[0] != sorted(first[0])  # the block shuffle moved samples within their block
+    assert len(by_epoch[1]) == 8 and len(set(by_epoch[1])) == 8  # the 1-shard readers' second pass
+    assert any(b["ids"] != sorted(b["ids"]) for rank in log.values() for b in rank)  # shuffled within blocks
 
 
 def test_sigkill_mid_epoch_then_resume_auto_trains_the_same_samples_to_the_same_weights(tmp_path, straight,

@@ -42,6 +42,7 @@ class LammDataModule(L.LightningDataModule):
         self.positions: list[Any] = []
         self.batches = 0
         self.saved_stream: dict[str, Any] | None = None
+        self.skipped_totals = None  # a SkipReport over all ranks, gathered at each checkpoint
 
     def setup(self, stage: str | None = None) -> None:
         from lamm.datasets import build_dataset
@@ -134,19 +135,28 @@ class LammDataModule(L.LightningDataModule):
             f.write(json.dumps(line) + "\n")
 
     def skipped_summary(self) -> str | None:
+        """Skipped and truncated samples: over all ranks as of the last checkpoint (the final one is made
+        after training), or this process's own count before any."""
+        if self.skipped_totals is not None:
+            return self.skipped_totals.summary()
         skipped = getattr(self.train_set, "skipped", None)
         return skipped.summary() if skipped is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         step = self.trainer.global_step if self.trainer is not None else 0
         state: dict[str, Any] = {"consumed": step * self.samples_per_step()}
-        if self.streams:  # every rank calls this when a checkpoint is made: gather their reader positions
+        # Every rank calls this when a checkpoint is made: gather their reader positions and skip counts.
+        skipped = getattr(self.train_set, "skipped", None)
+        if skipped is not None:
+            reports = self._gather(skipped.report())
+            self.skipped_totals = sum(reports[1:], reports[0])
+        if self.streams:
             local = {"positions": list(self.positions) or [None] * self.readers, "batches": self.batches}
             state["stream"] = {"world_size": self.world_size, "num_workers": self.readers,
                                "ranks": self._gather(local)}
         return state
 
-    def _gather(self, local: dict[str, Any]) -> list[dict[str, Any]]:
+    def _gather(self, local: Any) -> list[Any]:
         import torch.distributed as dist
 
         if self.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
