@@ -31,8 +31,6 @@ SHARDS, PER_SHARD = 6, 4
 # 2 processes x 2 workers = 4 readers over 6 shards: two readers get 2 shards, two get 1. 4 steps of
 # 4 samples per process: the 2-shard readers finish epoch 0, the 1-shard readers read 2 epochs.
 # No LoRA dropout: a checkpoint holds rank 0's RNG state only (tests/test_faults.py says why).
-# debug=fast without its data.synth.sizes (which would generate the built-in shapes data besides).
-FAST = ["model/llm=tiny_random", "trainer.log_every_n_steps=1", "data.batch_size=4", "data.num_workers=0"]
 WDS = ["data=webdataset", "data.template=chat"]
 DDP = ["trainer=ddp_cpu", "model.lora.dropout=0", "data.num_workers=2", "trainer.max_steps=4",
        "checkpoint.every_n_steps=2", "seed=3", "data.shuffle_buffer=3"]
@@ -45,7 +43,7 @@ def lamm_train(root: Path, *overrides: str, log: Path | None = None, fault: str 
         env[SAMPLE_LOG_ENV] = str(log)
     if fault is not None:
         env[FAULT_ENV] = fault
-    args = [str(BIN / "lamm-train"), *FAST, f"paths.runs_dir={root / 'runs'}",
+    args = [str(BIN / "lamm-train"), "debug=fast", f"paths.runs_dir={root / 'runs'}",
             *overrides]
     # A new session: a killed rank 0 leaves its rank-1 child behind, which the test then ends.
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -185,6 +183,7 @@ def test_a_truncated_shard_is_skipped_and_counted(tmp_path, truncated) -> None:
                            "data.on_error=skip", "data.shuffle=false", "data.batch_size=2", "trainer.max_steps=6",
                            log=tmp_path / "log"))
     assert "skipped 1 samples (bad_shard=1)" in " ".join(result.stdout.split())  # epoch 1 is not at it yet
+    assert not (tmp_path / "data").exists()  # debug=fast generated no built-in shapes data for a shard run
     [rank0] = batches(tmp_path / "log").values()
     seen = [i for b in rank0 for i in b["ids"]]
     assert seen[:8] == [f"train0_{j}" for j in range(6)] + ["train1_0", "train1_1"]

@@ -12,10 +12,9 @@ from lamm.datasets.build import make_policy, make_processor
 from lamm.datasets.config import BuildContext, DataConfig
 from lamm.datasets.errors import DataError
 from lamm.datasets.formats.conversation import parse_conversation_record
-from lamm.datasets.formats.webdataset_shards import shard_urls
 from lamm.datasets.readers import Record
 from lamm.datasets.sample import Sample
-from lamm.datasets.streaming.shard_readers import read_jsonl_shard
+from lamm.datasets.streaming.shard_readers import read_jsonl_shard, shard_urls
 from lamm.datasets.streaming.shard_stream import ShardStream
 from lamm.registry import DATASETS
 
@@ -32,7 +31,7 @@ def build_jsonl_shards(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     """JSONL shard files (brace patterns like `train-{000..099}.jsonl` expand as for tar shards)."""
     train = ctx.split == "train"
     return ShardStream(
-        shard_urls(cfg, ctx.split), read_jsonl_shard, partial(parse_jsonl_item, root=cfg.root),
+        shard_urls(cfg.paths(ctx.split)), read_jsonl_shard, partial(parse_jsonl_item, root=cfg.root),
         make_processor(cfg, ctx), make_policy(cfg, ctx),
         shuffle=bool(cfg.shuffle and train), shuffle_buffer=int(cfg.option("shuffle_buffer", 1000)),
         seed=cfg.seed, name=cfg.name,

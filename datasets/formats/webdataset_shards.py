@@ -24,11 +24,11 @@ from lamm.datasets.config import BuildContext, DataConfig
 from lamm.datasets.errors import DataError
 from lamm.datasets.formats.conversation import MEDIA_KEYS, place_markers, parse_turns
 from lamm.datasets.sample import MediaRef, Sample
-from lamm.datasets.streaming.shard_readers import read_tar_shard
+from lamm.datasets.streaming.shard_readers import read_tar_shard, shard_urls
 from lamm.datasets.streaming.shard_stream import ShardStream, assign_shards
 from lamm.registry import DATASETS
 
-__all__ = ["MEMBER_MODALITY", "assign_shards", "build_webdataset", "parse_wds_sample", "shard_urls"]
+__all__ = ["MEMBER_MODALITY", "assign_shards", "build_webdataset", "parse_wds_sample"]
 
 MEMBER_MODALITY: dict[str, str] = {
     **{e: "image" for e in ("png", "jpg", "jpeg", "webp", "bmp")},
@@ -84,19 +84,12 @@ def parse_wds_sample(raw: dict[str, Any]) -> Sample:
                   extra={k: v for k, v in data.items() if k not in {"id", "conversations", "task_type", *MEDIA_KEYS}})
 
 
-def shard_urls(cfg: DataConfig, split: str) -> list[str]:
-    """The shard URLs of a split: every `path` entry, brace patterns expanded (webdataset's own expansion)."""
-    from webdataset.shardlists import expand_urls
-
-    return [u for pattern in cfg.paths(split) for u in expand_urls(pattern)]
-
-
 @DATASETS.register("webdataset")
 def build_webdataset(cfg: DataConfig, ctx: BuildContext) -> Dataset:
     """Tar shards (brace patterns like `train-{000000..000099}.tar` are expanded by webdataset)."""
     train = ctx.split == "train"
     return ShardStream(
-        shard_urls(cfg, ctx.split), read_tar_shard, parse_wds_sample, make_processor(cfg, ctx), make_policy(cfg, ctx),
+        shard_urls(cfg.paths(ctx.split)), read_tar_shard, parse_wds_sample, make_processor(cfg, ctx), make_policy(cfg, ctx),
         shuffle=bool(cfg.shuffle and train), shuffle_buffer=int(cfg.option("shuffle_buffer", 1000)),
         seed=cfg.seed, name=cfg.name,
     )

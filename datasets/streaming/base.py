@@ -30,6 +30,7 @@ class ResumableStream(IterableDataset):
     """
 
     name: str = "stream"
+    epoch: int = 0  # the epoch plain iteration reads (`set_epoch`)
 
     @property
     def skipped(self) -> SkipCounter:
@@ -47,7 +48,7 @@ class ResumableStream(IterableDataset):
         total = world_size * num_workers
         slot = worker * world_size + rank
         for item in self.stream(slot, total, self.epoch_start()):
-            if item.epoch != getattr(self, "epoch", 0):
+            if item.epoch != self.epoch:
                 return
             yield item.sample
 

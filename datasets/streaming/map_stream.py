@@ -19,7 +19,6 @@ class MapStream(ResumableStream):
         self.shuffle = shuffle
         self.seed = seed
         self.name = name or getattr(dataset, "name", "") or type(dataset).__name__
-        self.epoch = 0
 
     @property
     def skipped(self) -> SkipCounter:

@@ -37,7 +37,6 @@ class StreamMixture(ResumableStream):
         self.batch_size = max(1, int(batch_size))
         self.seed = seed
         self.name = name
-        self.epoch = 0
 
     @property
     def skipped(self) -> SkipCounter:

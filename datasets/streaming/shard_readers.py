@@ -20,6 +20,13 @@ KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 BLOCK = 512  # tar block size; a complete archive ends with zero blocks after its last member
 
 
+def shard_urls(patterns: list[str]) -> list[str]:
+    """Every shard URL of a `path` list, brace patterns (`train-{000..099}.tar`) expanded as webdataset does."""
+    from webdataset.shardlists import expand_urls
+
+    return [url for pattern in patterns for url in expand_urls(pattern)]
+
+
 def _bad_shard(url: str, message: str, key: str | None = None) -> DataError:
     return DataError(f"cannot read shard: {message}", file=url, sample_id=key, reason="bad_shard")
 

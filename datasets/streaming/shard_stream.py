@@ -71,7 +71,6 @@ class ShardStream(ResumableStream):
         self.block_size = max(1, int(shuffle_buffer)) if shuffle else 1
         self.seed = seed
         self.name = name
-        self.epoch = 0
         # Shared so the warning is logged once per run, though workers are new processes.
         self._warned = torch.zeros(1, dtype=torch.uint8).share_memory_()
 
