@@ -130,6 +130,19 @@ class SkipReport:
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
 
+    def __add__(self, other: "SkipReport") -> "SkipReport":
+        reasons = {r: self.skipped.get(r, 0) + other.skipped.get(r, 0) for r in {*self.skipped, *other.skipped}}
+        return SkipReport(skipped=reasons, truncated=self.truncated + other.truncated)
+
+    def summary(self) -> str:
+        """One line for the end of a run: skipped samples by reason and truncated samples."""
+        if self.total_skipped:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
+            text = f"skipped {self.total_skipped} samples ({reasons})"
+        else:
+            text = "skipped 0 samples"
+        return f"{text}; truncated {self.truncated} samples"
+
 
 class SkipCounter:
     """Counts skipped samples by reason, in shared memory so counts made in DataLoader workers survive.
@@ -174,10 +187,4 @@ class SkipCounter:
 
     def summary(self) -> str:
         """One line for the end of a run: skipped samples by reason and truncated samples."""
-        rep = self.report()
-        if rep.total_skipped:
-            reasons = ", ".join(f"{k}={v}" for k, v in sorted(rep.skipped.items(), key=lambda kv: -kv[1]))
-            text = f"skipped {rep.total_skipped} samples ({reasons})"
-        else:
-            text = "skipped 0 samples"
-        return f"{text}; truncated {rep.truncated} samples"
+        return self.report().summary()

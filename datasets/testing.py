@@ -85,3 +85,56 @@ def write_points(path: Path, num_points: int = 200, seed: int = 0, colors: bool 
     if not o3d.io.write_point_cloud(str(path), cloud):
         raise OSError(f"open3d could not write {path}")
     return path
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+
+
+def _colour_record(key: str, colour: str) -> dict:
+    return {"id": key, "conversations": [{"from": "human", "value": "<image>\nWhat colour is the image?"},
+                                         {"from": "gpt", "value": colour}]}
+
+
+def write_colour_shards(folder: Path, num_shards: int, per_shard: int, stem: str = "train") -> list[str]:
+    """WebDataset tar shards `<stem>-<i>.tar` of solid-colour images asked for their colour; returns
+    every sample id (unique over the shards)."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names, ids = list(COLOURS), []
+    for s in range(num_shards):
+        with tarfile.open(folder / f"{stem}-{s}.tar", "w") as tar:
+            for j in range(per_shard):
+                key = f"{stem}{s}_{j}"
+                colour = names[(s + j) % len(names)]
+                png = io.BytesIO()
+                Image.new("RGB", (16, 16), COLOURS[colour]).save(png, format="PNG")
+                for name, data in ((f"{key}.json", json.dumps(_colour_record(key, colour)).encode()),
+                                   (f"{key}.png", png.getvalue())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                ids.append(key)
+    return ids
+
+
+def write_colour_jsonl_shards(folder: Path, num_shards: int, per_shard: int, stem: str = "train") -> list[str]:
+    """JSONL shards `<stem>-<i>.jsonl` of the same colour records, images in `folder/images/`; returns the ids."""
+    import json
+
+    names, ids = list(COLOURS), []
+    for colour in names:
+        write_image(folder / "images" / f"{colour}.png", COLOURS[colour])
+    for s in range(num_shards):
+        lines = []
+        for j in range(per_shard):
+            key = f"{stem}{s}_{j}"
+            colour = names[(s + j) % len(names)]
+            lines.append(json.dumps({**_colour_record(key, colour), "image": f"images/{colour}.png"}))
+            ids.append(key)
+        (folder / f"{stem}-{s}.jsonl").write_text("\n".join(lines) + "\n")
+    return ids

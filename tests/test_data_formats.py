@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -257,20 +258,23 @@ def test_mixture_mixed(tok, tmp_path):
 
 
 def test_mixture_alternating(tok, tmp_path):
+    from lamm.datasets.streaming.mixture import StreamMixture
+
     lang, other = _mixture_sources(tmp_path)
-    cfg = OmegaConf.create({"name": "mixture", "mode": "alternating", "batch_size": 4, "num_samples": 32,
+    cfg = OmegaConf.create({"name": "mixture", "mode": "alternating", "batch_size": 4,
                             "datasets": [{"name": "mmgpt", "path": lang}, {"name": "mmgpt", "path": other}]})
     ds = build_dataset(cfg, SPECS, tok, PREFIX)
-    collate = build_collator(tok)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=ds.batch_sampler(shuffle=True), collate_fn=collate)
+    assert isinstance(ds, StreamMixture)
+    items = list(islice(ds.stream(0, 1), 32))
     sources = []
-    for batch in loader:
-        prefixes = {i[0] for i in batch.ids}
-        assert len(prefixes) == 1  # never straddles two sources
+    for b in range(8):
+        prefixes = {item.sample.id[0] for item in items[4 * b:4 * b + 4]}
+        assert len(prefixes) == 1  # a batch never straddles two sources
         sources.append(prefixes.pop())
-    assert len(sources) == 8 and sources.count("l") == sources.count("o") == 4
-    half = ds.batch_sampler(shuffle=False, num_replicas=2, rank=1)
-    assert len(half) == 4
+    assert sources.count("l") == sources.count("o") == 4
+    # Resumed at any batch boundary, the stream goes on with the same samples.
+    again = [item.sample.id for item in islice(ds.stream(0, 1, items[11].position), 20)]
+    assert again == [item.sample.id for item in items[12:]]
 
 
 def _fill_paths(node, path: str) -> None:
@@ -290,6 +294,9 @@ def test_conf_data_yaml_builds(tok, media, tmp_path, yaml_file):
     if cfg.name == "interleaved":
         path = tmp_path / "d.jsonl"
         path.write_text(json.dumps({"text_list": ["a"], "image_info": []}) + "\n")
+    elif cfg.name == "jsonl_shards":
+        path = tmp_path / "s.jsonl"
+        path.write_text(json.dumps({"conversations": conv("Hi", "Hello")}) + "\n")
     elif cfg.name == "webdataset":
         path = tmp_path / "s.tar"
         with tarfile.open(path, "w") as tar:
@@ -362,7 +369,7 @@ def test_webdataset_split_across_ranks_and_workers(tok, media, tmp_path, monkeyp
         seen = [i for got in per_reader.values() for i in got]
         assert sorted(seen) == sorted(ids)
         assert all(per_reader.values())  # no reader (so no rank) is left without samples
-    warnings = [r for r in caplog.records if "shard(s) for 2 rank(s) x 2 DataLoader worker(s)" in r.getMessage()]
+    warnings = [r for r in caplog.records if "shard(s) for 4 reader(s)" in r.getMessage()]
     assert len(warnings) == (1 if num_shards < world * workers else 0)
     from lamm.datasets.formats.webdataset_shards import assign_shards
 

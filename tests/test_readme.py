@@ -43,6 +43,10 @@ COVERED_BY = {
         "tests/test_training.py::test_multirun_gives_one_folder_per_fusion",
     ".venv/bin/lamm-train experiment=quickstart resume=auto": "tests/test_training.py::test_exact_resume_after_sigkill",
     ".venv/bin/lamm-train trainer=ddp_cpu debug=fast": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    ".venv/bin/lamm-train data=webdataset 'data.path=\"/data/shards/train-{000000..000099}.tar\"' trainer=ddp":
+        "tests/test_streaming.py::test_two_processes_two_workers_read_every_sample_once_per_epoch",
+    ".venv/bin/lamm-train data=mixture data.mode=alternating data.datasets.0.path=/data/lamm_2d.json "
+    "data.datasets.1.path=/data/dolly.jsonl": "tests/test_streaming.py::test_lamm_train_mixture_alternating_of_a_json_file_and_shards",
     ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_run_source",
     ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":

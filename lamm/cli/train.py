@@ -33,7 +33,7 @@ def data_config(cfg: DictConfig) -> dict[str, Any]:
     """The data node without lamm-train's own `synth` key, generating the built-in data if asked."""
     data = to_plain(cfg.data)
     synth = data.pop("synth", None)
-    if synth:
+    if synth and synth.get("kinds"):  # debug=fast sizes every data config's `synth`; the synth_* configs name kinds
         ensure_synthetic_data(Path(cfg.paths.data_dir) / f"synth-{synth.get('seed', 0)}", synth)
     return data
 
