@@ -140,4 +140,4 @@ def model_after_training(trainer: Any, module: Any, model: Any, run_dir: Path) -
     from lamm.training.export import load_for_inference
 
     write_consolidated_weights(Path(run_dir) / "checkpoints" / "last.ckpt", module.state_dict().keys())
-    return load_for_inference(run_dir)[0]
+    return load_for_inference(run_dir)[0].to(trainer.strategy.root_device)  # held-out evaluation runs on it
