@@ -92,12 +92,16 @@ class FolderDeepSpeedStrategy(DeepSpeedStrategy):
         self.barrier()
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        folder = readable_zero_checkpoint(checkpoint_path)
+        if not is_zero_checkpoint(folder):
+            raise ValueError(f"{checkpoint_path} is not a DeepSpeed checkpoint (no `{LATEST}` file): resume it "
+                             "with the trainer that wrote it")
         module = self.lightning_module
         strict = module.strict_loading
         # The shards hold no frozen weights (exclude_frozen_parameters); those were built from the config.
         module.strict_loading = strict and not self.exclude_frozen_parameters
         try:
-            return super().load_checkpoint(readable_zero_checkpoint(checkpoint_path), weights_only)
+            return super().load_checkpoint(folder, weights_only)
         finally:
             module.strict_loading = strict
 
