@@ -196,3 +196,14 @@ def test_weights_and_export_come_from_the_consolidated_zero_checkpoint(tmp_path:
     with pytest.raises(ValueError, match=r"has no tensor 'model.extra.weight' \(1 of"):
         write_consolidated_weights(last, [*tensors, "model.extra.weight"])
 
+
+
+@needs_deepspeed
+def test_deepspeed_refuses_to_resume_a_checkpoint_it_did_not_write(tmp_path: Path) -> None:
+    from lamm.training.checkpoint_io import write_checkpoint
+    from lamm.training.deepspeed_zero import deepspeed_strategy
+
+    folder = tmp_path / "last.ckpt"
+    write_checkpoint({"state_dict": {"model.w": torch.zeros(2)}, "global_step": 1}, folder)  # a DDP run's
+    with pytest.raises(ValueError, match=r"last.ckpt is not a DeepSpeed checkpoint \(no `latest` file\)"):
+        deepspeed_strategy({"stage": 2}).load_checkpoint(folder)
