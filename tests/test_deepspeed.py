@@ -92,6 +92,17 @@ def test_deepspeed_configs_build_lightnings_strategy(trainer: str, stage: int) -
     zero = strategy.config["zero_optimization"]
     assert zero["stage"] == stage and "offload_optimizer" not in zero and "offload_param" not in zero
     assert strategy.exclude_frozen_parameters and strategy.config["train_micro_batch_size_per_gpu"] == 3
+    # Lightning's Trainer takes it with the config's precision and lamm's checkpoint plugin, as build_trainer
+    # passes them (accelerator=cpu only here: constructing does not run DeepSpeed).
+    import lightning as L
+    from lightning.pytorch.plugins.precision import DeepSpeedPrecision
+
+    from lamm.training.checkpoint_io import FolderCheckpointIO
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, precision=cfg.trainer.precision,
+                        plugins=[FolderCheckpointIO()], logger=False, enable_progress_bar=False)
+    assert trainer.strategy is strategy and isinstance(strategy.precision_plugin, DeepSpeedPrecision)
+    assert strategy.precision_plugin.precision == "bf16-mixed"
     offloaded = deepspeed_strategy({**options, "offload_optimizer": True})
     assert offloaded.config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     with pytest.raises(ValueError, match=r"unknown key 'trainer.strategy.stag'.*Did you mean 'trainer.strategy.stage'"):
