@@ -26,6 +26,7 @@ OUT=${GPU_CHECK_DIR:-$(mktemp -d -t lamm-gpu-check.XXXXXX)}
 mkdir -p "$OUT"
 STEPS=40           # long enough that the kill lands mid-run, short enough for the time budget
 EVERY=5
+LIMIT=${GPU_CHECK_RUN_SECONDS:-180}  # one run; a hung collective fails its check instead of the time budget
 failed=0
 
 check() {  # check NAME COMMAND...: one PASS/FAIL line; a failure names its log
@@ -43,7 +44,7 @@ common=(debug=fast model/llm=smollm2_135m "trainer.devices=$DEVICES" "trainer.ma
         "checkpoint.every_n_steps=$EVERY" "paths.runs_dir=$OUT/runs" "paths.data_dir=$OUT/data")
 train() {  # train STRATEGY RUN_NAME [overrides...]
     local strategy=$1 name=$2; shift 2
-    "$BIN/lamm-train" "${common[@]}" "trainer=$strategy" "run_name=$name" "$@"
+    timeout "$LIMIT" "$BIN/lamm-train" "${common[@]}" "trainer=$strategy" "run_name=$name" "$@"
 }
 
 run_of() { dirname "$(dirname "$(ls -d "$OUT/runs/$1"/*/checkpoints/last.ckpt | head -1)")"; }
@@ -54,7 +55,7 @@ uninterrupted() {  # uninterrupted STRATEGY
 
 kill_and_resume() {  # kill_and_resume STRATEGY: SIGKILL after the first checkpoint, then resume=auto
     local strategy=$1 name="$1-resume"
-    setsid "$BIN/lamm-train" "${common[@]}" "trainer=$strategy" "run_name=$name" &  # its own process group
+    setsid timeout "$LIMIT" "$BIN/lamm-train" "${common[@]}" "trainer=$strategy" "run_name=$name" &  # own process group
     local pid=$! waited=0
     until ls -d "$OUT/runs/$name"/*/checkpoints/last.ckpt >/dev/null 2>&1; do
         sleep 0.2; waited=$((waited + 1))
