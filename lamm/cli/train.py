@@ -89,6 +89,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from lamm.policy import (check_frozen_encoders_have_weights, check_gradients_flow, parameter_report,
                              split_encoder_node)
     from lamm.training.datamodule import LammDataModule
+    from lamm.training.deepspeed_zero import model_after_training
     from lamm.training.export import EXPORT_DIR, export_model, init_from_run
     from lamm.training.method import build_methods
     from lamm.training.module import LammModule
@@ -126,6 +127,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     # The final state, whatever the checkpoint interval (every rank joins: saving can be collective).
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    model = model_after_training(trainer, module, model, run_dir)  # DeepSpeed: rebuilt from the consolidated shards
     if trainer.is_global_zero:
         export_model(model, run_dir / EXPORT_DIR)
         summary = datamodule.skipped_summary()

@@ -127,17 +127,21 @@ def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The readable folder for `path` (falls back to the `.old` copy an interrupted save left)."""
+    from lamm.training.deepspeed_zero import is_zero_checkpoint  # DeepSpeed's own folder (deepspeed_zero.py)
+
     path = Path(path)
-    if (path / STATE).exists() and (path / WEIGHTS).exists():
-        return path
     old = path.with_name(path.name + ".old")
-    if (old / STATE).exists() and (old / WEIGHTS).exists():
-        return old
+    for folder in (path, old):
+        if ((folder / STATE).exists() and (folder / WEIGHTS).exists()) or is_zero_checkpoint(folder):
+            return folder
     raise FileNotFoundError(f"no complete checkpoint at {path} (expected {WEIGHTS} and {STATE} inside)")
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     folder = resolve_checkpoint(path)
+    if not (folder / STATE).exists():
+        raise ValueError(f"{path} is a DeepSpeed checkpoint: resume it with the trainer that wrote it "
+                         "(trainer=deepspeed_zero2 or deepspeed_zero3)")
     state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
     state["state_dict"] = load_file(str(folder / WEIGHTS), device=str(map_location or "cpu"))
     return state

@@ -84,7 +84,11 @@ def _model_weights(ckpt: Path, map_location: str = "cpu") -> dict[str, torch.Ten
     tensors, for resume; they are left out."""
     if ckpt.suffix == ".safetensors":
         return load_file(str(ckpt), device=map_location)
-    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
+    weights_file = resolve_checkpoint(ckpt) / WEIGHTS
+    if not weights_file.exists():  # a DeepSpeed checkpoint of an unfinished run (lamm/training/deepspeed_zero.py)
+        raise FileNotFoundError(f"{ckpt} holds DeepSpeed ZeRO shards but no consolidated {WEIGHTS}: only the final "
+                                "checkpoint of a finished run has them (resume the run to finish it)")
+    weights = load_file(str(weights_file), device=map_location)
     return {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGES = ("lamm", "torch", "torchvision", "lightning", "transformers", "peft", "hydra-core", "omegaconf",
-            "open_clip_torch", "timm", "open3d", "safetensors", "tokenizers", "numpy")
+            "open_clip_torch", "timm", "open3d", "safetensors", "tokenizers", "numpy", "deepspeed")
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lamm.plain_config import to_plain
 from lamm.suggest import did_you_mean
+from lamm.training.strategy import strategy_from_config
 
 # Trainer arguments lamm-train sets itself; a config that sets them is refused, with the reason.
 LAMM_SETS = {
@@ -180,6 +181,7 @@ def _build_named(node: Any, table: dict[str, Callable[..., Any]], group: str, ru
 def check_run_config(cfg: DictConfig) -> None:
     """Everything about the trainer a config can get wrong, before any model is built (one-line ValueErrors)."""
     trainer_arguments(cfg.trainer)
+    strategy_from_config(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))  # e.g. DeepSpeed installed
     for group, table in (("logger", LOGGERS), ("callbacks", CALLBACKS)):
         for name in (cfg.get(group) or {}):
             _check_known(name, table, group)
@@ -199,7 +201,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, methods: Sequence[Any] = ()):
 
     kwargs = trainer_arguments(cfg.trainer)
     kwargs.pop("accumulate_grad_batches", None)  # set below, once the device count is known
-    strategy = kwargs.get("strategy", "auto")
+    strategy = kwargs["strategy"] = strategy_from_config(kwargs.get("strategy"), kwargs.get("accelerator"))
     if any(m.leaves_parameters_unused for m in methods) and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         # A method's steps leave some trained parameters without gradients; DDP must be told, or it waits for them.
         kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
