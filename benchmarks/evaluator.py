@@ -178,7 +178,8 @@ class Evaluator:
         self.instruction = build_instruction(recipe.instruction)
         self.inferencer = build_inferencer(recipe.inferencer)
         self.metrics = build_metrics(recipe.metrics)
-        self.renderer = Renderer(model, template=template, system_prompt=system_prompt, max_length=max_length)
+        self.renderer = Renderer(model, template=self.instruction.template or template, system_prompt=system_prompt,
+                                 max_length=max_length)
 
     def _samples(self) -> list[EvalSample]:
         samples = self.scenario.samples()
