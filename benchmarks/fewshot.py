@@ -30,6 +30,12 @@ def meme_text(sample: EvalSample) -> str:
     return str(sample.extra.get("text", sample.question))
 
 
+def demo_answer(sample: EvalSample, kind: str) -> str:
+    """A demonstration's answer: the first reference (captions stripped, as OpenFlamingo writes them)."""
+    answer = example_answer(sample)
+    return answer.strip() if kind == "caption" else answer
+
+
 @INSTRUCTIONS.register("fewshot")
 class FewShot(InContext):
     """Few-shot prompts in a model family's format (see the module docstring)."""
@@ -100,7 +106,7 @@ class FewShot(InContext):
             return q
         demos = self.select(sample)
         fmt, kind = FORMATS[self.format_name], self.prompt
-        text = "".join(fmt.demonstration(kind, example_answer(ex), question=ex.question, text=meme_text(ex),
+        text = "".join(fmt.demonstration(kind, demo_answer(ex, kind), question=ex.question, text=meme_text(ex),
                                          image=not self.text_only) for ex in demos)
         text += fmt.query(kind, question=sample.question, text=meme_text(sample))
         missing = [ex.id for ex in demos if not ex.media] if not self.text_only else []
