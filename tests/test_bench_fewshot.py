@@ -242,3 +242,60 @@ def test_shots_and_seeds_mean_std_and_ranking(synth, tmp_path) -> None:
     sliced, _ = option_loglik(model, renderer, items, max_rows=2, length_norm=True)
     assert len(whole[0]) == len(scen.samples()[0].options) > 2
     assert np.allclose(whole, sliced, atol=1e-5)
+
+
+SUITE = ["fewshot_coco", "fewshot_vqav2", "fewshot_okvqa", "fewshot_textvqa", "fewshot_vizwiz", "fewshot_imagenet",
+         "fewshot_hateful_memes", "mme", "mmmu_val"]
+
+
+def _tiny_run(root: Path) -> Path:
+    """A run folder in the training layout: an OpenFlamingo-shaped tiny model (perceiver + gated cross-attention)."""
+    from lamm.training.checkpoint_io import write_checkpoint
+    from lamm.training.run_folder import CONFIG_FILE
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config(projector="perceiver", fusion="gated_xattn")
+    trained = build_model(cfg)
+    with torch.no_grad():  # open the gates, or the images would not reach the LLM
+        for p in trained.trainable_parameters().values():
+            p.add_(0.05 * torch.randn_like(p))
+    run = root / "runs" / "tiny" / "20260101-000000"
+    run.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": cfg}), run / CONFIG_FILE)
+    write_checkpoint({"state_dict": {f"model.{k}": v for k, v in trained.trained_tensors().items()}},
+                     run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_flamingo_suite_one_command(tmp_path) -> None:
+    """`lamm-eval benchmark=flamingo_suite data_root=<fixtures> checkpoint=<run>`: every benchmark, one table."""
+    from lamm.benchmarks.testing import write_official_fixtures
+
+    data = tmp_path / "data"
+    write_official_fixtures(data)
+    run = _tiny_run(tmp_path)
+    exe = str(BIN / "lamm-eval")
+    args = [f"data_root={data}", f"checkpoint={run}", f"output_dir={tmp_path / 'out'}", "batch_size=4", "threads=1"]
+    bad = subprocess.run([exe, "benchmark=flamingo_suite", *args, "benchmark.suite.members=[fewshot_cocoo]"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "lamm-eval: error: benchmark.suite.members: ['fewshot_cocoo'] not among the suite's recipes"), bad.stderr[-2000:]
+    proc = subprocess.run([exe, "benchmark=flamingo_suite", *args, "benchmark.suite.shots=[0,2]",
+                           "benchmark.suite.seeds=[0,1]", "benchmark.suite.limit=2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out" / "tiny-20260101-000000" / "flamingo_suite"
+    table = json.loads((out / "suite.json").read_text())
+    assert table["shots"] == [0, 2] and [r["benchmark"] for r in table["rows"]] == SUITE
+    rows = {r["benchmark"]: r for r in table["rows"]}
+    for name in SUITE:
+        assert set(rows[name]["shots"]) == ({"0"} if name in ("mme", "mmmu_val") else {"0", "2"}), name
+    assert rows["fewshot_coco"]["metric"] == "cider" and rows["fewshot_hateful_memes"]["metric"] == "roc_auc"
+    assert rows["mme"]["metric"] == "mme_perception"
+    vqa = json.loads((out / "fewshot_vqav2" / "results.json").read_text())
+    assert vqa["results"]["2"]["seeds"] == [0, 1] and len(vqa["results"]["2"]["metrics"]["vqa_accuracy"]["values"]) == 2
+    rec = json.loads((out / "fewshot_vqav2" / "2shot" / "seed1" / "samples.jsonl").read_text().splitlines()[0])
+    assert rec["prompt"].count("Short answer:") == 3 and rec["prompt"].count("<image>") == 3
+    md = (out / "suite.md").read_text().splitlines()
+    assert "| benchmark | metric | n | 0-shot | 2-shot |" in md
+    assert sum(line.startswith("| fewshot_") or line.startswith("| mm") for line in md) == len(SUITE)
