@@ -38,19 +38,28 @@ class ImageFeaturizer:
     """Media -> one L2-normalised feature row per sample (its first image), in batches."""
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], transform: Callable[[Any], Any],
-                 identity: dict[str, Any], batch_size: int = 32) -> None:
-        self.encode, self.transform, self.identity, self.batch_size = encode, transform, identity, batch_size
+                 identity: dict[str, Any] | Callable[[], dict[str, Any]], batch_size: int = 32) -> None:
+        self.encode, self.transform, self.batch_size = encode, transform, batch_size
+        self._identity = identity
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the features depend on (the cache key): the encoder's config and a digest of its weights."""
+        if callable(self._identity):  # hashing weights costs a pass over them: only when caching
+            self._identity = self._identity()
+        return self._identity
 
     @classmethod
-    def of_model(cls, model: Any, modality: str = "image") -> "ImageFeaturizer":
+    def of_model(cls, model: Any, modality: str = "image", batch_size: int = 32) -> "ImageFeaturizer":
         """The evaluated model's own encoder for `modality`."""
         specs = model.media_specs()
         if modality not in specs:
-            raise ValueError(f"instruction fewshot: retrieval rices with encoder=model needs a model with an "
+            raise ValueError(f"retrieval by {modality} features with the model's own encoder needs a model with an "
                              f"{modality} encoder (it has: {', '.join(sorted(specs)) or 'none'})")
         encoder = model.encoders[modality]
-        identity = {"encoder": "model", "class": type(encoder).__name__, "weights": weights_digest(encoder)}
-        return cls(lambda x: model.media_features(modality, x), specs[modality].transform, identity)
+        return cls(lambda x: model.media_features(modality, x), specs[modality].transform,
+                   lambda: {"encoder": "model", "class": type(encoder).__name__, "weights": weights_digest(encoder)},
+                   batch_size)
 
     @classmethod
     def of_config(cls, cfg: dict[str, Any]) -> "ImageFeaturizer":
@@ -73,7 +82,7 @@ class ImageFeaturizer:
             chunk = samples[start:start + self.batch_size]
             for s in chunk:
                 if not s.media:
-                    raise ValueError(f"retrieval by image features needs media; sample {s.id!r} has none")
+                    raise ValueError(f"retrieval by media features needs media; sample {s.id!r} has none")
             x = torch.stack([torch.as_tensor(self.transform(load_media(s.media[0]))) for s in chunk])
             rows.append(self.encode(x).float().mean(1))
         return torch.nn.functional.normalize(torch.cat(rows), dim=-1) if rows else torch.zeros(0, 0)
