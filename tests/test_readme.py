@@ -47,6 +47,8 @@ COVERED_BY = {
         "tests/test_bench_eval.py::test_run_source",
     ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_desiderata_one_command",
+    ".venv/bin/lamm-eval benchmark=flamingo_suite data_root=/data checkpoint=runs/quickstart-gated_xattn/<time>":
+        "tests/test_bench_fewshot.py::test_flamingo_suite_one_command",
     ".venv/bin/lamm-train --config-dir my_conf experiment=mine":
         "tests/test_recipes_cli.py::test_config_dir_recipe_trains_and_records_its_hash",
     ".venv/bin/lamm-train experiment=my_recipes/quickstart.yaml":
