@@ -146,6 +146,9 @@ def test_prompts_render_exactly_as_openflamingo_eval_writes_them(tiny, images) -
     chat.prepare(scen, tiny)
     q = chat.query(query)
     assert chat.template is None and q.turns == ["Is it raining?"] and len(q.examples) == 2
+    prompt = Renderer(tiny, template="chat").generation_batch([(query.id, q, [], None)])[1][0]
+    answers = {dict((i, a[0]) for i, _, a in VQA)[i] for i in q.extra["examples"]}
+    assert prompt.count("<|im_start|>user") == 3 and all(f"{a}<|im_end|>" in prompt for a in answers)  # earlier turns
     with pytest.raises(ValueError, match="format must be one of openflamingo, idefics, chat"):
         FewShot(format="flamingo")
     with pytest.raises(ValueError, match="no train split"):
