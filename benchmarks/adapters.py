@@ -37,9 +37,10 @@ class ScenarioDataError(ValueError):
     """A benchmark folder or file does not have the expected layout (one line: what and where)."""
 
 
-def _load_json(path: Path, what: str) -> Any:
+def load_json(path: Path, what: str) -> Any:
+    """A JSON file, or one line `<what>: ...` naming it (missing file, malformed JSON)."""
     if not path.is_file():
-        raise ScenarioDataError(f"{what}: meta file not found: expected {path}")
+        raise ScenarioDataError(f"{what}: file not found: expected {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -94,7 +95,7 @@ class LammBenchScenario(Scenario):
         raise ScenarioDataError(f"{where}: missing field 'image' or 'pcl'")
 
     def samples(self) -> list[EvalSample]:
-        data = _load_json(self.meta, f"scenario lamm_bench ({self.task}_{self.dataset})")
+        data = load_json(self.meta, f"scenario lamm_bench ({self.task}_{self.dataset})")
         if not isinstance(data, list):
             raise ScenarioDataError(f"{self.meta}: expected a JSON list of samples, found {type(data).__name__}")
         family = self.task.lower().removesuffix("3d")
@@ -254,7 +255,7 @@ class SeedBenchScenario(Scenario):
         self.data_types, self.limit = list(data_types), limit
 
     def samples(self) -> list[EvalSample]:
-        data = _load_json(self.path, "scenario seed_bench")
+        data = load_json(self.path, "scenario seed_bench")
         types = {str(v): k for k, v in data.get("question_type", {}).items()} if isinstance(data, dict) else {}
         questions = _need(data, "questions", str(self.path)) if isinstance(data, dict) else data
         out = []

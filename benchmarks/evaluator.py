@@ -154,7 +154,8 @@ def _jsonable(x: Any) -> Any:
 
 
 def _extra_for_record(sample: EvalSample, query: Query) -> dict[str, Any]:
-    keep = {k: v for k, v in sample.extra.items() if k in ("corruption", "circular_group", "negatives", "source_id", "kind")}
+    keep = {k: v for k, v in sample.extra.items()
+            if k in ("corruption", "circular_group", "negatives", "source_id", "kind", "question_group", "answerable")}
     keep.update({k: v for k, v in query.extra.items() if k in ("option_map", "examples")})
     return keep
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from lamm.benchmarks.base import Metric
 from lamm.benchmarks.box3d import box_iou, mean_average_precision
-from lamm.benchmarks.parsing import norm, parse_boxes, parse_number, parse_option, vqa_normalize
+from lamm.benchmarks.parsing import norm, parse_boxes, parse_number, parse_option, vqa_normalize, vqa_punctuation
 from lamm.registry import METRICS
 
 
@@ -72,22 +72,49 @@ class Accuracy(Metric):
         return out
 
 
+VQA_PROTOCOLS = ("textvqa", "vqav2", "vizwiz")
+
+
 @METRICS.register("vqa_accuracy")
 class VQAAccuracy(Metric):
-    """The VQA v2 metric: official answer normalisation, min(#matching humans / 3, 1) averaged over the
-    leave-one-out subsets of the reference answers (one reference: exact match after normalisation)."""
+    """VQA accuracy: min(#matching humans / 3, 1) averaged over the leave-one-out subsets of the human answers
+    (one reference: exact match), after the official answer processing as each dataset's script applies it:
+    - `textvqa` (default; TextVQA's evaluation): prediction and human answers fully processed (punctuation,
+      digits, articles, contractions, lower case);
+    - `vqav2` (VQAv2's and OK-VQA's script): the prediction fully processed; the human answers get only the
+      punctuation step, and only when they disagree;
+    - `vizwiz` (VizWiz's script): the prediction fully processed, the human answers as written. With
+      `extra.answerable` in the records it also scores VizWiz's unanswerability task as its script does,
+      an answer of "unanswerable" predicting "not answerable": `unanswerable_ap` (average precision) and
+      `unanswerable_f1`.
+    The output's first line is the answer."""
 
     name = "vqa_accuracy"
+
+    def __init__(self, protocol: str = "textvqa") -> None:
+        if protocol not in VQA_PROTOCOLS:
+            raise ValueError(f"metric vqa_accuracy: protocol must be one of {', '.join(VQA_PROTOCOLS)}, found {protocol!r}")
+        self.protocol = protocol
 
     def parse(self, record: dict[str, Any]) -> Any:
         text = record["raw"].strip().split("\n")[0]
         return vqa_normalize(text) or None
 
+    def _compared(self, record: dict[str, Any]) -> tuple[str, list[str]]:
+        """(prediction, human answers) as the protocol's script compares them."""
+        pred = record["raw"].strip().split("\n")[0].replace("\t", " ").strip()
+        refs = [a.replace("\n", " ").replace("\t", " ").strip() for a in _refs(record["answer"])]
+        disagree = len(set(refs)) > 1
+        if self.protocol == "textvqa":
+            return vqa_normalize(pred), [vqa_normalize(a) for a in refs]
+        if self.protocol == "vqav2":
+            return vqa_normalize(pred), [vqa_punctuation(a) for a in refs] if disagree else refs
+        return vqa_normalize(pred), refs
+
     def score(self, record: dict[str, Any]) -> float:
-        pred = self.parse(record)
-        if pred is None:
+        pred, refs = self._compared(record)
+        if not pred:
             return 0.0
-        refs = [vqa_normalize(a) for a in _refs(record["answer"])]
         if len(refs) == 1:
             return float(pred == refs[0])
         accs = []
@@ -100,7 +127,27 @@ class VQAAccuracy(Metric):
         return self.score(record) > 0.0
 
     def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
-        return {"vqa_accuracy": float(np.mean([self.score(r) for r in records])) if records else float("nan")}
+        scores = [self.score(r) for r in records]
+        out = {"vqa_accuracy": float(np.mean(scores)) if records else float("nan")}
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for r, v in zip(records, scores):
+            by_task[str(r.get("task"))].append(v)
+        if len(by_task) > 1:  # the official scripts also report each answer type (the VQA scenarios' task)
+            out.update({f"vqa_accuracy_{t}": float(np.mean(v)) for t, v in sorted(by_task.items())})
+        flags = [(r.get("extra") or {}).get("answerable") for r in records]
+        if self.protocol == "vizwiz" and records and all(f is not None for f in flags):
+            out.update(unanswerability([not f for f in flags], [self._compared(r)[0] == "unanswerable" for r in records]))
+        return out
+
+
+def unanswerability(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[str, float]:
+    """VizWiz's unanswerability scores (positive class: not answerable); NaN when one class is absent."""
+    from sklearn.metrics import average_precision_score, f1_score
+
+    if len(set(truth)) < 2:
+        return {"unanswerable_ap": float("nan"), "unanswerable_f1": float("nan")}
+    y, p = np.asarray(truth, dtype=int), np.asarray(predicted, dtype=float)
+    return {"unanswerable_ap": float(average_precision_score(y, p)), "unanswerable_f1": float(f1_score(y, p > 0.5))}
 
 
 def _simple_tokenize(text: str) -> str:
@@ -392,3 +439,84 @@ class MatchRatio(Metric):
         out = {"match_ratio": float(np.mean([v for vs in by_map.values() for v in vs])) if records else math.nan}
         out.update({f"match_ratio_{k}": float(np.mean(v)) for k, v in by_map.items()})
         return out
+
+
+@METRICS.register("roc_auc")
+class RocAUC(Metric):
+    """Area under the ROC curve of the `positive` option's probability (Hateful Memes: P("yes"), the
+    challenge's metric); needs per-option probabilities (inferencer ppl). NaN when one class is absent."""
+
+    name = "roc_auc"
+
+    def __init__(self, positive: str = "yes") -> None:
+        self.positive = positive
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
+        scores, labels = [], []
+        for r in records:
+            if not r.get("probs"):
+                raise ValueError(f"metric roc_auc needs per-option probabilities; sample {r.get('id')!r} has none "
+                                 "(use inferencer ppl)")
+            opts = [norm(o) for o in r.get("options") or []]
+            if norm(self.positive) not in opts:
+                raise ValueError(f"metric roc_auc: sample {r.get('id')!r} has no option {self.positive!r} "
+                                 f"(options {r.get('options')})")
+            scores.append(float(r["probs"][opts.index(norm(self.positive))]))
+            labels.append(int(norm(r["answer"]) == norm(self.positive)))
+        if len(set(labels)) < 2:
+            return {"roc_auc": float("nan")}
+        return {"roc_auc": float(roc_auc_score(labels, scores))}
+
+
+def mme_answer(raw: str) -> str | None:
+    """MME's reading of an answer: yes/no exactly, else "yes" or "no" within its first four characters."""
+    text = raw.strip().lower()
+    if text in ("yes", "no"):
+        return text
+    head = text[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return None
+
+
+@METRICS.register("mme")
+class MMEScore(Metric):
+    """MME, on its scale: per category (the sample's task) acc = % of questions right, acc_plus = % of
+    images with both questions right (`extra.question_group`), score = acc + acc_plus; `mme_perception`
+    and `mme_cognition` sum the scores of the categories of each kind (at most 2000 and 800)."""
+
+    name = "mme"
+
+    def parse(self, record: dict[str, Any]) -> Any:
+        return mme_answer(record["raw"])
+
+    def judge(self, record: dict[str, Any]) -> bool:
+        return _same(self.parse(record), record["answer"])
+
+    def compute(self, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+        from lamm.benchmarks.mme import COGNITION, PERCEPTION
+
+        by_cat: dict[str, list[bool]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[bool]] = defaultdict(list)
+        for r in records:
+            ok = self.judge(r)
+            by_cat[r["task"]].append(ok)
+            group = (r.get("extra") or {}).get("question_group", r["id"])
+            groups[(r["task"], str(group))].append(ok)
+        out: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        for cat, oks in by_cat.items():
+            acc = 100.0 * float(np.mean(oks))
+            acc_plus = 100.0 * float(np.mean([all(v) for (c, _), v in groups.items() if c == cat]))
+            out.update({f"mme_{cat}_acc": acc, f"mme_{cat}_acc_plus": acc_plus, f"mme_{cat}_score": acc + acc_plus})
+            kind = "perception" if cat in PERCEPTION else "cognition" if cat in COGNITION else None
+            if kind:
+                totals[kind] = totals.get(kind, 0.0) + acc + acc_plus
+        return {**{f"mme_{k}": v for k, v in sorted(totals.items(), reverse=True)}, **out}

@@ -141,6 +141,12 @@ def _process_digits_articles(text: str) -> str:
     return " ".join(words)
 
 
+def vqa_punctuation(answer: str) -> str:
+    """Only the punctuation step of the official VQA processing (VQAv2's script applies just this to human
+    answers, and only when they disagree)."""
+    return _process_punctuation(answer.replace("\n", " ").replace("\t", " ").strip())
+
+
 def vqa_normalize(answer: str) -> str:
     """The official VQA answer processing: punctuation, digits, articles, contractions."""
     text = answer.replace("\n", " ").replace("\t", " ").strip()
