@@ -81,11 +81,16 @@ class FewShot(InContext):
         featurize.batch_size = int(self.rices.get("batch_size", featurize.batch_size))
         cache_dir = self.rices.get("cache_dir")
         name = str(getattr(scenario, "name", type(scenario).__name__))
-        self._feats = cached_features(featurize, self.pool, cache_dir, name, str(getattr(scenario, "support_split", "train")))
+        support = "+".join(getattr(scenario, "support_splits", None) or [str(getattr(scenario, "support_split", "train"))])
+        self._feats = cached_features(featurize, self.pool, cache_dir, name, support)
         queries = scenario.samples()
         feats = cached_features(featurize, queries, cache_dir, name, str(getattr(scenario, "split", "eval")))
         self._query_feats = {s.id: feats[i] for i, s in enumerate(queries)}
         self._featurize = featurize
+
+    def is_same(self, candidate: EvalSample, sample: EvalSample) -> bool:
+        """The same id *and* image: ids of a train and a test split may coincide without being one sample."""
+        return super().is_same(candidate, sample) and [m.path for m in candidate.media] == [m.path for m in sample.media]
 
     def select(self, sample: EvalSample) -> list[EvalSample]:
         """The demonstrations for one sample; RICES puts the most similar last (next to the query)."""
@@ -96,7 +101,7 @@ class FewShot(InContext):
         q = self._query_feats.get(sample.id)
         if q is None:  # a sample the scenario did not list at prepare time (a wrapper's copy)
             q = self._featurize([sample])[0]
-        exclude = [i for i, s in enumerate(self.pool) if s.id in (sample.id, sample.extra.get("source_id"))]
+        exclude = [i for i, s in enumerate(self.pool) if self.is_same(s, sample)]
         return [self.pool[i] for i in nearest(q, self._feats, self.k, exclude)]
 
     def query(self, sample: EvalSample) -> Query:

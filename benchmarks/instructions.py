@@ -252,9 +252,13 @@ class InContext(StandardQuery):
         modality = next((s.media[0].modality for s in samples if s.media), "image")
         return ImageFeaturizer.of_model(self._model, modality, batch_size=1)(samples)
 
+    def is_same(self, candidate: EvalSample, sample: EvalSample) -> bool:
+        """Whether a pool sample is the evaluated sample itself (or the sample a corrupted copy comes from)."""
+        return candidate.id in (sample.id, sample.extra.get("source_id"))
+
     def select(self, sample: EvalSample) -> list[EvalSample]:
         """The examples for one sample, most similar first for the top-k retrievers."""
-        cands = [i for i, s in enumerate(self.pool) if s.id != sample.id and s.id != sample.extra.get("source_id")]
+        cands = [i for i, s in enumerate(self.pool) if not self.is_same(s, sample)]
         k = min(self.k, len(cands))
         if k == 0:
             return []
