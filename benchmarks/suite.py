@@ -5,6 +5,8 @@ columns shot counts, like the OpenFlamingo paper's) as suite.md and suite.json.
       members: [fewshot_coco, fewshot_vqav2, mme]   # which of `recipes` to run, in this order
       shots: [0, 4]        # replaces every few-shot member's shots (null: each recipe's own)
       seeds: null          # likewise for seeds
+      format: null         # likewise: openflamingo | idefics | chat
+      retrieval: null      # likewise: random | rices
       limit: null          # every member's scenario.limit (null: each recipe's own)
       headline: {mme: mme_total}   # the metric a member's row shows (default: its first metric)
     recipes: {fewshot_coco: {...}, ...}             # the member recipes (the suite's Hydra defaults)
@@ -22,7 +24,7 @@ from lamm.benchmarks.evaluator import Evaluator, EvalSpec, dist_info
 from lamm.benchmarks.fewshot_runs import fewshot_recipes, fmt_mean_std, run_fewshot
 from lamm.plain_config import to_plain
 
-SUITE_KEYS = {"members", "shots", "seeds", "limit", "headline"}
+SUITE_KEYS = {"members", "shots", "seeds", "limit", "format", "retrieval", "headline"}
 
 
 def suite_members(bench: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -42,9 +44,9 @@ def suite_members(bench: Any) -> list[tuple[str, dict[str, Any]]]:
         r = dict(recipes[name])
         if "fewshot" in r:
             fs = dict(r["fewshot"])
-            for key in ("shots", "seeds"):
+            for key in ("shots", "seeds", "format", "retrieval"):
                 if s.get(key) is not None:
-                    fs[key] = list(s[key])
+                    fs[key] = s[key]
             if s.get("limit") is not None:
                 fs["scenario"] = {**fs["scenario"], "limit": int(s["limit"])}
             r["fewshot"] = fs
