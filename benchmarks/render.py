@@ -45,6 +45,7 @@ class Renderer:
             template = "chat" if getattr(tok, "chat_template", None) else "vicuna_lamm"
         self.model = model
         self.tokenizer = tok
+        self.context = getattr(model, "context_length", None)
         self.template = template if isinstance(template, Template) else get_template(template, system_prompt=system_prompt)
         specs = model.media_specs()
         layout = model.fusion.layout
@@ -93,6 +94,11 @@ class Renderer:
 
     def _processed(self, sample: Sample, processor: Processor) -> tuple[list[int], list[int], Any]:
         tok = processor.tokenize(sample)
+        limit = self.context
+        if limit is not None and processor.max_length is None and len(tok.input_ids) > limit:
+            # Past its context a model's answers are noise, not a score: say so (many-shot prompts get here).
+            raise ValueError(f"sample {sample.id!r}: the prompt is {len(tok.input_ids)} tokens, more than the model's "
+                             f"context of {limit} (fewer in-context examples or shots, or max_length=N to cut prompts)")
         return tok.input_ids, tok.labels, tok.media
 
     def generation_batch(self, items: Sequence[tuple[str, Query, Sequence[str], int | None]]) -> tuple[Batch, list[str]]:

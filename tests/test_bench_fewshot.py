@@ -142,6 +142,11 @@ def test_prompts_render_exactly_as_openflamingo_eval_writes_them(tiny, images) -
         tok = tiny.tokenizer
         assert list(conts[0][0].ids) == tok("yes", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|endofchunk|>")]
 
+    short = Renderer(tiny, template=inst.template)
+    short.context = 30  # a 4-shot prompt past the model's context is an error, not a silently garbled score
+    with pytest.raises(ValueError, match=r"sample 'q2': the prompt is \d+ tokens, more than the model's context of 30"):
+        short.generation_batch([(meme.id, inst.query(meme), [], None)])
+
     chat = FewShot(shots=2, prompt="vqa", format="chat")
     chat.prepare(scen, tiny)
     q = chat.query(query)
