@@ -5,8 +5,8 @@ INFERENCERS, METRICS); `Registry.get` imports it on the first lookup. See benchm
 """
 from __future__ import annotations
 
-from lamm.benchmarks import (adapters, captions, classification, inferencers, instructions, metrics, mme,  # noqa: F401
-                             mmmu, scenarios, vqa)  # (registration)
+from lamm.benchmarks import (adapters, captions, classification, fewshot, inferencers, instructions,  # noqa: F401
+                             metrics, mme, mmmu, scenarios, vqa)  # (registration)
 from lamm.benchmarks.base import EvalSample, Example, Inferencer, Instruction, Metric, Prediction, Query, Scenario
 from lamm.benchmarks.evaluator import EvalSpec, Evaluator, evaluate
 

@@ -93,6 +93,9 @@ class Instruction(abc.ABC):
     """Turns an EvalSample into a Query. `prepare` sees the scenario and model once before use."""
 
     name: str = "instruction"
+    # A template (lamm.datasets.templates.Template) the queries must be rendered with, whatever the
+    # run's own: prompt formats that write the whole prompt (few-shot). None: the run's template.
+    template: Any = None
 
     def prepare(self, scenario: Scenario, model: Any) -> None:  # noqa: B027 - optional hook
         """Fit retrievers etc.; default nothing."""

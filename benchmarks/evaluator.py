@@ -183,7 +183,8 @@ class Evaluator:
         self.instruction = build_instruction(recipe.instruction)
         self.inferencer = build_inferencer(recipe.inferencer)
         self.metrics = build_metrics(recipe.metrics)
-        self.renderer = Renderer(model, template=template, system_prompt=system_prompt, max_length=max_length)
+        self.renderer = Renderer(model, template=self.instruction.template or template, system_prompt=system_prompt,
+                                 max_length=max_length)
         where = "benchmark.bootstrap" if recipe.bootstrap is not None else "bootstrap"
         self.bootstrap = BootstrapSpec.from_config(bootstrap if recipe.bootstrap is None else recipe.bootstrap, where)
         self.check_batch_invariance = check_batch_invariance

@@ -54,8 +54,12 @@ def option_loglik(model: Any, renderer: Any, items: Sequence[tuple], max_rows: i
         prompts.extend(p)
         chunk.clear()
 
+    # A sample with more candidates than `max_rows` (ImageNet's 1000 classes) is scored in slices of its
+    # candidates, so no pass holds more than `max_rows` copies of a prompt's cache.
+    slices = [(i, item[:4] + (list(item[4][s:s + max_rows]),)) for i, item in enumerate(items)
+              for s in range(0, max(1, len(item[4])), max_rows)]
     rows_in_chunk = 0
-    for item in items:
+    for _, item in slices:
         n = len(item[4])
         if chunk and rows_in_chunk + n > max_rows:
             flush()
@@ -63,7 +67,12 @@ def option_loglik(model: Any, renderer: Any, items: Sequence[tuple], max_rows: i
         chunk.append(item)
         rows_in_chunk += n
     flush()
-    return scores, prompts
+    per_sample: list[list[float]] = [[] for _ in items]
+    first_prompt: list[str | None] = [None] * len(items)
+    for (i, _), sc, p in zip(slices, scores, prompts):
+        per_sample[i].extend(sc)
+        first_prompt[i] = first_prompt[i] if first_prompt[i] is not None else p
+    return per_sample, [p or "" for p in first_prompt]
 
 
 def softmax(values: Sequence[float]) -> list[float]:

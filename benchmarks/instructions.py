@@ -246,22 +246,19 @@ class InContext(StandardQuery):
             feats = torch.stack(rows)
         return torch.nn.functional.normalize(feats, dim=-1)
 
-    @torch.no_grad()
     def _image_features(self, samples: Sequence[EvalSample]) -> torch.Tensor:
-        from lamm.datasets.media import load_media
+        from lamm.benchmarks.rices import ImageFeaturizer
 
-        rows = []
-        for s in samples:
-            if not s.media:
-                raise ValueError(f"instruction icl: retriever topk_image needs media; sample {s.id!r} has none")
-            ref = s.media[0]
-            x = self._model.media_specs()[ref.modality].transform(load_media(ref))
-            rows.append(self._model.media_features(ref.modality, torch.as_tensor(x).unsqueeze(0)).float().mean(1)[0])
-        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+        modality = next((s.media[0].modality for s in samples if s.media), "image")
+        return ImageFeaturizer.of_model(self._model, modality, batch_size=1)(samples)
+
+    def is_same(self, candidate: EvalSample, sample: EvalSample) -> bool:
+        """Whether a pool sample is the evaluated sample itself (or the sample a corrupted copy comes from)."""
+        return candidate.id in (sample.id, sample.extra.get("source_id"))
 
     def select(self, sample: EvalSample) -> list[EvalSample]:
         """The examples for one sample, most similar first for the top-k retrievers."""
-        cands = [i for i, s in enumerate(self.pool) if s.id != sample.id and s.id != sample.extra.get("source_id")]
+        cands = [i for i, s in enumerate(self.pool) if not self.is_same(s, sample)]
         k = min(self.k, len(cands))
         if k == 0:
             return []

@@ -15,7 +15,7 @@ from lamm.benchmarks.base import Query
 from lamm.datasets.collate import build_collator
 from lamm.datasets.processor import ProcessedSample, Processor
 from lamm.datasets.sample import MARKER_RE, Sample, Turn
-from lamm.datasets.templates import get_template
+from lamm.datasets.templates import Template, get_template
 from lamm.tokens import END_OF_CHUNK, PLACEHOLDERS
 
 
@@ -37,14 +37,16 @@ class Rendered:
 class Renderer:
     """Builds generation and scoring batches for a model with its own media transforms and template."""
 
-    def __init__(self, model: Any, template: str = "auto", system_prompt: str | None = "none",
+    def __init__(self, model: Any, template: str | Template = "auto", system_prompt: str | None = "none",
                  max_length: int | None = None) -> None:
+        """`template`: a registered name, "auto", or a Template instance (an instruction's own prompt format)."""
         tok = model.tokenizer
         if template == "auto":
             template = "chat" if getattr(tok, "chat_template", None) else "vicuna_lamm"
         self.model = model
         self.tokenizer = tok
-        self.template = get_template(template, system_prompt=system_prompt)
+        self.context = getattr(model, "context_length", None)
+        self.template = template if isinstance(template, Template) else get_template(template, system_prompt=system_prompt)
         specs = model.media_specs()
         layout = model.fusion.layout
         self.gen = Processor(tok, self.template, specs, layout, max_length=max_length, training=False)
@@ -92,6 +94,11 @@ class Renderer:
 
     def _processed(self, sample: Sample, processor: Processor) -> tuple[list[int], list[int], Any]:
         tok = processor.tokenize(sample)
+        limit = self.context
+        if limit is not None and processor.max_length is None and len(tok.input_ids) > limit:
+            # Past its context a model's answers are noise, not a score: say so (many-shot prompts get here).
+            raise ValueError(f"sample {sample.id!r}: the prompt is {len(tok.input_ids)} tokens, more than the model's "
+                             f"context of {limit} (fewer in-context examples or shots, or max_length=N to cut prompts)")
         return tok.input_ids, tok.labels, tok.media
 
     def generation_batch(self, items: Sequence[tuple[str, Query, Sequence[str], int | None]]) -> tuple[Batch, list[str]]:

@@ -112,14 +112,22 @@ def _compose(overrides):
 
 def test_every_shipped_recipe_composes() -> None:
     from lamm.benchmarks.desiderata import desiderata_recipes
+    from lamm.benchmarks.fewshot_runs import fewshot_recipes
+    from lamm.benchmarks.suite import suite_specs
     from lamm.config import group_options
 
     names = group_options("benchmark")
-    assert {"shapes_ppl", "desiderata", "scienceqa_ppl", "mmbench_circular"} <= set(names)
+    assert {"shapes_ppl", "desiderata", "scienceqa_ppl", "mmbench_circular", "flamingo_suite"} <= set(names)
     for name in names:
         bench = _compose([f"benchmark={name}"]).benchmark
-        recipes = [r for _, _, r in desiderata_recipes(bench.desiderata)] if "desiderata" in bench else \
-            [EvalSpec.from_config(bench)]
+        if "desiderata" in bench:
+            recipes = [r for _, _, r in desiderata_recipes(bench.desiderata)]
+        elif "fewshot" in bench:
+            recipes = [r for _, _, r in fewshot_recipes(name, bench.fewshot)]
+        elif "suite" in bench:
+            recipes = suite_specs(bench)
+        else:
+            recipes = [EvalSpec.from_config(bench)]
         for r in recipes:
             r.check()
 

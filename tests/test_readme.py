@@ -57,6 +57,8 @@ COVERED_BY = {
         "tests/test_eval_stats.py::test_lamm_eval_bootstrap_and_batch_invariance_check",
     ".venv/bin/lamm-eval compare outputs/eval/<model A>/shapes_ppl outputs/eval/<model B>/shapes_ppl --out ab":
         "tests/test_eval_stats.py::test_compare_console_script_difference_and_p_values",
+    ".venv/bin/lamm-eval benchmark=flamingo_suite data_root=/data checkpoint=runs/quickstart-gated_xattn/<time>":
+        "tests/test_bench_fewshot.py::test_flamingo_suite_one_command",
     ".venv/bin/lamm-train --config-dir my_conf experiment=mine":
         "tests/test_recipes_cli.py::test_config_dir_recipe_trains_and_records_its_hash",
     ".venv/bin/lamm-train experiment=my_recipes/quickstart.yaml":

@@ -3,6 +3,8 @@
     lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart/<date>       # a trained lamm run
     lamm-eval benchmark=text_qa model.source=hf model.llm.name=hf model.path=/models/llm
     lamm-eval benchmark=desiderata model.source=config model.overrides=[model/llm=tiny_random]
+    lamm-eval benchmark=fewshot_vqav2 data_root=/data checkpoint=runs/of/<date>    # shots x seeds, mean and std
+    lamm-eval benchmark=flamingo_suite data_root=/data checkpoint=... benchmark.suite.shots=[0,4]  # one table
     torchrun --nproc_per_node 2 --no-python lamm-eval benchmark=shapes_ppl ...  # sharded, merged once
     lamm-eval --config-dir DIR benchmark=NAME ...        # a recipe in DIR/benchmark/NAME.yaml
     lamm-eval benchmark=path/to/recipe.yaml ...          # a recipe file from anywhere (--trust-recipe: see lamm-train)
@@ -35,7 +37,7 @@ def _init_distributed() -> bool:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Load the model the config names and run its benchmark recipe (or the desiderata)."""
+    """Load the model the config names and run its benchmark recipe (or the desiderata, a few-shot recipe, a suite)."""
     from pathlib import Path
 
     import torch
@@ -62,6 +64,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         recipe = None
         checks = [sub.check() for _, _, sub in desiderata_recipes(bench.desiderata)]
+    elif "fewshot" in bench:
+        from lamm.benchmarks.fewshot_runs import fewshot_recipes
+
+        recipe = None
+        checks = [sub.check() for _, _, sub in fewshot_recipes(str(bench.get("name", "fewshot")), bench.fewshot)]
+    elif "suite" in bench:
+        from lamm.benchmarks.suite import suite_specs
+
+        recipe = None
+        checks = [sub.check() for sub in suite_specs(bench)]
     else:
         recipe = EvalSpec.from_config(bench).check()
         checks = [recipe]
@@ -79,7 +91,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                   resume=bool(cfg.resume), max_length=cfg.max_length, model_name=name, recipe_file=recipe_file,
                   bootstrap=cfg.get("bootstrap"), check_batch_invariance=bool(cfg.get("check_batch_invariance")))
     out = Path(cfg.output_dir) / name / str(bench.get("name", "recipe"))
-    if recipe is None:
+    if "fewshot" in bench:
+        from lamm.benchmarks.fewshot_runs import run_fewshot
+
+        result = run_fewshot(model, str(bench.get("name", "fewshot")), bench.fewshot, out, **kwargs)
+        log.info("few-shot table: %s", out / "fewshot.md")
+    elif "suite" in bench:
+        from lamm.benchmarks.suite import run_suite
+
+        result = run_suite(model, bench, out, **kwargs)
+        log.info("suite table: %s", out / "suite.md")
+    elif recipe is None:
         result = run_desiderata(model, bench.desiderata, out, **kwargs)
         log.info("desiderata table: %s", out / "desiderata.md")
     else:
