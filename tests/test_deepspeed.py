@@ -97,7 +97,7 @@ def test_deepspeed_configs_build_lightnings_strategy(trainer: str, stage: int) -
     import lightning as L
     from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 
-    from lamm.training.checkpoint_io import FolderCheckpointIO
+    from lamm.training.checkpoint_plugin import FolderCheckpointIO
 
     trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, precision=cfg.trainer.precision,
                         plugins=[FolderCheckpointIO()], logger=False, enable_progress_bar=False)
