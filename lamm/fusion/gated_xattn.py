@@ -106,10 +106,14 @@ class GatedCrossAttentionBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor],
+        kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
         allowed: torch.Tensor,
         has_media: torch.Tensor,
     ) -> torch.Tensor:
+        """`kv`: cached keys and values, or the [B, L, D] media tokens to compute them from here (inside
+        forward, where a sharded block's weights are gathered)."""
+        if isinstance(kv, torch.Tensor):
+            kv = self.keys_values(kv)
         b, t, _ = x.shape
         scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt() if self.output_scale == "residual" else 1.0
         q = self.to_q(self.norm(x)).view(b, t, self.heads, self.dim_head).transpose(1, 2)
@@ -253,7 +257,7 @@ class GatedCrossAttentionFusion(Fusion):
         else:
             # Training: each block runs once per forward anyway, and a cache would hand
             # gradient-less tensors to a reentrant activation-checkpointing recompute.
-            kv = block.keys_values(state.media.to(dtype))
+            kv = state.media.to(dtype)  # the block computes its keys and values inside its forward
         slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
         key_slot = state.key_slot.view(1, 1, -1)
         visible = key_slot == slot if state.only_latest else key_slot <= slot
@@ -331,6 +335,9 @@ class GatedCrossAttentionFusion(Fusion):
                 "gated_xattn: the LLM's decoder did not pass keyword arguments to its layers, so "
                 "cross-attention never ran; this model family is not supported by gated_xattn"
             )
+
+    def wrap_modules(self) -> list[nn.Module]:
+        return list(self.blocks.values())
 
     def zero_gated_parameters(self) -> tuple[list[str], bool]:
         return zero_gated(self.blocks, {"media_norm": self.media_norm})

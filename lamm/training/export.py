@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from lamm.policy import part_of
-from lamm.training.checkpoint_io import WEIGHTS, resolve_checkpoint
+from lamm.training.checkpoint_io import WEIGHTS, resolve_checkpoint, sharded_weights
 from lamm.training.run_folder import CONFIG_FILE
 from lamm.zoo.writer import IMPORTED_WEIGHTS, imported_weights_into
 
@@ -84,7 +84,11 @@ def _model_weights(ckpt: Path, map_location: str = "cpu") -> dict[str, torch.Ten
     tensors, for resume; they are left out."""
     if ckpt.suffix == ".safetensors":
         return load_file(str(ckpt), device=map_location)
-    weights = load_file(str(resolve_checkpoint(ckpt) / WEIGHTS), device=map_location)
+    folder = resolve_checkpoint(ckpt)
+    if (folder / WEIGHTS).exists():
+        weights = load_file(str(folder / WEIGHTS), device=map_location)
+    else:  # a sharded (FSDP) checkpoint from before the end of its run: consolidated here, on one process
+        weights = sharded_weights(folder)
     return {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
 
 
