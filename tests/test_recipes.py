@@ -117,6 +117,13 @@ def test_trainer_configs_validate_with_lightning(trainer: str) -> None:
     from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector  # noqa: F401
     from lightning.pytorch.strategies import StrategyRegistry
 
+    from lamm.plain_config import to_plain
+    from lamm.training.fsdp import ShardedStrategy, fsdp_options
+
     t = compose("train", [f"trainer={trainer}"]).trainer
-    assert t.strategy == "auto" or t.strategy in StrategyRegistry or t.strategy.startswith("deepspeed")
+    fsdp = fsdp_options(to_plain(t.strategy))
+    if fsdp is not None:  # lamm's FSDP2 strategy, built as lamm-train builds it
+        assert isinstance(ShardedStrategy(**fsdp), ShardedStrategy)
+    else:
+        assert t.strategy == "auto" or t.strategy in StrategyRegistry or t.strategy.startswith("deepspeed")
     assert t.precision in ("32-true", "bf16-mixed", "16-mixed") and t.max_steps > 0
