@@ -137,3 +137,31 @@ def test_a_bad_fsdp_option_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "trainer.strategy.mixed_precision must be null or one of bf16, fp16, got 'fp8'" in result.stderr
     assert not list(tmp_path.glob("**/checkpoints"))
+
+
+def test_activation_checkpointing_by_the_wrap_policy_changes_no_number() -> None:
+    """The units the policy names recompute in backward (not store) their activations: same loss and gradients."""
+    from lamm.testing import colour_answer_batch
+    from lamm.training.fsdp import recompute_in_backward
+
+    def loss_and_grads(checkpointed: bool):
+        torch.manual_seed(0)
+        model = build_model(tiny_model_config(projector="perceiver", fusion="gated_xattn"))
+        with torch.no_grad():  # open the gates so the cross-attention blocks carry gradient
+            for name, p in model.named_parameters():
+                if name.endswith(("attn_gate", "ff_gate")):
+                    p.fill_(0.5)
+        if checkpointed:
+            for unit in model.wrap_modules():
+                recompute_in_backward(unit)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = model(colour_answer_batch(model)).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.trainable_parameters().items()}, sum(saved)
+
+    plain_loss, plain_grads, plain_saved = loss_and_grads(False)
+    loss, grads, saved = loss_and_grads(True)
+    assert torch.equal(loss, plain_loss) and saved < plain_saved / 2, (saved, plain_saved)
+    assert all(g is not None for g in grads.values())
+    assert all(torch.equal(grads[n], plain_grads[n]) for n in plain_grads)

@@ -43,6 +43,10 @@ COVERED_BY = {
         "tests/test_training.py::test_multirun_gives_one_folder_per_fusion",
     ".venv/bin/lamm-train experiment=quickstart resume=auto": "tests/test_training.py::test_exact_resume_after_sigkill",
     ".venv/bin/lamm-train trainer=ddp_cpu debug=fast": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
+    ".venv/bin/lamm-train trainer=fsdp_cpu debug=fast":
+        "tests/test_fsdp.py::test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly",
+    ".venv/bin/lamm-train experiment=openflamingo_9b trainer.devices=8 gradient_checkpointing=true":
+        "tests/test_fsdp.py::test_activation_checkpointing_by_the_wrap_policy_changes_no_number",
     ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_run_source",
     ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":

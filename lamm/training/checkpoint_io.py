@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -173,7 +174,9 @@ def sharded_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     weights = {name.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
                for name, meta in reader.read_metadata().state_dict_metadata.items()
                if name.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
-    dcp.load({"state_dict": weights}, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # it warns that it reads without a process group, which is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"state_dict": weights}, storage_reader=reader, no_dist=True)
     return weights
 
 

@@ -20,6 +20,7 @@ flat-parameter rules, and it runs on a gloo CPU mesh (the tests train 2 CPU proc
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +74,67 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [*model.wrap_modules(), *model.encoders.values(), *model.projectors.values()]
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, BATCH_NORMS) for m in module.modules())
+
+
 def shard_model(model: nn.Module, mesh: Any, mixed_precision: str | None = None, reshard_after_forward: bool = True,
                 activation_checkpointing: bool = False) -> list[nn.Module]:
-    """Apply `fully_shard` to each unit of `shard_units(model)` and then to the model (the root); returns the units."""
+    """Apply `fully_shard` to each unit of `shard_units(model)` and then to the model (the root); returns the units.
+
+    Units holding BatchNorm keep fp32 (FSDP casts parameters, not their fp32 running statistics) and are
+    not recomputed (a second forward would update the statistics twice)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dtype = MIXED_PRECISION.get(mixed_precision) if mixed_precision else None
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
-    blocks = model.wrap_modules()
     if activation_checkpointing:
         model.llm.causal_lm.gradient_checkpointing_disable()  # the policy below covers the decoder layers
-        for block in blocks:
-            recompute_in_backward(block)
+        for block in model.wrap_modules():
+            if not has_batch_norm(block):
+                recompute_in_backward(block)
     units = shard_units(model)
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        fully_shard(unit, mesh=mesh, mp_policy=MixedPrecisionPolicy() if has_batch_norm(unit) else policy,
+                    reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    share_buffers_from_first_rank(model, mesh.get_group())
     return units
+
+
+def share_buffers_from_first_rank(model: nn.Module, group: Any) -> None:
+    """Before each training forward, every rank takes rank 0's trained buffers (BatchNorm statistics),
+    as DDP does: FSDP shards parameters only, so each rank's buffers would otherwise follow its own data."""
+    import torch.distributed as dist
+
+    buffers = [t for t in model.trained_tensors().values() if not isinstance(t, nn.Parameter)]
+    if not buffers or dist.get_world_size(group) < 2:
+        return
+    source = dist.get_global_rank(group, 0)
+
+    def broadcast(module: nn.Module, args: Any) -> None:
+        if torch.is_grad_enabled():
+            for buffer in buffers:
+                dist.broadcast(buffer, src=source, group=group)
+
+    model.register_forward_pre_hook(broadcast, prepend=True)
+
+
+def first_rank_replicas(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The state dict with rank 0's copy of every unsharded tensor (BatchNorm statistics each rank moved
+    since the last forward), as DDP saves rank 0's; torch.distributed.checkpoint would write any rank's."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    out = dict(state_dict)
+    for name, value in state_dict.items():  # the same names in the same order on every rank
+        if isinstance(value, torch.Tensor) and not isinstance(value, DTensor):
+            out[name] = value.detach().clone()
+            dist.broadcast(out[name], src=0)
+    return out
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -109,6 +154,9 @@ class ShardedStrategy(ModelParallelStrategy):
 
     def shard(self, module: nn.Module) -> None:
         """Shard the LightningModule's model over the data-parallel mesh."""
+        # FSDP2 warns at every call of a unit whose output is a view, in case the caller writes into it in
+        # place; lamm never does (tests/test_fsdp.py and the DDP comparison in docs/results.md hold).
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         shard_model(module.model, self.device_mesh["data_parallel"], self.mixed_precision, self.reshard_after_forward,
                     self.activation_checkpointing)
 
@@ -125,7 +173,7 @@ class ShardedStrategy(ModelParallelStrategy):
             tmp.mkdir(parents=True)
         self.barrier("lamm_fsdp_save_begin")
         state = dict(checkpoint)
-        tensors = {"state_dict": state.pop("state_dict"),
+        tensors = {"state_dict": first_rank_replicas(state.pop("state_dict")),
                    **{f"optimizer_{i}": s for i, s in enumerate(state.pop("optimizer_states", []))}}
         dcp.save(tensors, checkpoint_id=tmp)
         if self.global_rank == 0:
