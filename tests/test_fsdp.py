@@ -42,14 +42,15 @@ def checked(proc: subprocess.Popen, what: str) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """An uninterrupted 2-process run and, beside it, one killed (whole job, SIGKILL) after its second
-    save and resumed with resume=auto."""
+    save and resumed with resume=auto. The killed and resumed runs also recompute the policy's blocks in
+    backward (gradient_checkpointing=true), which must change no number either."""
     root = tmp_path_factory.mktemp("fsdp")
     straight, killed = root / "straight", root / "killed"
     straight.mkdir(), killed.mkdir()
     opts = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reference = subprocess.Popen(command(straight, "run_name=straight"), cwd=straight, **opts)
-    victim = subprocess.Popen(command(killed, "run_name=killed"), cwd=killed, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(command(killed, "run_name=killed", "gradient_checkpointing=true"), cwd=killed,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved_steps: list[int] = []
     deadline = time.time() + 400
     while time.time() < deadline and victim.poll() is None:
@@ -65,7 +66,8 @@ def runs(tmp_path_factory) -> dict:
         time.sleep(0.05)
     os.killpg(victim.pid, signal.SIGKILL)  # rank 0 and the rank it launched, as a scheduler kills a job
     victim.wait()
-    resumed = subprocess.Popen(command(killed, "run_name=killed", "resume=auto"), cwd=killed, **opts)
+    resumed = subprocess.Popen(command(killed, "run_name=killed", "gradient_checkpointing=true", "resume=auto"),
+                               cwd=killed, **opts)
     return {"straight": checked(reference, "uninterrupted run"), "resumed": checked(resumed, "resumed run"),
             "straight_run": last_run(straight), "resumed_run": last_run(killed), "saved_steps": saved_steps,
             "killed_run": min((p.parent for p in (killed / "runs").glob("**/run.json")), key=lambda r: r.stat().st_mtime)}

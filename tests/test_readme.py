@@ -46,7 +46,7 @@ COVERED_BY = {
     ".venv/bin/lamm-train trainer=fsdp_cpu debug=fast":
         "tests/test_fsdp.py::test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly",
     ".venv/bin/lamm-train experiment=openflamingo_9b trainer.devices=8 gradient_checkpointing=true":
-        "tests/test_fsdp.py::test_activation_checkpointing_by_the_wrap_policy_changes_no_number",
+        "tests/test_fsdp.py::test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly",
     ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_run_source",
     ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":

@@ -96,11 +96,14 @@ def shard_model(model: nn.Module, mesh: Any, mixed_precision: str | None = None,
         for block in model.wrap_modules():
             if not has_batch_norm(block):
                 recompute_in_backward(block)
+    # fp32 units take fp32 inputs; the root casts none (each unit casts what it gets to its own type).
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32) if dtype else policy
+    root = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False) if dtype else policy
     units = shard_units(model)
     for unit in units:
-        fully_shard(unit, mesh=mesh, mp_policy=MixedPrecisionPolicy() if has_batch_norm(unit) else policy,
+        fully_shard(unit, mesh=mesh, mp_policy=fp32 if has_batch_norm(unit) else policy,
                     reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=root, reshard_after_forward=reshard_after_forward)
     share_buffers_from_first_rank(model, mesh.get_group())
     return units
 
