@@ -145,13 +145,16 @@ class CrossAttentionState:
     closed: torch.Tensor | None = None  # [B]: an end of sequence came after the most recent media (eos_ends_media)
 
 
-@dataclass
 class CallConditioning:
-    """What the hooks need for one decoder call: the state and each token's current media slot."""
+    """What the hooks need for one decoder call: the state and each token's current media slot.
 
-    state: CrossAttentionState
-    token_slot: torch.Tensor  # [B, T]
-    calls: list[int] = field(default_factory=list)  # layers that consumed it (detects dropped kwargs)
+    A plain class, not a dataclass: wrappers that rebuild dataclasses found in a layer's arguments
+    (FSDP's mixed-precision input cast) would hand each layer a copy, and `calls` would stay empty."""
+
+    def __init__(self, state: CrossAttentionState, token_slot: torch.Tensor) -> None:
+        self.state = state
+        self.token_slot = token_slot  # [B, T]
+        self.calls: list[int] = []  # layers that consumed it (detects dropped kwargs)
 
 
 @FUSIONS.register("gated_xattn")
