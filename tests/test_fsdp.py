@@ -84,7 +84,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly(runs) -> N
 
 
 def test_checkpoints_are_sharded_folders_and_ranks_agree_on_what_they_share(runs) -> None:
-    from lamm.training.checkpoint_io import sharded_weights
+    from lamm.training.checkpoint_io import read_checkpoint, sharded_weights
+    from lamm.training.export import load_for_inference
 
     last = runs["straight_run"] / "checkpoints/last.ckpt"
     names = {p.name for p in last.iterdir()}
@@ -100,6 +101,10 @@ def test_checkpoints_are_sharded_folders_and_ranks_agree_on_what_they_share(runs
     final = load_file(str(last / "weights.safetensors"))
     assert weights.keys() == final.keys()
     assert all(weights[k].shape == final[k].shape for k in final)
+    model, _ = load_for_inference(mid)  # what lamm-eval and init_from do with it
+    assert torch.equal(model.fusion.blocks["1"].to_q.weight, weights["model.fusion.blocks.1.to_q.weight"])
+    with pytest.raises(ValueError, match=r"is a sharded \(FSDP\) checkpoint: resume it with trainer.strategy=fsdp"):
+        read_checkpoint(mid)  # what an unsharded trainer's resume reads
 
 
 def test_consolidated_export_loads_with_plain_peft(runs) -> None:

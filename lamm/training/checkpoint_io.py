@@ -182,6 +182,9 @@ def sharded_weights(folder: str | Path) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     folder = resolve_checkpoint(path)
+    if is_sharded_checkpoint(folder):  # its optimizer state is in the shards, which only FSDP reads back
+        raise ValueError(f"{folder} is a sharded (FSDP) checkpoint: resume it with trainer.strategy=fsdp, or start "
+                         "from its weights with init_from=")
     state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
     state["state_dict"] = load_file(str(folder / WEIGHTS), device=str(map_location or "cpu"))
     return state
