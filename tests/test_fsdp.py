@@ -33,8 +33,15 @@ def last_run(folder: Path) -> Path:
     return max((p.parent for p in (folder / "runs").glob("**/run.json")), key=lambda r: r.stat().st_mtime)
 
 
-def checked(proc: subprocess.Popen, what: str) -> str:
-    out, _ = proc.communicate(timeout=600)
+def started(args: list[str], folder: Path, **options) -> subprocess.Popen:
+    """The run in the background, its output into a file (a pipe nobody reads while it runs could fill up)."""
+    with open(folder / "output.txt", "a") as out:  # the child keeps its own copy of the file
+        return subprocess.Popen(args, cwd=folder, stdout=out, stderr=subprocess.STDOUT, **options)
+
+
+def checked(proc: subprocess.Popen, folder: Path, what: str) -> str:
+    proc.wait(timeout=600)
+    out = (folder / "output.txt").read_text()
     assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{out[-4000:]}"
     return out
 
@@ -47,10 +54,8 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fsdp")
     straight, killed = root / "straight", root / "killed"
     straight.mkdir(), killed.mkdir()
-    opts = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    reference = subprocess.Popen(command(straight, "run_name=straight"), cwd=straight, **opts)
-    victim = subprocess.Popen(command(killed, "run_name=killed", "gradient_checkpointing=true"), cwd=killed,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = started(command(straight, "run_name=straight"), straight)
+    victim = started(command(killed, "run_name=killed", "gradient_checkpointing=true"), killed, start_new_session=True)
     saved_steps: list[int] = []
     deadline = time.time() + 400
     while time.time() < deadline and victim.poll() is None:
@@ -66,11 +71,13 @@ def runs(tmp_path_factory) -> dict:
         time.sleep(0.05)
     os.killpg(victim.pid, signal.SIGKILL)  # rank 0 and the rank it launched, as a scheduler kills a job
     victim.wait()
-    resumed = subprocess.Popen(command(killed, "run_name=killed", "gradient_checkpointing=true", "resume=auto"),
-                               cwd=killed, **opts)
-    return {"straight": checked(reference, "uninterrupted run"), "resumed": checked(resumed, "resumed run"),
+    (killed / "output.txt").write_text("")  # from here on: the resumed run's output
+    resumed = started(command(killed, "run_name=killed", "gradient_checkpointing=true", "resume=auto"), killed)
+    return {"straight": checked(reference, straight, "uninterrupted run"),
+            "resumed": checked(resumed, killed, "resumed run"),
             "straight_run": last_run(straight), "resumed_run": last_run(killed), "saved_steps": saved_steps,
-            "killed_run": min((p.parent for p in (killed / "runs").glob("**/run.json")), key=lambda r: r.stat().st_mtime)}
+            "killed_run": min((p.parent for p in (killed / "runs").glob("**/run.json")),
+                              key=lambda r: r.stat().st_mtime)}
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly(runs) -> None:
@@ -80,7 +87,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly(runs) -> N
     expected = load_file(str(runs["straight_run"] / "checkpoints/last.ckpt/weights.safetensors"))
     got = load_file(str(runs["resumed_run"] / "checkpoints/last.ckpt/weights.safetensors"))
     assert got.keys() == expected.keys() and any("lora_" in k for k in got)
-    assert all(torch.equal(got[k], expected[k]) for k in expected), [k for k in expected if not torch.equal(got[k], expected[k])][:5]
+    differ = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not differ, differ[:5]
 
 
 def test_checkpoints_are_sharded_folders_and_ranks_agree_on_what_they_share(runs) -> None:
@@ -133,7 +141,8 @@ def test_wrap_policy_comes_from_the_component_contracts() -> None:
     model = build_model(cfg)
     kinds = [type(u).__name__ for u in shard_units(model)]
     assert kinds.count("LlamaDecoderLayer") == 4 and kinds.count("GatedCrossAttentionBlock") == 2
-    assert kinds.count("ResidualAttentionBlock") == 2  # open_clip's tower up to layer -2, found without a per-family table
+    # open_clip's tower up to layer -2, found without a per-family table
+    assert kinds.count("ResidualAttentionBlock") == 2
     assert kinds.count("PerceiverAttention") == kinds.count("FeedForward") == 1
     assert model.encoders["image"] in shard_units(model) and model.projectors["image"] in shard_units(model)
 

@@ -47,7 +47,8 @@ def fsdp_options(strategy: Any) -> dict[str, Any] | None:
     options = {k: v for k, v in strategy.items() if k != "name"}
     for key in options:
         if key not in OPTIONS:
-            raise ValueError(f"unknown option trainer.strategy.{key} of the fsdp strategy (options: {', '.join(OPTIONS)})")
+            raise ValueError(f"unknown option trainer.strategy.{key} of the fsdp strategy "
+                             f"(options: {', '.join(OPTIONS)})")
     precision = options.get("mixed_precision")
     if precision is not None and precision not in MIXED_PRECISION:
         raise ValueError(f"trainer.strategy.mixed_precision must be null or one of {', '.join(MIXED_PRECISION)}, "
@@ -97,8 +98,10 @@ def shard_model(model: nn.Module, mesh: Any, mixed_precision: str | None = None,
             if not has_batch_norm(block):
                 recompute_in_backward(block)
     # fp32 units take fp32 inputs; the root casts none (each unit casts what it gets to its own type).
-    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32) if dtype else policy
-    root = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False) if dtype else policy
+    fp32, root = policy, policy
+    if dtype:
+        fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        root = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     units = shard_units(model)
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=fp32 if has_batch_norm(unit) else policy,
