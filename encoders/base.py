@@ -7,6 +7,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lamm.blocks import repeated_blocks
+
 
 class Encoder(nn.Module, ABC):
     """Maps a batch of one modality's media to tokens `[N, S, output_dim]`.
@@ -43,3 +45,8 @@ class Encoder(nn.Module, ABC):
         unless `model.encoder.allow_random_frozen=true`; encoders that load weights override this.
         """
         return False
+
+    def wrap_modules(self) -> list[nn.Module]:
+        """The repeated blocks a sharded strategy wraps (and activation checkpointing recomputes) one by
+        one; by default the longest run of same-class blocks inside the encoder, [] when it has none."""
+        return repeated_blocks(self)

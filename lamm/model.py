@@ -371,6 +371,15 @@ class MultimodalLM(nn.Module):
                 self.projectors.eval()
         return self
 
+    def wrap_modules(self) -> list[nn.Module]:
+        """Every part's repeated blocks (encoder blocks, perceiver layers, cross-attention blocks, decoder
+        layers), from the component contracts: what FSDP shards and activation checkpointing recomputes one by one."""
+        units: list[nn.Module] = []
+        for part in [*self.encoders.values(), *self.projectors.values(), self.fusion, self.llm]:
+            wrap = getattr(part, "wrap_modules", None)  # plug-in parts may predate the contract hook
+            units += wrap() if wrap is not None else []
+        return units
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Every parameter that requires grad, by name (the policy decides which)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}

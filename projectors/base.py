@@ -26,3 +26,8 @@ class Projector(nn.Module, ABC):
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project `[N, S, in_dim]` to `[N, K, out_dim]`."""
+
+    def wrap_modules(self) -> list[nn.Module]:
+        """The repeated blocks a sharded strategy wraps (and activation checkpointing recomputes) one by
+        one; [] = the projector is a single unit (linear and MLP projectors are small)."""
+        return []

@@ -133,6 +133,10 @@ class PerceiverResampler(Projector):
         """K = num_latents, independent of S."""
         return self.num_latents
 
+    def wrap_modules(self) -> list[nn.Module]:
+        """Each layer's attention and feed-forward (the layer itself is a list, never called)."""
+        return [part for layer in self.layers for part in layer]
+
     def _add_frame_embs(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         n, s, d = x.shape
         if self.frame_embs is None:

@@ -173,6 +173,9 @@ class QFormerProjector(Projector):
         """K = num_query_tokens for any S."""
         return self.num_query_tokens
 
+    def wrap_modules(self) -> list[nn.Module]:
+        return list(self.qformer.encoder.layer)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Media tokens `[N, S, in_dim]` -> `[N, num_query_tokens, out_dim]`."""
         check_input(x, self.in_dim, "qformer")

@@ -47,6 +47,10 @@ COVERED_BY = {
         "tests/test_streaming.py::test_two_processes_two_workers_read_every_sample_once_per_epoch",
     ".venv/bin/lamm-train data=mixture data.mode=alternating data.datasets.0.path=/data/lamm_2d.json "
     "data.datasets.1.path=/data/dolly.jsonl": "tests/test_streaming.py::test_lamm_train_mixture_alternating_of_a_json_file_and_shards",
+    ".venv/bin/lamm-train trainer=fsdp_cpu debug=fast":
+        "tests/test_fsdp.py::test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly",
+    ".venv/bin/lamm-train experiment=openflamingo_9b trainer.devices=8 gradient_checkpointing=true":
+        "tests/test_fsdp.py::test_resume_after_sigkill_gives_the_uninterrupted_weights_exactly",
     ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_run_source",
     ".venv/bin/lamm-eval benchmark=desiderata checkpoint=runs/quickstart-prefix/<time>":

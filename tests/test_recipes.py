@@ -118,10 +118,15 @@ def test_trainer_configs_validate_with_lightning(trainer: str) -> None:
     builds the DeepSpeed ones and checks their ZeRO stage)."""
     from lightning.pytorch.strategies import StrategyRegistry
 
+    from lamm.plain_config import to_plain
+    from lamm.training.fsdp import ShardedStrategy, fsdp_options
     from lamm.training.strategy import STRATEGIES
 
     t = compose("train", [f"trainer={trainer}"]).trainer
-    if isinstance(t.strategy, str):
+    fsdp = fsdp_options(to_plain(t.strategy))
+    if fsdp is not None:  # lamm's FSDP2 strategy, built as lamm-train builds it
+        assert isinstance(ShardedStrategy(**fsdp), ShardedStrategy)
+    elif isinstance(t.strategy, str):
         assert t.strategy == "auto" or t.strategy in StrategyRegistry
     else:
         assert t.strategy.name in STRATEGIES

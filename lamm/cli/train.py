@@ -129,6 +129,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     model = model_after_training(trainer, module, model, run_dir)  # DeepSpeed: rebuilt from the consolidated shards
     if trainer.is_global_zero:
+        from lamm.training.fsdp import consolidate, is_sharded
+
+        if is_sharded(trainer.strategy):  # each rank holds a shard: export and evaluate the whole model, on rank 0
+            from lamm.training.export import load_for_inference
+
+            consolidate(run_dir / "checkpoints" / "last.ckpt")
+            model = load_for_inference(run_dir)[0]
         export_model(model, run_dir / EXPORT_DIR)
         summary = datamodule.skipped_summary()
         if summary:

@@ -57,6 +57,11 @@ class Fusion(nn.Module, ABC):
     def check_call(self, state: Any, layer_kwargs: dict[str, Any]) -> None:
         """Called after every decoder call with the state and the kwargs it was given; raise if it went wrong."""
 
+    def wrap_modules(self) -> list[nn.Module]:
+        """The repeated blocks a sharded strategy wraps (and activation checkpointing recomputes) one by
+        one, e.g. gated cross-attention blocks; [] for a fusion without its own blocks."""
+        return []
+
     def zero_gated_parameters(self) -> tuple[list[str], bool]:
         """Trainable parameters (names within the fusion) whose gradient is exactly zero because a frozen
         gate scaling their output is 0, and whether that cuts the media off the text entirely (then the

@@ -106,12 +106,16 @@ class GatedCrossAttentionBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None,
         allowed: torch.Tensor | None = None,
         has_media: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`kv` None: no medium anywhere in the batch, so only the FFN branch runs (the attention branch
-        of a token that sees no media adds exactly zero, so this equals that row beside rows with media)."""
+        """`kv`: cached keys and values, or the [B, L, D] media tokens to compute them from here (inside
+        forward, where a sharded block's weights are gathered). None: no medium anywhere in the batch, so
+        only the FFN branch runs (the attention branch of a token that sees no media adds exactly zero, so
+        this equals that row beside rows with media)."""
+        if isinstance(kv, torch.Tensor):
+            kv = self.keys_values(kv)
         b, t, _ = x.shape
         scale = x.detach().pow(2).mean(-1, keepdim=True).sqrt() if self.output_scale == "residual" else 1.0
         if kv is not None:
@@ -148,13 +152,16 @@ class CrossAttentionState:
     closed: torch.Tensor | None = None  # [B]: an end of sequence came after the most recent media (eos_ends_media)
 
 
-@dataclass
 class CallConditioning:
-    """What the hooks need for one decoder call: the state and each token's current media slot."""
+    """What the hooks need for one decoder call: the state and each token's current media slot.
 
-    state: CrossAttentionState
-    token_slot: torch.Tensor  # [B, T]
-    calls: list[int] = field(default_factory=list)  # layers that consumed it (detects dropped kwargs)
+    A plain class, not a dataclass: wrappers that rebuild dataclasses found in a layer's arguments
+    (FSDP's mixed-precision input cast) would hand each layer a copy, and `calls` would stay empty."""
+
+    def __init__(self, state: CrossAttentionState, token_slot: torch.Tensor) -> None:
+        self.state = state
+        self.token_slot = token_slot  # [B, T]
+        self.calls: list[int] = []  # layers that consumed it (detects dropped kwargs)
 
 
 @FUSIONS.register("gated_xattn")
@@ -265,7 +272,7 @@ class GatedCrossAttentionFusion(Fusion):
         else:
             # Training: each block runs once per forward anyway, and a cache would hand
             # gradient-less tensors to a reentrant activation-checkpointing recompute.
-            kv = block.keys_values(state.media.to(dtype))
+            kv = state.media.to(dtype)  # the block computes its keys and values inside its forward
         slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
         key_slot = state.key_slot.view(1, 1, -1)
         visible = key_slot == slot if state.only_latest else key_slot <= slot
@@ -343,6 +350,9 @@ class GatedCrossAttentionFusion(Fusion):
                 "gated_xattn: the LLM's decoder did not pass keyword arguments to its layers, so "
                 "cross-attention never ran; this model family is not supported by gated_xattn"
             )
+
+    def wrap_modules(self) -> list[nn.Module]:
+        return list(self.blocks.values())
 
     def zero_gated_parameters(self) -> tuple[list[str], bool]:
         return zero_gated(self.blocks, {"media_norm": self.media_norm})

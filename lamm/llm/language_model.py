@@ -128,6 +128,10 @@ class LanguageModel(nn.Module):
         """LM-head logits for the given hidden states (call it only where logits are needed)."""
         return self.causal_lm.get_output_embeddings()(hidden)
 
+    def wrap_modules(self) -> list[nn.Module]:
+        """The decoder layers: the units a sharded strategy wraps (and activation checkpointing recomputes)."""
+        return list(self.decoder_layers)
+
     # -- LoRA ------------------------------------------------------------------------------
 
     def apply_lora(

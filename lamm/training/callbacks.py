@@ -64,12 +64,20 @@ class LossCurve(L.Callback):
 
 
 class RankConsistency(L.Callback):
-    """At the end of a multi-process run, check every rank holds the same trainable weights."""
+    """At the end of a multi-process run, check every rank holds the same trainable weights; under a
+    sharded strategy, whose ranks hold different shards by design, that they agree on the step and the
+    parameters and that their shards tile every parameter exactly."""
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size < 2:
             return
         import torch
+        from torch.distributed.tensor import DTensor
+
+        params = pl_module.model.trainable_parameters()
+        if any(isinstance(p, DTensor) for p in params.values()):
+            self._check_shards(trainer, params)
+            return
 
         with torch.no_grad():
             checksum = sum(p.double().sum() * (i + 1) for i, p in enumerate(pl_module.model.trainable_parameters().values()))
@@ -78,3 +86,22 @@ class RankConsistency(L.Callback):
             raise RuntimeError(f"ranks hold different trainable weights after training: checksums {sums}")
         if trainer.is_global_zero:
             print(f"all {trainer.world_size} ranks hold identical trainable weights (checksum {sums[0]:.6f})")
+
+    @staticmethod
+    def _check_shards(trainer: L.Trainer, params: dict) -> None:
+        import zlib
+
+        import torch
+        from torch.distributed.tensor import DTensor
+
+        layout = ";".join(f"{n}:{tuple(p.shape)}" for n, p in sorted(params.items()))
+        local = sum(p.to_local().numel() if isinstance(p, DTensor) else 0 for p in params.values())
+        total = sum(p.numel() for p in params.values() if isinstance(p, DTensor))
+        mine = torch.tensor([trainer.global_step, zlib.crc32(layout.encode()) % (1 << 24), local], dtype=torch.float64)
+        rows = trainer.strategy.all_gather(mine).reshape(trainer.world_size, 3)
+        if (rows[:, :2] != rows[0, :2]).any() or int(rows[:, 2].sum()) != total:
+            raise RuntimeError(f"ranks disagree after sharded training: (step, layout hash, shard elements) per rank "
+                               f"{rows.tolist()}, expected the shards to hold {total} elements together")
+        if trainer.is_global_zero:
+            print(f"all {trainer.world_size} ranks agree: step {trainer.global_step}, the same {len(params)} trainable "
+                  f"parameters, whose shards hold their {total:,} elements exactly once")

@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +26,8 @@ from lamm.faults import kill_self, triggered
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.pt"
+LATEST = "latest"  # DeepSpeed's file naming the tag folder of a checkpoint
+SHARDED_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shard files of a sharded run
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,13 +83,9 @@ def _write_weights(weights: dict[str, torch.Tensor], file: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _write_folder(checkpoint: dict[str, Any], folder: Path) -> None:
-    """The checkpoint's two files in `folder`, on disk (fsynced) when this returns."""
-    folder.mkdir()
-    state = dict(checkpoint)
-    weights = {k: v.detach().contiguous().cpu() for k, v in state.pop("state_dict", {}).items()}
-    _write_weights(weights, folder / WEIGHTS)
-    with open(folder / STATE, "wb") as raw:
+def write_state_file(state: dict[str, Any], file: Path) -> None:
+    """`state.pt`: everything but the weights, loadable with `torch.load(weights_only=True)`, fsynced."""
+    with open(file, "wb") as raw:
         f = _RememberedErrors(raw)
         try:
             torch.save(state, f)
@@ -94,6 +93,15 @@ def _write_folder(checkpoint: dict[str, Any], folder: Path) -> None:
             raise f.error or exc
         raw.flush()
         os.fsync(raw.fileno())
+
+
+def _write_folder(checkpoint: dict[str, Any], folder: Path) -> None:
+    """The checkpoint's two files in `folder`, on disk (fsynced) when this returns."""
+    folder.mkdir()
+    state = dict(checkpoint)
+    weights = {k: v.detach().contiguous().cpu() for k, v in state.pop("state_dict", {}).items()}
+    _write_weights(weights, folder / WEIGHTS)
+    write_state_file(state, folder / STATE)
     _fsync_dir(folder)
 
 
@@ -113,6 +121,14 @@ def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
         kept = "the previous checkpoint is kept" if path.exists() or old.exists() else "no earlier checkpoint"
         raise CheckpointWriteError(cause.errno, f"could not save the checkpoint: {cause.strerror or cause}; {kept}",
                                    str(path)) from exc
+    commit_folder(tmp, path)
+
+
+def commit_folder(tmp: Path, path: Path) -> None:
+    """Put the complete folder `tmp` in place of `path`: the old one is renamed to `.old` first and
+    removed last, so a kill at any point leaves one complete checkpoint."""
+    _fsync_dir(tmp)
+    old = path.with_name(path.name + ".old")
     if triggered("checkpoint.before_rename"):
         kill_self()
     if path.exists():
@@ -125,21 +141,56 @@ def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def is_sharded_checkpoint(folder: Path) -> bool:
+    """A checkpoint of a sharded (FSDP) run: torch.distributed.checkpoint shards + `.metadata` beside state.pt."""
+    return (folder / SHARDED_METADATA).is_file()
+
+
+def is_zero_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a DeepSpeed checkpoint folder (its `latest` file names the state's tag;
+    written and read by lamm/training/deepspeed_zero.py, recognised here without importing Lightning)."""
+    return (Path(path) / LATEST).is_file()
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / STATE).exists() and ((folder / WEIGHTS).exists() or is_sharded_checkpoint(folder))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The readable folder for `path` (falls back to the `.old` copy an interrupted save left)."""
-    from lamm.training.deepspeed_zero import is_zero_checkpoint  # DeepSpeed's own folder (deepspeed_zero.py)
-
     path = Path(path)
     old = path.with_name(path.name + ".old")
     for folder in (path, old):
-        if ((folder / STATE).exists() and (folder / WEIGHTS).exists()) or is_zero_checkpoint(folder):
+        if _complete(folder) or is_zero_checkpoint(folder):
             return folder
-    raise FileNotFoundError(f"no complete checkpoint at {path} (expected {WEIGHTS} and {STATE} inside)")
+    raise FileNotFoundError(f"no complete checkpoint at {path} (expected {STATE} and {WEIGHTS} or sharded "
+                            f"weights ({SHARDED_METADATA}) inside)")
+
+
+def sharded_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The full (consolidated) tensors of a sharded checkpoint's `state_dict`, read on one process
+    without a process group, by LightningModule state-dict name (`model.…`)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = resolve_checkpoint(folder)
+    reader = dcp.FileSystemReader(str(folder))
+    prefix = "state_dict."
+    weights = {name.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
+               for name, meta in reader.read_metadata().state_dict_metadata.items()
+               if name.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
+    with warnings.catch_warnings():  # it warns that it reads without a process group, which is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"state_dict": weights}, storage_reader=reader, no_dist=True)
+    return weights
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     folder = resolve_checkpoint(path)
-    if not (folder / STATE).exists():
+    if is_sharded_checkpoint(folder):  # its optimizer state is in the shards, which only FSDP reads back
+        raise ValueError(f"{folder} is a sharded (FSDP) checkpoint: resume it with trainer.strategy=fsdp, or start "
+                         "from its weights with init_from=")
+    if not (folder / STATE).exists():  # DeepSpeed's own layout
         raise ValueError(f"{path} is a DeepSpeed checkpoint: resume it with the trainer that wrote it "
                          "(trainer=deepspeed_zero2 or deepspeed_zero3)")
     state = torch.load(folder / STATE, map_location=map_location, weights_only=True)

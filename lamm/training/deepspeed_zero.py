@@ -27,9 +27,8 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from safetensors.torch import save_file
 
-from lamm.training.checkpoint_io import WEIGHTS
+from lamm.training.checkpoint_io import LATEST, WEIGHTS, is_zero_checkpoint
 
-LATEST = "latest"  # DeepSpeed's file naming the tag folder of a checkpoint
 INSTALL = "pip install 'lamm[deepspeed]'"
 WRAPPER_PREFIX = "_forward_module."  # Lightning's wrapper around the LightningModule inside the engine
 
@@ -51,11 +50,6 @@ def check_cuda(accelerator: str | None) -> None:
         where = "trainer.accelerator=cpu" if accelerator == "cpu" else "this machine has no CUDA GPU"
         raise ValueError(f"trainer.strategy.name=deepspeed runs on CUDA GPUs only (Lightning's DeepSpeedStrategy), "
                          f"but {where}; on CPU use trainer=ddp_cpu")
-
-
-def is_zero_checkpoint(path: str | Path) -> bool:
-    """Whether `path` is a DeepSpeed checkpoint folder (its `latest` file names the state's tag)."""
-    return (Path(path) / LATEST).is_file()
 
 
 def readable_zero_checkpoint(path: str | Path) -> Path:

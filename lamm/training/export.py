@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from lamm.policy import part_of
-from lamm.training.checkpoint_io import WEIGHTS, resolve_checkpoint
+from lamm.training.checkpoint_io import WEIGHTS, is_sharded_checkpoint, resolve_checkpoint, sharded_weights
 from lamm.training.run_folder import CONFIG_FILE
 from lamm.zoo.writer import IMPORTED_WEIGHTS, imported_weights_into
 
@@ -84,11 +84,14 @@ def _model_weights(ckpt: Path, map_location: str = "cpu") -> dict[str, torch.Ten
     tensors, for resume; they are left out."""
     if ckpt.suffix == ".safetensors":
         return load_file(str(ckpt), device=map_location)
-    weights_file = resolve_checkpoint(ckpt) / WEIGHTS
-    if not weights_file.exists():  # a DeepSpeed checkpoint of an unfinished run (lamm/training/deepspeed_zero.py)
+    folder = resolve_checkpoint(ckpt)
+    if (folder / WEIGHTS).exists():
+        weights = load_file(str(folder / WEIGHTS), device=map_location)
+    elif is_sharded_checkpoint(folder):  # a sharded (FSDP) checkpoint from before the end of its run: consolidated here
+        weights = sharded_weights(folder)
+    else:  # a DeepSpeed checkpoint of an unfinished run (lamm/training/deepspeed_zero.py)
         raise FileNotFoundError(f"{ckpt} holds DeepSpeed ZeRO shards but no consolidated {WEIGHTS}: only the final "
                                 "checkpoint of a finished run has them (resume the run to finish it)")
-    weights = load_file(str(weights_file), device=map_location)
     return {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
 
 

@@ -46,6 +46,14 @@ class LammModule(L.LightningModule):
             model.llm.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._last_time: float | None = None
 
+    def configure_model(self) -> None:
+        """Shard the model when the strategy shards (FSDP, lamm/training/fsdp.py); Lightning calls this
+        once per fit, before the optimizer is built."""
+        from lamm.training.fsdp import is_sharded
+
+        if self._trainer is not None and is_sharded(self.trainer.strategy):
+            self.trainer.strategy.shard(self)
+
     # -- steps ---------------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int):
@@ -130,9 +138,18 @@ class LammModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng"] = get_rng_state()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and torch.distributed.is_initialized():
+            # Every rank's own streams: ranks draw different amounts (their samples differ), so rank 0's are not theirs.
+            states: list[Any] = [None] * world
+            torch.distributed.all_gather_object(states, checkpoint["rng"])
+            checkpoint["rng_per_rank"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_rng = checkpoint.get("rng")
+        per_rank = checkpoint.get("rng_per_rank")
+        world = self.trainer.world_size if self._trainer is not None else 1
+        same_world = per_rank is not None and len(per_rank) == world
+        self._pending_rng = per_rank[self.global_rank] if same_world else checkpoint.get("rng")
 
 
 def _preview(names: list[str], n: int = 5) -> str:

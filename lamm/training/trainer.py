@@ -181,7 +181,10 @@ def _build_named(node: Any, table: dict[str, Callable[..., Any]], group: str, ru
 def check_run_config(cfg: DictConfig) -> None:
     """Everything about the trainer a config can get wrong, before any model is built (one-line ValueErrors)."""
     trainer_arguments(cfg.trainer)
-    strategy_from_config(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))  # e.g. DeepSpeed installed
+    from lamm.training.fsdp import fsdp_options
+
+    if fsdp_options(to_plain(cfg.trainer).get("strategy")) is None:  # FSDP's options are checked there
+        strategy_from_config(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))  # e.g. DeepSpeed installed
     for group, table in (("logger", LOGGERS), ("callbacks", CALLBACKS)):
         for name in (cfg.get(group) or {}):
             _check_known(name, table, group)
@@ -198,10 +201,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path, methods: Sequence[Any] = ()):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lamm.training.checkpoint_plugin import FolderCheckpointIO
+    from lamm.training.fsdp import ShardedStrategy, fsdp_options
 
     kwargs = trainer_arguments(cfg.trainer)
     kwargs.pop("accumulate_grad_batches", None)  # set below, once the device count is known
-    strategy = kwargs["strategy"] = strategy_from_config(kwargs.get("strategy"), kwargs.get("accelerator"))
+    fsdp = fsdp_options(kwargs.get("strategy", "auto"))
+    if fsdp is not None:  # FSDP2 with lamm's wrap policy and sharded checkpoints (lamm/training/fsdp.py)
+        if methods:
+            raise ValueError("training methods (" + ", ".join(type(m).__name__ for m in methods)
+                             + ") do not run under trainer.strategy=fsdp yet; use trainer=ddp for them")
+        kwargs["strategy"] = ShardedStrategy(activation_checkpointing=bool(cfg.get("gradient_checkpointing")), **fsdp)
+    else:  # a Lightning strategy name, or a mapping lamm builds (DeepSpeed: lamm/training/strategy.py)
+        kwargs["strategy"] = strategy_from_config(kwargs.get("strategy"), kwargs.get("accelerator"))
+    strategy = kwargs["strategy"]
     if any(m.leaves_parameters_unused for m in methods) and strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         # A method's steps leave some trained parameters without gradients; DDP must be told, or it waits for them.
         kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
