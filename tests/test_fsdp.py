@@ -125,6 +125,9 @@ def test_consolidated_export_loads_with_plain_peft(runs) -> None:
     model, _ = load_for_inference(run)
     base = LLMS.build("tiny_random").causal_lm  # the same seeded base weights
     peft_model = PeftModel.from_pretrained(base, str(run / "export" / "adapter")).eval()
+    with torch.no_grad():  # text rows still pass the trained gated FFN (as in OpenFlamingo); closed, the rest is LLM + adapter
+        for block in model.fusion.blocks.values():
+            block.ff_gate.zero_()
     batch = text_batch(model, ["What colour is the shape?", "Hello"])
     ours = model(batch, logits="all").logits
     positions = (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
