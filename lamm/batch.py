@@ -15,14 +15,16 @@ class MediaBatch:
     """All media of one modality in a batch, in text order (by sample, then by appearance).
 
     `data` is what the encoder takes: images [M, C, H, W], videos [M, F, C, H, W], point clouds
-    [M, P, 3+C]; `sample_index[m]` is the batch row that owns medium m.
+    [M, P, 3+C]; `sample_index[m]` is the batch row that owns medium m. `encoded`: `data` already
+    holds the encoder's outputs [M, S, D] (read from a frozen-feature cache), so the encoder is skipped.
     """
 
     data: torch.Tensor
     sample_index: torch.Tensor
+    encoded: bool = False
 
     def to(self, device: torch.device | str) -> "MediaBatch":
-        return MediaBatch(self.data.to(device), self.sample_index.to(device))
+        return MediaBatch(self.data.to(device), self.sample_index.to(device), self.encoded)
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -58,6 +60,8 @@ class MediaSpec:
     transform: "Callable[[Any], torch.Tensor]"
     # Tokens the projector makes of one medium; the fusion's TextLayout turns it into placeholders.
     projected_tokens: int
+    # Set by a frozen-feature cache: medium reference -> the encoder's outputs [S, D], replacing load + transform.
+    features: "Callable[[Any], torch.Tensor] | None" = None
 
 
 @dataclass(frozen=True)

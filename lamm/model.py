@@ -121,7 +121,8 @@ class MultimodalLM(nn.Module):
                 extra["media_positions"] = _position_in_sample(item.sample_index)
             if "frames" in time_inputs:
                 extra["frames"] = getattr(encoder, "frames_per_medium", 1)
-            tokens = projector(encoder(item.data), **extra)
+            features = item.data if item.encoded else encoder(item.data)  # encoded: from the feature cache
+            tokens = projector(features, **extra)
             out[modality] = MediaTokens(tokens, item.sample_index)
         return out
 
@@ -265,7 +266,7 @@ class MultimodalLM(nn.Module):
             select = torch.cat([of_prompt[o] for o in owners])
             if len(select):
                 row_of = torch.cat([torch.full((len(of_prompt[o]),), r, dtype=torch.long) for r, o in enumerate(owners)])
-                media[modality] = MediaBatch(item.data[select], row_of.to(item.sample_index.device))
+                media[modality] = MediaBatch(item.data[select], row_of.to(item.sample_index.device), item.encoded)
         batch = Batch(ids.to(device), mask.to(device), labels.to(device), media)
         out = self(batch, logits="labels")
         targets = batch.labels[:, 1:]

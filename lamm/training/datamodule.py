@@ -19,6 +19,7 @@ class LammDataModule(L.LightningDataModule):
         self.data_cfg = data_cfg
         self.config = DataConfig.from_any(data_cfg)
         self.media_specs = model.media_specs()
+        self.encoders = dict(model.encoders)  # a frozen-feature cache is checked against them
         self.tokenizer = model.tokenizer
         self.layout = model.fusion.layout  # how the model's fusion writes media into the text
         self.max_steps, self.accumulate = max_steps, accumulate
@@ -32,7 +33,14 @@ class LammDataModule(L.LightningDataModule):
             # Not yet supported by the resumable stream sampler: say so before any training work.
             if self.config.name == "mixture" and self.config.extra.get("mode") == "alternating":
                 raise ValueError("data.mode=alternating is not supported by lamm-train yet; use data.mode=mixed")
-            self.train_set = build_dataset(self.data_cfg, self.media_specs, self.tokenizer, self.layout)
+            specs, caches = self.media_specs, []
+            if self.config.feature_cache:
+                from lamm.datasets.feature_cache import media_references, with_feature_cache
+
+                specs, caches = with_feature_cache(self.config.feature_cache, specs, self.encoders)
+            self.train_set = build_dataset(self.data_cfg, specs, self.tokenizer, self.layout)
+            for cached in caches:  # every medium's features present: refused here, not mid-run
+                cached.check(media_references(self.train_set))
             if not hasattr(self.train_set, "__len__"):
                 raise ValueError(f"data.name={self.config.name}: streaming datasets are not supported by "
                                  "lamm-train yet (it needs a map-style dataset for exact resume)")

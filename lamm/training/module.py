@@ -46,6 +46,15 @@ class LammModule(L.LightningModule):
             model.llm.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._last_time: float | None = None
 
+    def train(self, mode: bool = True) -> "LammModule":
+        super().train(mode)
+        if mode and self.model.policy.encoder == "frozen":
+            # A frozen encoder computes features, it does not learn: no dropout, no batch-norm statistics
+            # updates (and its outputs match a frozen-feature cache, which is computed in eval mode).
+            for encoder in self.model.encoders.values():
+                encoder.eval()
+        return self
+
     # -- steps ---------------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int):
