@@ -39,6 +39,9 @@ class Batch:
     labels: torch.Tensor | None = None
     media: dict[str, MediaBatch] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
+    # Packed rows (data.packing): each sample's own position ids, restarting at 0 where a sample starts;
+    # attention then stays within a sample. None: one sample per row, positions from the attention mask.
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
@@ -47,6 +50,7 @@ class Batch:
             labels=None if self.labels is None else self.labels.to(device),
             media={k: v.to(device) for k, v in self.media.items()},
             ids=list(self.ids),
+            position_ids=None if self.position_ids is None else self.position_ids.to(device),
         )
 
     def __len__(self) -> int:

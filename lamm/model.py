@@ -162,9 +162,20 @@ class MultimodalLM(nn.Module):
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
         media = self.encode_media(batch.media)
         embeds = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
-        state = self.fusion.begin(input_ids, media)
-        positions = _positions(attention_mask)
-        hidden, cache = self._decode(embeds, attention_mask, positions, state, input_ids, use_cache=use_cache)
+        if batch.position_ids is None:
+            state = self.fusion.begin(input_ids, media)
+            positions = _positions(attention_mask)
+            llm_mask = attention_mask
+        else:  # packed rows: samples told apart by their positions restarting at 0
+            if not self.fusion.supports_packing:
+                raise ValueError(f"data.packing: the {type(self.fusion).__name__} fusion cannot keep packed samples apart")
+            if use_cache:
+                raise ValueError("packed rows (Batch.position_ids) are for training: a KV cache would mix their samples")
+            positions = batch.position_ids
+            state = self.fusion.begin(input_ids, media, segments=packed_segments(positions))
+            # No 2-D mask: the LLM derives the block-diagonal causal mask (or flash-attention varlen) from the positions.
+            llm_mask = None
+        hidden, cache = self._decode(embeds, llm_mask, positions, state, input_ids, use_cache=use_cache)
         return Prefill(hidden, cache, state, positions, attention_mask)
 
     def _decode(self, embeds, attention_mask, position_ids, state, input_ids, past=None, use_cache=False):
@@ -386,6 +397,11 @@ class MultimodalLM(nn.Module):
                     if buf is not None and name not in module._non_persistent_buffers_set:
                         out[f"{prefix}.{name}" if prefix else name] = buf
         return out
+
+
+def packed_segments(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T]: which packed sample of its row each token belongs to (a new one wherever positions restart)."""
+    return (position_ids == 0).long().cumsum(1) - 1
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

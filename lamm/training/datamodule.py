@@ -60,16 +60,21 @@ class LammDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         from lamm.datasets import build_collator
 
+        from lamm.datasets.packing import PackingCollator, sample_lengths
+
         bs = self.config.batch_size
+        lengths = sample_lengths(self.train_set) if self.config.group_by_length else None
         sampler = ResumableStreamSampler(
             len(self.train_set), self.max_steps * self.accumulate * bs, seed=self.config.seed,
-            shuffle=self.config.shuffle, world_size=self.world_size, rank=self.rank, batch_size=bs,
+            shuffle=self.config.shuffle, world_size=self.world_size, rank=self.rank, batch_size=bs, lengths=lengths,
         )
         sampler.start_global = self.consumed
+        collate = build_collator(self.tokenizer, self.config.pad_side)
+        if self.config.packing:  # the same samples per step, packed into fewer rows
+            collate = PackingCollator(collate.pad_token_id, self.config.max_length)
         return DataLoader(
             self.train_set, batch_size=bs, sampler=sampler, num_workers=self.config.num_workers,
-            collate_fn=build_collator(self.tokenizer, self.config.pad_side),
-            persistent_workers=False, drop_last=True,
+            collate_fn=collate, persistent_workers=False, drop_last=True,
         )
 
     def skipped_summary(self) -> str | None:

@@ -70,7 +70,8 @@ class LammModule(L.LightningModule):
             )
         now = time.perf_counter()
         if self._last_time is not None:
-            rate = len(batch) * self.trainer.world_size / max(now - self._last_time, 1e-9)
+            samples = len(batch.ids) or len(batch)  # packed rows hold several samples each
+            rate = samples * self.trainer.world_size / max(now - self._last_time, 1e-9)
             self.log("samples_per_s", rate, prog_bar=True, on_step=True, batch_size=len(batch))
         self._last_time = now
         # One key whichever method gives the loss (Lightning repeats a key's last value once it stops being logged).
