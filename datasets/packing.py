@@ -16,6 +16,19 @@ from lamm.datasets.collate import Collator
 from lamm.datasets.processor import ProcessedSample
 
 
+def balanced_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """As few rows as first-fit-decreasing needs, with the samples spread so rows are about equally long
+    (longest sample to the shortest row): the padded batch is [rows, longest row], so balance is compute."""
+    rows = first_fit_decreasing(lengths, capacity)
+    balanced: list[list[int]] = [[] for _ in rows]
+    load = [0] * len(rows)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(len(rows)), key=load.__getitem__)
+        balanced[r].append(i)
+        load[r] += lengths[i]
+    return balanced if max(load) <= capacity else rows
+
+
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Rows of sample indices, each row's total length <= capacity (longest samples placed first)."""
     rows: list[list[int]] = []
@@ -53,7 +66,7 @@ class PackingCollator(Collator):
 
 def pack(batch: Batch, lengths: Sequence[int], max_length: int, pad_token_id: int) -> Batch:
     """A right-padded batch (one sample per row, `lengths` real tokens each) packed into rows of `max_length`."""
-    rows = first_fit_decreasing(lengths, max_length)
+    rows = balanced_rows(lengths, max_length)
     width = max(sum(lengths[i] for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
