@@ -121,7 +121,13 @@ class MultimodalLM(nn.Module):
                 extra["media_positions"] = _position_in_sample(item.sample_index)
             if "frames" in time_inputs:
                 extra["frames"] = getattr(encoder, "frames_per_medium", 1)
-            features = item.data if item.encoded else encoder(item.data)  # encoded: from the feature cache
+            if item.encoded:  # the encoder's outputs, read from a frozen-feature cache
+                features = item.data
+            elif item.data.requires_grad or any(p.requires_grad for p in encoder.parameters()):
+                features = encoder(item.data)
+            else:  # a frozen encoder: no autograd bookkeeping for a graph nothing would use
+                with torch.no_grad():
+                    features = encoder(item.data)
             tokens = projector(features, **extra)
             out[modality] = MediaTokens(tokens, item.sample_index)
         return out
@@ -160,6 +166,11 @@ class MultimodalLM(nn.Module):
     def prefill(self, batch: Batch, use_cache: bool = True) -> Prefill:
         """Run prompts once: media encoded, the fusion applied, the decoder's states and KV cache kept."""
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        if batch.position_ids is not None:
+            for modality in batch.media:
+                if "media_positions" in getattr(self.projectors[modality], "time_inputs", ()):
+                    raise ValueError(f"data.packing: the {modality} projector numbers media within a sample "
+                                     "(media position embeddings), which a packed row does not keep; train unpacked")
         media = self.encode_media(batch.media)
         embeds = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
         if batch.position_ids is None:

@@ -1,9 +1,11 @@
-"""A LLaVA-stage-1-shaped training step (frozen ViT, frozen LLM, trained projector) with and without the
+"""A LLaVA-stage-1-shaped training step (frozen ViT, frozen LLM, trained projector; or OpenFlamingo-shaped with
+--fusion gated_xattn: perceiver and gated cross-attention trained) with and without the
 frozen-feature cache (`data.feature_cache`): same loss, step time side by side.
 
     .venv/bin/python -P scripts/bench_feature_cache.py                       # shared config, 7 rounds
     .venv/bin/python -P scripts/bench_feature_cache.py --vit-width 768 --vit-depth 12 --patch 16
     .venv/bin/python -P scripts/bench_feature_cache.py --llm tiny_random      # no download
+    .venv/bin/python -P scripts/bench_feature_cache.py --fusion gated_xattn --vit-width 768 --vit-depth 12 --patch 16
 
 Step = forward + backward + AdamW over the trained parts. "tower" runs the frozen encoder on the pixels
 each step (as training without a cache does); "cache" reads the same encoder outputs from a
@@ -33,8 +35,8 @@ def build(args):
         "llm": llm,
         "encoder": {"name": "small_vit", "image_size": args.image_size, "patch_size": args.patch,
                     "width": args.vit_width, "depth": args.vit_depth, "heads": args.vit_width // 64},
-        "projector": {"name": "mlp"},
-        "fusion": {"name": "prefix"},
+        "projector": {"name": "mlp"} if args.fusion == "prefix" else {"name": "perceiver", "num_latents": 64, "depth": 2},
+        "fusion": {"name": args.fusion} if args.fusion == "prefix" else {"name": "gated_xattn", "every": 2},
         "policy": {"encoder": "frozen", "projector": "full", "fusion": "full", "llm": "frozen", "media_tokens": "full"},
     }
     model = build_model(cfg)
@@ -57,6 +59,8 @@ def batch_for(model, batch_size: int, positions: int) -> Batch:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", default="smollm2_135m")
+    parser.add_argument("--fusion", default="prefix", choices=["prefix", "gated_xattn"],
+                        help="prefix: LLaVA (mlp projector); gated_xattn: OpenFlamingo (perceiver, gated cross-attention)")
     parser.add_argument("--vit-width", type=int, default=384)
     parser.add_argument("--vit-depth", type=int, default=6)
     parser.add_argument("--patch", type=int, default=32)
@@ -100,8 +104,8 @@ def main() -> None:
         "step_s_tower_median": statistics.median(times["tower"]), "step_s_cache_median": statistics.median(times["cache"]),
         "speedup_median": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
     }
-    print(f"LLaVA-stage-1-shaped step, {args.llm} frozen, ViT w{args.vit_width} x{args.vit_depth} p{args.patch} "
-          f"@{args.image_size} frozen, mlp projector trained, batch {args.batch} x {args.positions}, fp32, "
+    print(f"stage-1-shaped step ({args.fusion}), {args.llm} frozen, ViT w{args.vit_width} x{args.vit_depth} p{args.patch} "
+          f"@{args.image_size} frozen, projector + fusion trained, batch {args.batch} x {args.positions}, fp32, "
           f"{args.threads} threads, {args.rounds} interleaved rounds")
     print(f"loss tower {result['loss_tower']:.6f}  cache {result['loss_cache']:.6f}  identical: {result['identical_loss']}")
     print(f"step s (median)  tower {result['step_s_tower_median']:.3f}  cache {result['step_s_cache_median']:.3f}")
