@@ -48,7 +48,8 @@ def build(args):
 def batch_for(model, batch_size: int, positions: int) -> Batch:
     tok = model.tokenizer
     placeholders = tok(model.placeholder_text("image"), add_special_tokens=False).input_ids
-    text = torch.randint(100, 5000, (batch_size, positions - len(placeholders)))
+    high = min(len(tok), 49152) - 100  # ordinary vocabulary, no special tokens
+    text = torch.randint(min(100, high - 1), high, (batch_size, positions - len(placeholders)))
     ids = torch.cat([torch.tensor(placeholders).expand(batch_size, -1), text], 1)
     labels = ids.clone()
     labels[:, : positions // 2] = IGNORE_INDEX

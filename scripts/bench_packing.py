@@ -76,6 +76,7 @@ def main() -> None:
     dataset = build_dataset(data, model.media_specs(), model.tokenizer, model.fusion.layout)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
     samples = [dataset[i] for i in order]
+    print(f"{len(samples)} samples processed", flush=True)
     lengths = [len(s.input_ids) for s in samples]
     collate = build_collator(model.tokenizer)
     pack = PackingCollator(collate.pad_token_id, args.max_length)
@@ -108,6 +109,7 @@ def main() -> None:
         for name, built in ways.items():
             padding[name].append(sum(b.attention_mask.numel() for b in built) / sum(int(b.attention_mask.sum()) for b in built))
             rates[name].append(run(built))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f} tokens/s" for k, v in rates.items()), flush=True)
     ratio = {k: [a / b for a, b in zip(rates[k], rates["padded"])] for k in ("packed", "group_by_length")}
     result = {
         "config": vars(args),
