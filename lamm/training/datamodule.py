@@ -59,7 +59,6 @@ class LammDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         from lamm.datasets import build_collator
-
         from lamm.datasets.packing import PackingCollator, sample_lengths
 
         bs = self.config.batch_size
