@@ -5,6 +5,7 @@ and the packed loss against the unpacked loss on the same samples (fp32).
     .venv/bin/python -P scripts/bench_packing.py                              # shared config, 5 rounds
     .venv/bin/python -P scripts/bench_packing.py --llm tiny_random --rounds 9  # no download, quick
     .venv/bin/python -P scripts/bench_packing.py --kinds shapes,digits --fusion gated_xattn
+    .venv/bin/python -P scripts/bench_packing.py --llm tiny_random --padding-only 400   # padding only, no timing
 
 Model: the LLM (default the real SmolLM2-135M) frozen + LoRA r8 on q,v, ViT w384 x6 p32 @224 frozen,
 mlp projector and prefix fusion (or gated_xattn with a perceiver), fp32, 2 threads. Data: the built-in
@@ -50,6 +51,35 @@ def build(args):
     return model
 
 
+def padding_only(args, model, dataset, order) -> None:
+    from lamm.datasets.processor import ProcessedSample
+
+    samples = []
+    for i in order:
+        tok = dataset.processor.tokenize(dataset.samples[i])
+        samples.append(ProcessedSample(str(i), torch.tensor(tok.input_ids), torch.tensor(tok.labels), {}))
+    lengths = [len(s.input_ids) for s in samples]
+    print(f"{len(samples)} samples, lengths min {min(lengths)} median {statistics.median(lengths)} "
+          f"mean {sum(lengths) / len(lengths):.1f} max {max(lengths)}; {args.batch} samples/step, "
+          f"group_by_length windows of {args.window} steps")
+    collate = build_collator(model.tokenizer)
+    span = args.window * args.batch
+    samples = samples[:len(samples) // span * span]
+    real = sum(len(s.input_ids) for s in samples)
+    padded = grouped = 0
+    packed = {256: 0, 512: 0, 1024: 0}
+    for w in range(0, len(samples), span):
+        chunk = samples[w:w + span]
+        by_length = sorted(chunk, key=lambda s: -len(s.input_ids))
+        for i in range(0, span, args.batch):
+            padded += collate(chunk[i:i + args.batch]).attention_mask.numel()
+            grouped += collate(by_length[i:i + args.batch]).attention_mask.numel()
+            for cap in packed:
+                packed[cap] += PackingCollator(collate.pad_token_id, cap)(chunk[i:i + args.batch]).attention_mask.numel()
+    print(f"positions computed per real token: padded {padded / real:.3f}, group_by_length {grouped / real:.3f}, "
+          + ", ".join(f"packed <= {cap} {v / real:.3f}" for cap, v in packed.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", default="smollm2_135m")
@@ -61,12 +91,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
+    parser.add_argument("--padding-only", type=int, metavar="N", default=0,
+                        help="no timing: positions computed per real token over N samples (tokenised only), "
+                             "for packed row lengths 256, 512, 1024 (the ceiling of any tokens/s gain)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model = build(args)
     kinds = args.kinds.split(",")
-    n = args.rounds * args.window * args.batch + args.batch
+    n = args.padding_only or args.rounds * args.window * args.batch + args.batch
     data_dir = Path(tempfile.mkdtemp(prefix="bench_packing_"))
     generate(data_dir, seed=0, sizes={"train": n, "test": 1}, kinds=kinds)
     data = {"name": "mixture", "datasets": [{"name": "lamm", "path": str(data_dir / k / "train.json")} for k in kinds],
@@ -75,6 +108,9 @@ def main() -> None:
          "max_length": args.max_length}
     dataset = build_dataset(data, model.media_specs(), model.tokenizer, model.fusion.layout)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    if args.padding_only:
+        padding_only(args, model, dataset, order)
+        return
     samples = [dataset[i] for i in order]
     print(f"{len(samples)} samples processed", flush=True)
     lengths = [len(s.input_ids) for s in samples]
