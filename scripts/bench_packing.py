@@ -4,7 +4,7 @@ and the packed loss against the unpacked loss on the same samples (fp32).
 
     .venv/bin/python -P scripts/bench_packing.py                              # shared config, 5 rounds
     .venv/bin/python -P scripts/bench_packing.py --llm tiny_random --rounds 9  # no download, quick
-    .venv/bin/python -P scripts/bench_packing.py --kinds shapes,digits --fusion gated_xattn
+    .venv/bin/python -P scripts/bench_packing.py --kind digits --fusion gated_xattn
     .venv/bin/python -P scripts/bench_packing.py --llm tiny_random --padding-only 400   # padding only, no timing
 
 Model: the LLM (default the real SmolLM2-135M) frozen + LoRA r8 on q,v, ViT w384 x6 p32 @224 frozen,
@@ -84,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llm", default="smollm2_135m")
     parser.add_argument("--fusion", default="prefix", choices=["prefix", "gated_xattn"])
-    parser.add_argument("--kinds", default="shapes", help="built-in image data kinds (shapes, digits)")
+    parser.add_argument("--kind", default="shapes", choices=["shapes", "digits"], help="built-in image data kind")
     parser.add_argument("--batch", type=int, default=8, help="samples per step (the same in all three ways)")
     parser.add_argument("--window", type=int, default=4, help="steps per round")
     parser.add_argument("--max-length", type=int, default=512, help="packed row length")
@@ -98,14 +98,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = build(args)
-    kinds = args.kinds.split(",")
     n = args.padding_only or args.rounds * args.window * args.batch + args.batch
     data_dir = Path(tempfile.mkdtemp(prefix="bench_packing_"))
-    generate(data_dir, seed=0, sizes={"train": n, "test": 1}, kinds=kinds)
-    data = {"name": "mixture", "datasets": [{"name": "lamm", "path": str(data_dir / k / "train.json")} for k in kinds],
-            "template": "chat", "system_prompt": "empty", "max_length": args.max_length} if len(kinds) > 1 else \
-        {"name": "lamm", "path": str(data_dir / kinds[0] / "train.json"), "template": "chat", "system_prompt": "empty",
-         "max_length": args.max_length}
+    generate(data_dir, seed=0, sizes={"train": n, "test": 1}, kinds=[args.kind])
+    data = {"name": "lamm", "path": str(data_dir / args.kind / "train.json"), "template": "chat",
+            "system_prompt": "empty", "max_length": args.max_length}
     dataset = build_dataset(data, model.media_specs(), model.tokenizer, model.fusion.layout)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
     if args.padding_only:
@@ -158,7 +155,7 @@ def main() -> None:
         "speedup": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in ratio.items()},
     }
     print(f"{args.llm} frozen + LoRA r8 q,v, ViT w384 x6 p32 frozen, {args.fusion}, fp32, {args.threads} threads; "
-          f"built-in {args.kinds} data, {args.batch} samples/step, packed rows <= {args.max_length}, "
+          f"built-in {args.kind} data, {args.batch} samples/step, packed rows <= {args.max_length}, "
           f"{args.rounds} rounds x {args.window} steps per way, interleaved")
     ls = result["lengths"]
     print(f"sample lengths: min {ls['min']} median {ls['median']} mean {ls['mean']:.1f} max {ls['max']}")
