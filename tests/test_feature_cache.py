@@ -89,13 +89,16 @@ def test_stale_or_mismatched_caches_are_refused(setup, tmp_path) -> None:
 
 
 def test_cache_features_then_lamm_train_reads_it(tmp_path: Path) -> None:
-    """What a user types: `lamm cache-features OVERRIDES data.feature_cache=DIR`, then lamm-train with the same."""
+    """What a user types: `lamm cache-features OVERRIDES data.feature_cache=DIR`, then lamm-train with the same
+    (plus data.packing=true data.group_by_length=true)."""
     overrides = ["debug=fast", "data.synth.sizes.train=8", "data.synth.sizes.test=2", f"paths.data_dir={tmp_path / 'data'}",
                  "model/policy=align", "model.encoder.allow_random_frozen=true", f"data.feature_cache={tmp_path / 'feats'}"]
-    made = subprocess.run([str(BIN / "lamm"), "cache-features", *overrides], capture_output=True, text=True, timeout=300)
+    made = subprocess.run([str(BIN / "lamm"), "cache-features", *overrides], capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-2000:]
     assert "image: 8 media, 8 computed now" in made.stdout
+    # The same run packs its samples and groups them by length too (one training run for all three switches).
     run = subprocess.run([str(BIN / "lamm-train"), *overrides, "trainer.max_steps=2", f"paths.runs_dir={tmp_path / 'runs'}",
-                          "logger=[csv]"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          "logger=[csv]", "data.packing=true", "data.group_by_length=true"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert list((tmp_path / "runs").glob("**/checkpoints/last.ckpt"))

@@ -49,7 +49,7 @@ COVERED_BY = {
     "model.llm.path=/models/vicuna-13b-v1.5 data.path=/data/llava/blip_laion_cc_sbu_558k.json "
     "data.feature_cache=/data/feats/llava15": "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
     ".venv/bin/lamm-train experiment=quickstart data.packing=true data.group_by_length=true":
-        "tests/test_packing.py::test_lamm_train_packs_and_groups_by_length",
+        "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
     ".venv/bin/lamm-train trainer=ddp_cpu debug=fast": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
     ".venv/bin/lamm-eval benchmark=shapes_ppl checkpoint=runs/quickstart-prefix/<time>":
         "tests/test_bench_eval.py::test_run_source",
