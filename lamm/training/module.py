@@ -48,7 +48,8 @@ class LammModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> "LammModule":
         super().train(mode)
-        if mode and self.model.policy.encoder == "frozen":
+        policy = getattr(self.model, "policy", None)  # set by lamm.build.build_model
+        if mode and policy is not None and policy.encoder == "frozen":
             # A frozen encoder computes features, it does not learn: no dropout, no batch-norm statistics
             # updates (and its outputs match a frozen-feature cache, which is computed in eval mode).
             for encoder in self.model.encoders.values():
