@@ -71,7 +71,9 @@ class Collator:
                     rows.append(row)
                     owners.append(s.id)
             if tensors:
-                media[modality] = MediaBatch(self._stack(modality, tensors, owners), torch.tensor(rows, dtype=torch.long))
+                encoded = any(modality in s.encoded for s in samples)
+                media[modality] = MediaBatch(self._stack(modality, tensors, owners), torch.tensor(rows, dtype=torch.long),
+                                             encoded)
         return Batch(input_ids=input_ids, attention_mask=mask, labels=labels, media=media, ids=[s.id for s in samples])
 
 

@@ -42,6 +42,9 @@ class DataConfig:
     seed: int = 0
     pad_side: str = "right"
     media_limits: dict[str, Any] | None = None  # MediaLimits overrides (datasets/media.py); null = defaults
+    feature_cache: str | None = None  # a `lamm cache-features` folder: frozen encoders' outputs read, not computed
+    packing: bool = False  # several samples per row up to max_length (block-diagonal attention)
+    group_by_length: bool = False  # batches of similar length (less padding), an alternative to packing
     extra: dict[str, Any] = field(default_factory=dict)
     _consumed: set[str] = field(default_factory=set, repr=False)
 

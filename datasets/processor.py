@@ -42,6 +42,8 @@ class ProcessedSample:
     truncated: bool = False
     # training=False: the final assistant turn the prompt stops before (the reference answer), if any.
     target: str | None = None
+    # Modalities whose `media` tensors are encoder outputs from a feature cache (not encoder inputs).
+    encoded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -223,6 +225,10 @@ class Processor:
         """Load and transform media with each modality's encoder transform."""
         out: dict[str, list[torch.Tensor]] = {}
         for ref in refs:
+            cached = self.media_specs[ref.modality].features
+            if cached is not None:  # a frozen-feature cache replaces loading, transform and encoder
+                out.setdefault(ref.modality, []).append(cached(ref))
+                continue
             try:
                 raw = load_media(ref)
             except DataError as err:
@@ -252,4 +258,5 @@ class Processor:
             media=self.load_media(sample, tok.media),
             truncated=tok.truncated,
             target=self.split_target(sample)[1],
+            encoded=frozenset(m for m, spec in self.media_specs.items() if spec.features is not None),
         )

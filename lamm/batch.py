@@ -15,14 +15,16 @@ class MediaBatch:
     """All media of one modality in a batch, in text order (by sample, then by appearance).
 
     `data` is what the encoder takes: images [M, C, H, W], videos [M, F, C, H, W], point clouds
-    [M, P, 3+C]; `sample_index[m]` is the batch row that owns medium m.
+    [M, P, 3+C]; `sample_index[m]` is the batch row that owns medium m. `encoded`: `data` already
+    holds the encoder's outputs [M, S, D] (read from a frozen-feature cache), so the encoder is skipped.
     """
 
     data: torch.Tensor
     sample_index: torch.Tensor
+    encoded: bool = False
 
     def to(self, device: torch.device | str) -> "MediaBatch":
-        return MediaBatch(self.data.to(device), self.sample_index.to(device))
+        return MediaBatch(self.data.to(device), self.sample_index.to(device), self.encoded)
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -37,6 +39,9 @@ class Batch:
     labels: torch.Tensor | None = None
     media: dict[str, MediaBatch] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
+    # Packed rows (data.packing): each sample's own position ids, restarting at 0 where a sample starts;
+    # attention then stays within a sample. None: one sample per row, positions from the attention mask.
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
@@ -45,6 +50,7 @@ class Batch:
             labels=None if self.labels is None else self.labels.to(device),
             media={k: v.to(device) for k, v in self.media.items()},
             ids=list(self.ids),
+            position_ids=None if self.position_ids is None else self.position_ids.to(device),
         )
 
     def __len__(self) -> int:
@@ -58,6 +64,8 @@ class MediaSpec:
     transform: "Callable[[Any], torch.Tensor]"
     # Tokens the projector makes of one medium; the fusion's TextLayout turns it into placeholders.
     projected_tokens: int
+    # Set by a frozen-feature cache: medium reference -> the encoder's outputs [S, D], replacing load + transform.
+    features: "Callable[[Any], torch.Tensor] | None" = None
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,14 @@ class MultimodalLM(nn.Module):
                 extra["media_positions"] = _position_in_sample(item.sample_index)
             if "frames" in time_inputs:
                 extra["frames"] = getattr(encoder, "frames_per_medium", 1)
-            tokens = projector(encoder(item.data), **extra)
+            if item.encoded:  # the encoder's outputs, read from a frozen-feature cache
+                features = item.data
+            elif item.data.requires_grad or any(p.requires_grad for p in encoder.parameters()):
+                features = encoder(item.data)
+            else:  # a frozen encoder: no autograd bookkeeping for a graph nothing would use
+                with torch.no_grad():
+                    features = encoder(item.data)
+            tokens = projector(features, **extra)
             out[modality] = MediaTokens(tokens, item.sample_index)
         return out
 
@@ -159,11 +166,27 @@ class MultimodalLM(nn.Module):
     def prefill(self, batch: Batch, use_cache: bool = True) -> Prefill:
         """Run prompts once: media encoded, the fusion applied, the decoder's states and KV cache kept."""
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        if batch.position_ids is not None:
+            for modality in batch.media:
+                if "media_positions" in getattr(self.projectors[modality], "time_inputs", ()):
+                    raise ValueError(f"data.packing: the {modality} projector numbers media within a sample "
+                                     "(media position embeddings), which a packed row does not keep; train unpacked")
         media = self.encode_media(batch.media)
         embeds = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
-        state = self.fusion.begin(input_ids, media)
-        positions = _positions(attention_mask)
-        hidden, cache = self._decode(embeds, attention_mask, positions, state, input_ids, use_cache=use_cache)
+        if batch.position_ids is None:
+            state = self.fusion.begin(input_ids, media)
+            positions = _positions(attention_mask)
+            llm_mask = attention_mask
+        else:  # packed rows: samples told apart by their positions restarting at 0
+            if not self.fusion.supports_packing:
+                raise ValueError(f"data.packing: the {type(self.fusion).__name__} fusion cannot keep packed samples apart")
+            if use_cache:
+                raise ValueError("packed rows (Batch.position_ids) are for training: a KV cache would mix their samples")
+            positions = batch.position_ids
+            state = self.fusion.begin(input_ids, media, segments=packed_segments(positions))
+            # No 2-D mask: the LLM derives the block-diagonal causal mask (or flash-attention varlen) from the positions.
+            llm_mask = None
+        hidden, cache = self._decode(embeds, llm_mask, positions, state, input_ids, use_cache=use_cache)
         return Prefill(hidden, cache, state, positions, attention_mask)
 
     def _decode(self, embeds, attention_mask, position_ids, state, input_ids, past=None, use_cache=False):
@@ -265,7 +288,7 @@ class MultimodalLM(nn.Module):
             select = torch.cat([of_prompt[o] for o in owners])
             if len(select):
                 row_of = torch.cat([torch.full((len(of_prompt[o]),), r, dtype=torch.long) for r, o in enumerate(owners)])
-                media[modality] = MediaBatch(item.data[select], row_of.to(item.sample_index.device))
+                media[modality] = MediaBatch(item.data[select], row_of.to(item.sample_index.device), item.encoded)
         batch = Batch(ids.to(device), mask.to(device), labels.to(device), media)
         out = self(batch, logits="labels")
         targets = batch.labels[:, 1:]
@@ -394,6 +417,11 @@ class MultimodalLM(nn.Module):
                     if buf is not None and name not in module._non_persistent_buffers_set:
                         out[f"{prefix}.{name}" if prefix else name] = buf
         return out
+
+
+def packed_segments(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T]: which packed sample of its row each token belongs to (a new one wherever positions restart)."""
+    return (position_ids == 0).long().cumsum(1) - 1
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

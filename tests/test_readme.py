@@ -42,6 +42,14 @@ COVERED_BY = {
     ".venv/bin/lamm-train -m model/fusion=prefix,gated_xattn debug=fast":
         "tests/test_training.py::test_multirun_gives_one_folder_per_fusion",
     ".venv/bin/lamm-train experiment=quickstart resume=auto": "tests/test_training.py::test_exact_resume_after_sigkill",
+    ".venv/bin/lamm cache-features experiment=llava15_stage1 model.encoder.path=/models/clip-vit-large-patch14-336 "
+    "model.llm.path=/models/vicuna-13b-v1.5 data.path=/data/llava/blip_laion_cc_sbu_558k.json "
+    "data.feature_cache=/data/feats/llava15": "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
+    ".venv/bin/lamm-train experiment=llava15_stage1 model.encoder.path=/models/clip-vit-large-patch14-336 "
+    "model.llm.path=/models/vicuna-13b-v1.5 data.path=/data/llava/blip_laion_cc_sbu_558k.json "
+    "data.feature_cache=/data/feats/llava15": "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
+    ".venv/bin/lamm-train experiment=quickstart data.packing=true data.group_by_length=true":
+        "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
     ".venv/bin/lamm-train trainer=ddp_cpu debug=fast": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
     ".venv/bin/lamm-train data=webdataset 'data.path=\"/data/shards/train-{000000..000099}.tar\"' trainer=ddp":
         "tests/test_streaming.py::test_two_processes_two_workers_read_every_sample_once_per_epoch",

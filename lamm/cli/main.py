@@ -1,5 +1,5 @@
 """The umbrella `lamm` command: `lamm registry`, `lamm synth`, `lamm demo`, `lamm recipes`, `lamm import`,
-`lamm export`."""
+`lamm export`, `lamm cache-features`."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamm.cli.zoo import add_parsers as add_zoo_parsers
 
     add_zoo_parsers(sub)
+    from lamm.cli.features import add_parser as add_features_parser
+
+    add_features_parser(sub)
     return parser
 
 

@@ -38,6 +38,9 @@ class Fusion(nn.Module, ABC):
     # True when tokens after a cached prompt need no conditioning beyond that cache, so scoring
     # runs each prompt once and continues every candidate from its repeated cache.
     shares_prompt_cache: bool = True
+    # True when `begin` takes `segments` ([B, T] packed-sample index of each token) and keeps each packed
+    # sample's media to that sample (data.packing).
+    supports_packing: bool = False
 
     def attach(self, llm: Any) -> None:
         """Hook into the LLM once, after it is loaded and before LoRA is applied."""
@@ -46,8 +49,8 @@ class Fusion(nn.Module, ABC):
     def embed(self, input_ids: torch.Tensor, embeds: torch.Tensor, media: dict[str, MediaTokens]) -> torch.Tensor:
         """Input embeddings with media applied (identity for cross-attention fusion)."""
 
-    def begin(self, input_ids: torch.Tensor, media: dict[str, MediaTokens]) -> Any:
-        """Per-call conditioning state (None when the fusion needs none)."""
+    def begin(self, input_ids: torch.Tensor, media: dict[str, MediaTokens], segments: torch.Tensor | None = None) -> Any:
+        """Per-call conditioning state (None when the fusion needs none); `segments`: see `supports_packing`."""
         return None
 
     def layer_kwargs(self, state: Any, input_ids: torch.Tensor) -> dict[str, Any]:

@@ -150,6 +150,9 @@ class CrossAttentionState:
     only_latest: bool
     kv_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # block key -> K/V
     closed: torch.Tensor | None = None  # [B]: an end of sequence came after the most recent media (eos_ends_media)
+    # Packed rows: [B, T] packed-sample index of each token of the call, and [B, L] of each key.
+    segments: torch.Tensor | None = None
+    key_segment: torch.Tensor | None = None
 
 
 class CallConditioning:
@@ -158,9 +161,11 @@ class CallConditioning:
     A plain class, not a dataclass: wrappers that rebuild dataclasses found in a layer's arguments
     (FSDP's mixed-precision input cast) would hand each layer a copy, and `calls` would stay empty."""
 
-    def __init__(self, state: CrossAttentionState, token_slot: torch.Tensor) -> None:
+    def __init__(self, state: CrossAttentionState, token_slot: torch.Tensor,
+                 token_segment: torch.Tensor | None = None) -> None:
         self.state = state
         self.token_slot = token_slot  # [B, T]
+        self.token_segment = token_segment  # [B, T] packed rows: each token's sample
         self.calls: list[int] = []  # layers that consumed it (detects dropped kwargs)
 
 
@@ -172,6 +177,7 @@ class GatedCrossAttentionFusion(Fusion):
     layout = TextLayout(placeholders=1, chunk_end=END_OF_CHUNK)
     # Every later token attends to the media through per-token state, not through the prompt's cache.
     shares_prompt_cache = False
+    supports_packing = True  # each packed sample's tokens attend to that sample's media only
 
     def __init__(
         self,
@@ -277,6 +283,8 @@ class GatedCrossAttentionFusion(Fusion):
         key_slot = state.key_slot.view(1, 1, -1)
         visible = key_slot == slot if state.only_latest else key_slot <= slot
         allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
+        if cond.token_segment is not None:
+            allowed = allowed & (cond.token_segment.unsqueeze(-1) == state.key_segment.unsqueeze(1))
         return block(hidden.to(dtype), kv, allowed, allowed.any(-1)).to(hidden.dtype)
 
     # -- per-call conditioning ---------------------------------------------------------------
@@ -284,8 +292,9 @@ class GatedCrossAttentionFusion(Fusion):
     def embed(self, input_ids: torch.Tensor, embeds: torch.Tensor, media: dict[str, MediaTokens]) -> torch.Tensor:
         return embeds
 
-    def begin(self, input_ids: torch.Tensor, media: dict[str, MediaTokens]) -> CrossAttentionState:
-        """Lay the media out per sample in text order (slot s = the s-th media token of the row)."""
+    def begin(self, input_ids: torch.Tensor, media: dict[str, MediaTokens],
+              segments: torch.Tensor | None = None) -> CrossAttentionState:
+        """Lay the media out per row in text order (slot s = the s-th media token of the row)."""
         masks = placeholder_masks(input_ids, self.media_token_ids, PLACEHOLDERS)
         check_media_counts(masks, media, {m: 1 for m in media})
         batch = input_ids.shape[0]
@@ -309,12 +318,20 @@ class GatedCrossAttentionFusion(Fusion):
             valid[rows, slot_of_position[rows, cols], :k] = True
         key_slot = torch.arange(num_slots, device=ref.device).repeat_interleave(max_tokens)
         media = slots.flatten(1, 2)
+        key_segment = None
+        if segments is not None:  # each slot belongs to the packed sample its placeholder is in
+            slot_segment = torch.full((batch, num_slots), -1, dtype=torch.long, device=ref.device)
+            rows, cols = any_media.nonzero(as_tuple=True)
+            slot_segment[rows, slot_of_position[rows, cols]] = segments[rows, cols]
+            key_segment = slot_segment.repeat_interleave(max_tokens, dim=1)
         return CrossAttentionState(
             media=self.media_norm(media) if self.media_norm is not None else media,
             key_slot=key_slot,
             key_valid=valid.flatten(1, 2),
             last_slot=last,
             only_latest=self.only_latest_media,
+            segments=segments,
+            key_segment=key_segment,
         )
 
     def layer_kwargs(self, state: CrossAttentionState, input_ids: torch.Tensor) -> dict[str, Any]:
@@ -326,7 +343,8 @@ class GatedCrossAttentionFusion(Fusion):
         state.last_slot = token_slot[:, -1]
         if self.eos_ends_media and self.eos_token_id is not None:
             token_slot = token_slot.masked_fill(self._after_eos(state, input_ids, is_media), -1)
-        return {LAYER_KWARG: CallConditioning(state, token_slot)}
+        packed = state.segments is not None and state.segments.shape == input_ids.shape
+        return {LAYER_KWARG: CallConditioning(state, token_slot, state.segments if packed else None)}
 
     def _after_eos(self, state: CrossAttentionState, input_ids: torch.Tensor, is_media: torch.Tensor) -> torch.Tensor:
         """[B, T]: tokens with an end of sequence between them and their most recent medium (the EOS

@@ -16,6 +16,7 @@ class PrefixFusion(Fusion):
 
     layout = TextLayout()  # K placeholders per medium, no chunk marks
     shares_prompt_cache = True  # media live in the prompt's cache only
+    supports_packing = True  # media replace their own placeholders: a packed sample sees only its own
 
     def __init__(self, hidden_size: int | None = None, **_: Any) -> None:
         super().__init__()

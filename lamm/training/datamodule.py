@@ -33,6 +33,7 @@ class LammDataModule(L.LightningDataModule):
         self.data_cfg = data_cfg
         self.config = DataConfig.from_any(data_cfg)
         self.media_specs = model.media_specs()
+        self.encoders = dict(model.encoders)  # a frozen-feature cache is checked against them
         self.tokenizer = model.tokenizer
         self.layout = model.fusion.layout  # how the model's fusion writes media into the text
         self.max_steps, self.accumulate = max_steps, accumulate
@@ -48,10 +49,20 @@ class LammDataModule(L.LightningDataModule):
         from lamm.datasets import build_dataset
 
         if self.train_set is None:
-            self.train_set = build_dataset(self.data_cfg, self.media_specs, self.tokenizer, self.layout)
+            specs, caches = self.media_specs, []
+            if self.config.feature_cache:
+                from lamm.datasets.feature_cache import media_references, with_feature_cache
+
+                specs, caches = with_feature_cache(self.config.feature_cache, specs, self.encoders)
+            self.train_set = build_dataset(self.data_cfg, specs, self.tokenizer, self.layout)
+            for cached in caches:  # every medium's features present: refused here, not mid-run
+                cached.check(media_references(self.train_set))
             if not hasattr(self.train_set, "__len__") and not self.streams:
                 raise ValueError(f"data.name={self.config.name}: this dataset streams without a resumable position; "
                                  "lamm-train needs a map-style dataset or a lamm.datasets.streaming stream")
+            if self.streams and (self.config.packing or self.config.group_by_length):
+                raise ValueError(f"data.packing and data.group_by_length need a map-style dataset; data.name="
+                                 f"{self.config.name} streams (set both to false)")
 
     @property
     def streams(self) -> bool:
@@ -78,16 +89,20 @@ class LammDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         from lamm.datasets import build_collator
+        from lamm.datasets.packing import PackingCollator, sample_lengths
 
         bs = self.config.batch_size
         collate = build_collator(self.tokenizer, self.config.pad_side)
         if self.streams:
             return self._stream_loader(collate)
+        lengths = sample_lengths(self.train_set) if self.config.group_by_length else None
         sampler = ResumableStreamSampler(
             len(self.train_set), self.max_steps * self.accumulate * bs, seed=self.config.seed,
-            shuffle=self.config.shuffle, world_size=self.world_size, rank=self.rank, batch_size=bs,
+            shuffle=self.config.shuffle, world_size=self.world_size, rank=self.rank, batch_size=bs, lengths=lengths,
         )
         sampler.start_global = self.consumed
+        if self.config.packing:  # the same samples per step, packed into fewer rows
+            collate = PackingCollator(collate.pad_token_id, self.config.max_length)
         return DataLoader(
             self.train_set, batch_size=bs, sampler=sampler, num_workers=self.config.num_workers,
             collate_fn=collate, persistent_workers=False, drop_last=True,

@@ -54,6 +54,16 @@ class LammModule(L.LightningModule):
         if self._trainer is not None and is_sharded(self.trainer.strategy):
             self.trainer.strategy.shard(self)
 
+    def train(self, mode: bool = True) -> "LammModule":
+        super().train(mode)
+        policy = getattr(self.model, "policy", None)  # set by lamm.build.build_model
+        if mode and policy is not None and policy.encoder == "frozen":
+            # A frozen encoder computes features, it does not learn: no dropout, no batch-norm statistics
+            # updates (and its outputs match a frozen-feature cache, which is computed in eval mode).
+            for encoder in self.model.encoders.values():
+                encoder.eval()
+        return self
+
     # -- steps ---------------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int):
@@ -69,7 +79,8 @@ class LammModule(L.LightningModule):
             )
         now = time.perf_counter()
         if self._last_time is not None:
-            rate = len(batch) * self.trainer.world_size / max(now - self._last_time, 1e-9)
+            samples = len(batch.ids) or len(batch)  # packed rows hold several samples each
+            rate = samples * self.trainer.world_size / max(now - self._last_time, 1e-9)
             self.log("samples_per_s", rate, prog_bar=True, on_step=True, batch_size=len(batch))
         self._last_time = now
         # One key whichever method gives the loss (Lightning repeats a key's last value once it stops being logged).

@@ -6,6 +6,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
+GROUP_WINDOW = 50  # global batches whose samples are sorted by length together (data.group_by_length)
+
 
 class ResumableStreamSampler(Sampler[int]):
     """Yields `total` indices per rank: pass p over the data is a permutation seeded by (seed, p).
@@ -16,9 +18,12 @@ class ResumableStreamSampler(Sampler[int]):
     """
 
     def __init__(self, dataset_len: int, total_per_rank: int, seed: int = 0, shuffle: bool = True,
-                 world_size: int = 1, rank: int = 0, batch_size: int = 1) -> None:
+                 world_size: int = 1, rank: int = 0, batch_size: int = 1, lengths: list[int] | None = None) -> None:
         if dataset_len <= 0:
             raise ValueError("the training dataset is empty")
+        # data.group_by_length: each pass's order sorted by length within windows of GROUP_WINDOW global
+        # batches, so a batch holds similar lengths (little padding); still a function of (seed, pass).
+        self.lengths = lengths
         self.dataset_len = dataset_len
         self.total_per_rank = total_per_rank
         self.seed, self.shuffle = seed, shuffle
@@ -34,6 +39,10 @@ class ResumableStreamSampler(Sampler[int]):
                 perm = torch.randperm(self.dataset_len, generator=g).tolist()
             else:
                 perm = list(range(self.dataset_len))
+            if self.lengths is not None:
+                window = GROUP_WINDOW * self.batch_size * self.world_size
+                perm = [i for w in range(0, len(perm), window)
+                        for i in sorted(perm[w:w + window], key=lambda i: -self.lengths[i])]
             for i in perm[offset:]:
                 yield i
                 index += 1
