@@ -148,6 +148,7 @@ class CallConditioning:
     state: CrossAttentionState
     token_slot: torch.Tensor  # [B, T]
     calls: list[int] = field(default_factory=list)  # layers that consumed it (detects dropped kwargs)
+    visible: tuple[torch.Tensor, torch.Tensor] | None = None  # (allowed [B, T, L], has_media [B, T]), once per call
 
 
 @FUSIONS.register("gated_xattn")
@@ -254,11 +255,13 @@ class GatedCrossAttentionFusion(Fusion):
             # Training: each block runs once per forward anyway, and a cache would hand
             # gradient-less tensors to a reentrant activation-checkpointing recompute.
             kv = block.keys_values(state.media.to(dtype))
-        slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
-        key_slot = state.key_slot.view(1, 1, -1)
-        visible = key_slot == slot if state.only_latest else key_slot <= slot
-        allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
-        return block(hidden.to(dtype), kv, allowed, allowed.any(-1)).to(hidden.dtype)
+        if cond.visible is None:  # the same for every block of this call
+            slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
+            key_slot = state.key_slot.view(1, 1, -1)
+            visible = key_slot == slot if state.only_latest else key_slot <= slot
+            allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
+            cond.visible = (allowed, allowed.any(-1))
+        return block(hidden.to(dtype), kv, *cond.visible).to(hidden.dtype)
 
     # -- per-call conditioning ---------------------------------------------------------------
 
