@@ -17,6 +17,7 @@ from lamm.batch import IGNORE_INDEX, Batch, Continuation, MediaBatch, MediaSpec
 from lamm.fusion.base import Fusion, MediaTokens
 from lamm.llm.language_model import LanguageModel
 from lamm.llm.lora_merge import merged_lora
+from lamm.llm.onednn_linear import onednn_linears
 
 
 @dataclass
@@ -295,6 +296,7 @@ class MultimodalLM(nn.Module):
         streamer: Any = None,
         merge_lora: bool | str = "auto",
         static_cache: bool = True,
+        onednn: bool = True,
     ) -> torch.Tensor:
         """Batched decoding with KV cache; returns the new tokens [B, <=max_new_tokens] (pad after EOS).
 
@@ -306,8 +308,10 @@ class MultimodalLM(nn.Module):
         the originals are restored untouched): True, False, or "auto" (when the copies need <= 1 GiB).
         `static_cache` keeps keys/values in one buffer sized for prompt + new tokens, written in place
         (a dynamic cache re-allocates every layer's keys/values at every step); False: a dynamic cache.
+        `onednn` runs the LLM's and the fusion's fp32 CPU linears on oneDNN, which streams weights faster than
+        MKL at decoding's few rows (`lamm.llm.onednn_linear`); no effect on other devices and dtypes.
         """
-        with merged_lora(self, merge_lora):
+        with merged_lora(self, merge_lora), onednn_linears(self.llm, onednn), onednn_linears(self.fusion, onednn):
             return self._generate(batch, max_new_tokens, do_sample, temperature, top_p, eos_token_id,
                                   use_cache, generator, streamer, static_cache)
 

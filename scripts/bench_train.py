@@ -1,39 +1,45 @@
-"""Training and generation speed of lamm's MultimodalLM against the peers that ship inside transformers,
-measured side by side in one run on one shared configuration.
+"""Training and generation speed and peak memory of lamm's MultimodalLM against its peers (HF LLaVA, HF
+IDEFICS, OpenFlamingo from PyPI), measured side by side in one run on one shared configuration.
 
-    /work/main/.venv/bin/python -P scripts/bench_train.py                  # defaults (~6 min here)
-    /work/main/.venv/bin/python -P scripts/bench_train.py --steps 10 --gen-repeats 5
-    /work/main/.venv/bin/python -P scripts/bench_train.py --models ours_prefix,llava --no-gen
-    /work/main/.venv/bin/python -P scripts/bench_train.py --peer-logits-to-keep   # peers compute logits only at the tail
+    .venv/bin/python -P scripts/bench_train.py                   # everything, 5 interleaved rounds
+    .venv/bin/python -P scripts/bench_train.py --quick           # smoke run: 2 rounds, 8 new tokens
+    .venv/bin/python -P scripts/bench_train.py --models ours_prefix,llava --no-gen
+    .venv/bin/python -P scripts/bench_train.py --no-train --no-gen   # only the peak-RSS processes
 
 Shared configuration
     LLM      real SmolLM2-135M-Instruct (lamm's `smollm2_135m` loader), frozen, fp32, peft LoRA r=8 alpha=16
              dropout=0.05 on the decoder's q_proj and v_proj only
     vision   384 wide, 6 layers, 6 heads, MLP 1536, 224 px / patch 32 = 49 patches, frozen, random
              (ours: `small_vit`; LLaVA: CLIPVisionModel (+CLS = 50 tokens, CLS dropped by LLaVA);
-             Idefics: IdeficsVisionTransformer (+CLS = 50 tokens, all 50 fed to its perceiver))
-    batch    4 samples x exactly 128 LLM positions, one image each, loss on the last 8 tokens only
+             Idefics: IdeficsVisionTransformer (+CLS, all 50 fed to its perceiver); OpenFlamingo: open_clip
+             ViT (+CLS, its 49 patch tokens fed to its perceiver))
+    batch    4 samples x exactly 128 LLM positions, one image each; labels on the response: the last
+             `--label-fraction` (default half) of each sample's positions, as in instruction data
     prefix   ours: small_vit -> mlp (384->576->576, GELU) -> placeholders.  Peer: LlavaForConditionalGeneration
              (LLaVA projector has the same shape; ours' projector weights are copied into it)
     xattn    ours: small_vit -> perceiver (64 latents, depth 2, 6 heads x 64, ff x4) -> gated_xattn every 2nd
-             layer (9 heads x 64, ff x4).  Peer: IdeficsForVisionText2Text (perceiver 64 latents, depth 2,
+             layer (9 heads x 64, ff x4).  Peers: IdeficsForVisionText2Text (perceiver 64 latents, depth 2,
              6 heads x 64; gated cross-attention every 2nd layer, 9 heads, SwiGLU MLP 1536 - same parameter
-             count as ours' ff x4)
-    generate batch 4, one image + 32-token prompt, 32 new tokens forced (greedy, no EOS stop)
+             count as ours' ff x4) and OpenFlamingo 2.0.1 (its perceiver set to the same depth 2, 6 heads x 64,
+             64 latents; its cross-attention every 2nd layer has a fixed 8 heads x 64, ff x4)
+    generate batch 4, one image + 32-token prompt, 32 new tokens forced (greedy, no EOS stop); each model
+             through its own generation API (OpenFlamingo: a greedy loop over its forward with its KV cache
+             and cached media, since its generate() cannot run on transformers 5.x)
 
-Timing: every model is built first; then the training steps of all models are interleaved round by round
-(so load from other work on this shared CPU hits every model alike) and the median step is reported; same
-for generation.  Each step is forward + backward + AdamW step over the trainable parameters.
-Memory: peak process RSS sampled every 2 ms by a psutil thread during each step, minus the RSS right
-before the step (glibc's free heap is returned with malloc_trim(0) first), i.e. the step's transient
-memory (activations, gradients, optimizer state growth); the resident weights of all models are printed
-separately.  torch has no CPU allocator statistics, and tracemalloc / ru_maxrss do not see torch's heap
-per phase, hence RSS sampling.
-FLOPs: counted on one extra (untimed) step of each model with torch.utils.flop_counter.FlopCounterMode -
-every matmul that actually runs (2*m*n*k), so backward counts only the gradients autograd computes - plus
-SDPA, which the counter does not know on CPU: 4*B*H*Lq*Lk*dh forward, 8*B*H*Lq*Lk*dh backward (causal
-masking not discounted).  An analytic formula for the LLM part is printed next to it.  The CPU's fp32
-peak is measured in the same run from a 2048^3 torch.mm.
+Timing: every model is built first; then `--rounds` rounds each run one training step of every model, the
+order reversed every other round (A B, B A, ...), so load from other work on this shared CPU hits every
+model alike; generation likewise.  The table's ratio is the median over rounds of (peer time / ours time),
+> 1 meaning ours is faster, with its min..max spread.  Each step is forward + backward + AdamW step over the
+trainable parameters.
+Memory: each model alone in a fresh process (built, SmolLM2 for the peers' weights freed, glibc heap trimmed),
+its peak RSS sampled every 2 ms by a psutil thread over 2 training steps, then over 2 generate() calls.
+The per-model table's "step mem" is the transient RSS growth of a step in the shared process.
+FLOPs: counted on one extra (untimed) training step and one generate() of each model with
+torch.utils.flop_counter.FlopCounterMode - every matmul that actually runs (2*m*n*k) - plus SDPA, which the
+counter does not know on CPU: 4*B*H*Lq*Lk*dh forward, 8*B*H*Lq*Lk*dh backward.  The CPU's fp32 peak is
+measured in the same run from a 2048^3 torch.mm; "x FLOP limit" = generate() time per new token / (its FLOPs
+per new token / that peak).
+The table is also written as JSON (`--json`).
 """
 from __future__ import annotations
 
@@ -696,7 +702,10 @@ def main() -> None:
           f"interleaved rounds, generate {args.gen_prompt}+image -> {args.gen_new} new (greedy, no EOS stop)")
 
     memory = {} if args.no_memory else measure_memory(args, args.names, workdir)
-    runners = build_all(args, args.names, workdir)
+    if args.no_train and args.no_gen:
+        runners = []
+    else:
+        runners = build_all(args, args.names, workdir)
     print(f"RSS with all models resident: {proc.memory_info().rss / 2**30:.2f} GiB")
     by_name = {r.name: r for r in runners}
 
@@ -764,7 +773,7 @@ def main() -> None:
               f"{(max(r.step_times) if r.step_times else float('nan')):<6.2f} {args.batch / med:9.2f} "
               f"{(max(r.step_mem) / 2**20 if r.step_mem else float('nan')):12.0f} {r.flops / 1e9:10.0f} "
               f"{100 * achieved / peak:5.1f} {gen_med:11.3f} {1e3 * per_token:12.1f} {per_token / limit:12.1f}")
-    if runners[0].losses:
+    if runners and runners[0].losses:
         print()
         print("losses (first .. last step, sanity):", ", ".join(f"{r.name} {r.losses[0]:.2f}..{r.losses[-1]:.2f}"
                                                            for r in runners))
@@ -773,13 +782,11 @@ def main() -> None:
 
     rows = []
     for ours, peer, gen_target in PAIRS:
-        if ours not in by_name or peer not in by_name:
-            continue
-        o, p = by_name[ours], by_name[peer]
-        if o.step_times:
+        o, p = by_name.get(ours), by_name.get(peer)
+        if o is not None and p is not None and o.step_times:
             rows.append(ratio_row("training samples/s", o, p, o.step_times, p.step_times, "samples/s",
                                   args.batch, TRAIN_TARGET[peer]))
-        if o.gen_times:
+        if o is not None and p is not None and o.gen_times:
             rows.append(ratio_row(f"generation {args.batch}x{args.gen_new} new tokens", o, p, o.gen_times,
                                   p.gen_times, "s", 0, gen_target))
         if ours in memory and peer in memory:

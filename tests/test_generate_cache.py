@@ -1,4 +1,5 @@
-"""Generation's fast path (static KV cache, no step after the last token) gives the plain path's tokens."""
+"""Generation's fast path (static KV cache, oneDNN linears, no step after the last token) gives the plain
+path's tokens."""
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,8 @@ def test_static_cache_gives_the_dynamic_caches_and_the_uncached_tokens(models, f
     for side in ("left", "right"):
         batch = _batch(model, side)
         static = model.generate(batch, max_new_tokens=12, eos_token_id=-1)
-        dynamic = model.generate(batch, max_new_tokens=12, eos_token_id=-1, static_cache=False)
-        plain = model.generate(batch, max_new_tokens=12, eos_token_id=-1, use_cache=False)
+        dynamic = model.generate(batch, max_new_tokens=12, eos_token_id=-1, static_cache=False, onednn=False)
+        plain = model.generate(batch, max_new_tokens=12, eos_token_id=-1, use_cache=False, onednn=False)
         assert static.shape == (2, 12)
         assert torch.equal(static, dynamic) and torch.equal(static, plain), side
         # Sampling with the same generator draws the same tokens on both caches.
@@ -60,3 +61,21 @@ def test_n_new_tokens_take_one_prefill_and_n_minus_1_decoder_steps(models, stati
     calls.clear()
     assert model.generate(batch, max_new_tokens=1, eos_token_id=-1, static_cache=static_cache).shape == (2, 1)
     assert calls == [batch.input_ids.shape[1]]
+
+
+def test_onednn_linears_switch_only_inside_the_block_and_only_without_grad(models) -> None:
+    from lamm.llm.onednn_linear import available, onednn_linears
+
+    if not available():
+        pytest.skip("this torch has no oneDNN")
+    model = models["gated_xattn"]
+    linears = [m for m in model.llm.modules() if type(m) is nn.Linear]
+    x = torch.randn(3, linears[0].in_features)
+    expected = linears[0](x)
+    with onednn_linears(model.llm) as count:
+        assert count == len(linears) > 0
+        with torch.no_grad():
+            assert torch.allclose(linears[0](x), expected, atol=1e-5)
+        y = linears[0](x.requires_grad_())  # training keeps F.linear and its gradient
+        assert torch.equal(y, expected) and y.grad_fn is not None
+    assert not any("forward" in vars(m) for m in linears)
