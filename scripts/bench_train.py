@@ -720,6 +720,7 @@ def main() -> None:
                 r.losses.append(r.train_step())
                 r.step_times.append(time.perf_counter() - t0)
             r.step_mem.append(mem.delta)
+            print(f"  training step {r.name}: {r.step_times[-1]:.2f} s", flush=True)
 
         interleaved(runners, args.rounds, train_once)
 
@@ -743,6 +744,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r.generate()
                 r.gen_times.append(time.perf_counter() - t0)
+                print(f"  generate {r.name}: {r.gen_times[-1]:.2f} s", flush=True)
 
             interleaved(runners, args.rounds, gen_once)
 
