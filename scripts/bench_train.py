@@ -225,7 +225,7 @@ def build_ours(args, fusion: str, data) -> Runner:
 
     def gen():
         model.eval()
-        out = model.generate(gen_batch, max_new_tokens=args.gen_new, eos_token_id=-1)
+        out = model.generate(gen_batch, max_new_tokens=args.gen_new, eos_token_id=-1, onednn=not args.no_onednn)
         model.train()
         assert out.shape == (len(gen_ids), args.gen_new), out.shape
         return out
@@ -547,6 +547,7 @@ def parse_args(argv=None):
     parser.add_argument("--perceiver-depth", type=int, default=2)
     parser.add_argument("--peer-logits-to-keep", action="store_true",
                         help="peers compute logits only at the labelled tail (not their default)")
+    parser.add_argument("--no-onednn", action="store_true", help="ours' generate() with onednn=False (MKL linears)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "inherit"],
                         help="OMP_WAIT_POLICY set before torch loads (default PASSIVE; 'inherit' keeps the env's). "
@@ -644,7 +645,8 @@ def measure_memory(args, names: list[str], workdir: Path) -> dict[str, dict]:
                "--threads", str(args.threads), "--workdir", str(workdir), "--batch", str(args.batch),
                "--seq", str(args.seq), "--label-fraction", str(args.label_fraction),
                "--gen-prompt", str(args.gen_prompt), "--gen-new", str(args.gen_new),
-               "--perceiver-depth", str(args.perceiver_depth), "--omp-wait-policy", args.omp_wait_policy]
+               "--perceiver-depth", str(args.perceiver_depth), "--omp-wait-policy", args.omp_wait_policy,
+               *(["--no-onednn"] if args.no_onednn else [])]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:  # reported, and the timing still runs
             print(f"memory run of {name} failed:\n{result.stderr[-3000:]}")
