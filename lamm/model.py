@@ -17,6 +17,7 @@ from lamm.batch import IGNORE_INDEX, Batch, Continuation, MediaBatch, MediaSpec
 from lamm.fusion.base import Fusion, MediaTokens
 from lamm.llm.language_model import LanguageModel
 from lamm.llm.lora_merge import merged_lora
+from lamm.llm.onednn_linear import onednn_linears
 
 
 @dataclass
@@ -163,8 +164,11 @@ class MultimodalLM(nn.Module):
             return ModelOutput(loss, selected)
         return ModelOutput(loss, None)
 
-    def prefill(self, batch: Batch, use_cache: bool = True) -> Prefill:
-        """Run prompts once: media encoded, the fusion applied, the decoder's states and KV cache kept."""
+    def prefill(self, batch: Batch, use_cache: bool = True, cache: Any = None) -> Prefill:
+        """Run prompts once: media encoded, the fusion applied, the decoder's states and KV cache kept.
+
+        `cache`: a preallocated cache to fill (a `transformers.StaticCache`); None makes a dynamic one.
+        """
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
         if batch.position_ids is not None:
             for modality in batch.media:
@@ -176,7 +180,7 @@ class MultimodalLM(nn.Module):
         if batch.position_ids is None:
             state = self.fusion.begin(input_ids, media)
             positions = _positions(attention_mask)
-            llm_mask = attention_mask
+            llm_mask = attention_mask if cache is None else _pad_to_cache(attention_mask, cache)
         else:  # packed rows: samples told apart by their positions restarting at 0
             if not self.fusion.supports_packing:
                 raise ValueError(f"data.packing: the {type(self.fusion).__name__} fusion cannot keep packed samples apart")
@@ -186,7 +190,7 @@ class MultimodalLM(nn.Module):
             state = self.fusion.begin(input_ids, media, segments=packed_segments(positions))
             # No 2-D mask: the LLM derives the block-diagonal causal mask (or flash-attention varlen) from the positions.
             llm_mask = None
-        hidden, cache = self._decode(embeds, llm_mask, positions, state, input_ids, use_cache=use_cache)
+        hidden, cache = self._decode(embeds, llm_mask, positions, state, input_ids, past=cache, use_cache=use_cache)
         return Prefill(hidden, cache, state, positions, attention_mask)
 
     def _decode(self, embeds, attention_mask, position_ids, state, input_ids, past=None, use_cache=False):
@@ -313,6 +317,8 @@ class MultimodalLM(nn.Module):
         generator: torch.Generator | None = None,
         streamer: Any = None,
         merge_lora: bool | str = "auto",
+        static_cache: bool = True,
+        onednn: bool = True,
     ) -> torch.Tensor:
         """Batched decoding with KV cache; returns the new tokens [B, <=max_new_tokens] (pad after EOS).
 
@@ -322,22 +328,32 @@ class MultimodalLM(nn.Module):
         the new tokens, one [B] tensor per step (rows already finished get pad), never the prompt.
         `merge_lora` folds LoRA into copies of the adapted weights while decoding (fewer ops per token;
         the originals are restored untouched): True, False, or "auto" (when the copies need <= 1 GiB).
+        `static_cache` keeps keys/values in one buffer sized for prompt + new tokens, written in place
+        (a dynamic cache re-allocates every layer's keys/values at every step); False: a dynamic cache.
+        `onednn` runs the LLM's and the fusion's fp32 CPU linears on oneDNN, which streams weights faster than
+        MKL at decoding's few rows (`lamm.llm.onednn_linear`); no effect on other devices and dtypes.
         """
-        with merged_lora(self, merge_lora):
+        with merged_lora(self, merge_lora), onednn_linears(self.llm, onednn), onednn_linears(self.fusion, onednn):
             return self._generate(batch, max_new_tokens, do_sample, temperature, top_p, eos_token_id,
-                                  use_cache, generator, streamer)
+                                  use_cache, generator, streamer, static_cache)
 
     def _generate(self, batch, max_new_tokens, do_sample, temperature, top_p, eos_token_id, use_cache,
-                  generator, streamer) -> torch.Tensor:
+                  generator, streamer, static_cache=True) -> torch.Tensor:
         tok = self.llm.tokenizer
         eos = _as_list(eos_token_id if eos_token_id is not None else tok.eos_token_id)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         input_ids, attention_mask = batch.input_ids, batch.attention_mask
         eos_t = torch.tensor(eos, device=input_ids.device)
 
+        prompt_length = input_ids.shape[1]
+        # The last new token needs no decoder step after it: prompt + max_new_tokens - 1 positions.
+        cache = self.llm.static_cache(len(input_ids), prompt_length + max(max_new_tokens - 1, 0)) \
+            if use_cache and static_cache else None
         if use_cache:
-            pre = self.prefill(batch, use_cache=True)
+            pre = self.prefill(batch, use_cache=True, cache=cache)
             state, past, positions = pre.state, pre.cache, pre.positions
+            if cache is not None:  # one mask as wide as the cache, opened position by position
+                attention_mask = _pad_to_cache(attention_mask, cache)
         else:  # reference path: keep what re-running the whole sequence needs
             media = self.encode_media(batch.media)
             embeds_so_far = self.fusion.embed(input_ids, self.llm.embed(input_ids), media)
@@ -350,7 +366,7 @@ class MultimodalLM(nn.Module):
         ids_so_far = input_ids
         finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
         new_tokens = []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             step_logits = self.llm.logits(last_hidden).float()
             token = _pick(step_logits, do_sample, temperature, top_p, generator)
             token = torch.where(finished, torch.full_like(token, pad), token)
@@ -358,11 +374,14 @@ class MultimodalLM(nn.Module):
             if streamer is not None:
                 streamer.put(token)
             finished |= torch.isin(token, eos_t)
-            if bool(finished.all()):
+            if step == max_new_tokens - 1 or bool(finished.all()):
                 break
             step_ids = token.unsqueeze(1)
             step_embeds = self.llm.embed(step_ids)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], 1)
+            if cache is not None:
+                attention_mask[:, prompt_length + step] = 1
+            else:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], 1)
             if use_cache:
                 hidden, past = self._decode(
                     step_embeds, attention_mask, next_position.unsqueeze(1), state, step_ids, past, True
@@ -427,6 +446,12 @@ def packed_segments(position_ids: torch.Tensor) -> torch.Tensor:
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip padding on either side."""
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def _pad_to_cache(attention_mask: torch.Tensor, cache: Any) -> torch.Tensor:
+    """The attention mask widened with zeros to a preallocated cache's length (its unwritten slots)."""
+    width = cache.get_max_length()
+    return F.pad(attention_mask, (0, width - attention_mask.shape[1]))
 
 
 def _position_in_sample(sample_index: torch.Tensor) -> torch.Tensor:

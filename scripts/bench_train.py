@@ -1,39 +1,45 @@
-"""Training and generation speed of lamm's MultimodalLM against the peers that ship inside transformers,
-measured side by side in one run on one shared configuration.
+"""Training and generation speed and peak memory of lamm's MultimodalLM against its peers (HF LLaVA, HF
+IDEFICS, OpenFlamingo from PyPI), measured side by side in one run on one shared configuration.
 
-    /work/main/.venv/bin/python -P scripts/bench_train.py                  # defaults (~6 min here)
-    /work/main/.venv/bin/python -P scripts/bench_train.py --steps 10 --gen-repeats 5
-    /work/main/.venv/bin/python -P scripts/bench_train.py --models ours_prefix,llava --no-gen
-    /work/main/.venv/bin/python -P scripts/bench_train.py --peer-logits-to-keep   # peers compute logits only at the tail
+    .venv/bin/python -P scripts/bench_train.py                   # everything, 5 interleaved rounds
+    .venv/bin/python -P scripts/bench_train.py --quick           # smoke run: 2 rounds, 8 new tokens
+    .venv/bin/python -P scripts/bench_train.py --models ours_prefix,llava --no-gen
+    .venv/bin/python -P scripts/bench_train.py --no-train --no-gen   # only the peak-RSS processes
 
 Shared configuration
     LLM      real SmolLM2-135M-Instruct (lamm's `smollm2_135m` loader), frozen, fp32, peft LoRA r=8 alpha=16
              dropout=0.05 on the decoder's q_proj and v_proj only
     vision   384 wide, 6 layers, 6 heads, MLP 1536, 224 px / patch 32 = 49 patches, frozen, random
              (ours: `small_vit`; LLaVA: CLIPVisionModel (+CLS = 50 tokens, CLS dropped by LLaVA);
-             Idefics: IdeficsVisionTransformer (+CLS = 50 tokens, all 50 fed to its perceiver))
-    batch    4 samples x exactly 128 LLM positions, one image each, loss on the last 8 tokens only
+             Idefics: IdeficsVisionTransformer (+CLS, all 50 fed to its perceiver); OpenFlamingo: open_clip
+             ViT (+CLS, its 49 patch tokens fed to its perceiver))
+    batch    4 samples x exactly 128 LLM positions, one image each; labels on the response: the last
+             `--label-fraction` (default half) of each sample's positions, as in instruction data
     prefix   ours: small_vit -> mlp (384->576->576, GELU) -> placeholders.  Peer: LlavaForConditionalGeneration
              (LLaVA projector has the same shape; ours' projector weights are copied into it)
     xattn    ours: small_vit -> perceiver (64 latents, depth 2, 6 heads x 64, ff x4) -> gated_xattn every 2nd
-             layer (9 heads x 64, ff x4).  Peer: IdeficsForVisionText2Text (perceiver 64 latents, depth 2,
+             layer (9 heads x 64, ff x4).  Peers: IdeficsForVisionText2Text (perceiver 64 latents, depth 2,
              6 heads x 64; gated cross-attention every 2nd layer, 9 heads, SwiGLU MLP 1536 - same parameter
-             count as ours' ff x4)
-    generate batch 4, one image + 32-token prompt, 32 new tokens forced (greedy, no EOS stop)
+             count as ours' ff x4) and OpenFlamingo 2.0.1 (its perceiver set to the same depth 2, 6 heads x 64,
+             64 latents; its cross-attention every 2nd layer has a fixed 8 heads x 64, ff x4)
+    generate batch 4, one image + 32-token prompt, 32 new tokens forced (greedy, no EOS stop); each model
+             through its own generation API (OpenFlamingo: a greedy loop over its forward with its KV cache
+             and cached media, since its generate() cannot run on transformers 5.x)
 
-Timing: every model is built first; then the training steps of all models are interleaved round by round
-(so load from other work on this shared CPU hits every model alike) and the median step is reported; same
-for generation.  Each step is forward + backward + AdamW step over the trainable parameters.
-Memory: peak process RSS sampled every 2 ms by a psutil thread during each step, minus the RSS right
-before the step (glibc's free heap is returned with malloc_trim(0) first), i.e. the step's transient
-memory (activations, gradients, optimizer state growth); the resident weights of all models are printed
-separately.  torch has no CPU allocator statistics, and tracemalloc / ru_maxrss do not see torch's heap
-per phase, hence RSS sampling.
-FLOPs: counted on one extra (untimed) step of each model with torch.utils.flop_counter.FlopCounterMode -
-every matmul that actually runs (2*m*n*k), so backward counts only the gradients autograd computes - plus
-SDPA, which the counter does not know on CPU: 4*B*H*Lq*Lk*dh forward, 8*B*H*Lq*Lk*dh backward (causal
-masking not discounted).  An analytic formula for the LLM part is printed next to it.  The CPU's fp32
-peak is measured in the same run from a 2048^3 torch.mm.
+Timing: every model is built first; then `--rounds` rounds each run one training step of every model, the
+order reversed every other round (A B, B A, ...), so load from other work on this shared CPU hits every
+model alike; generation likewise.  The table's ratio is the median over rounds of (peer time / ours time),
+> 1 meaning ours is faster, with its min..max spread.  Each step is forward + backward + AdamW step over the
+trainable parameters.
+Memory: each model alone in a fresh process (built, SmolLM2 for the peers' weights freed, glibc heap trimmed),
+its peak RSS sampled every 2 ms by a psutil thread over 2 training steps, then over 2 generate() calls.
+The per-model table's "step mem" is the transient RSS growth of a step in the shared process.
+FLOPs: counted on one extra (untimed) training step and one generate() of each model with
+torch.utils.flop_counter.FlopCounterMode - every matmul that actually runs (2*m*n*k) - plus SDPA, which the
+counter does not know on CPU: 4*B*H*Lq*Lk*dh forward, 8*B*H*Lq*Lk*dh backward.  The CPU's fp32 peak is
+measured in the same run from a 2048^3 torch.mm; "x FLOP limit" = generate() time per new token / (its FLOPs
+per new token / that peak).
+The table is also written as JSON (`--json`).
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 # ----------------------------------------------------------------------------------------------
@@ -157,6 +164,7 @@ class Runner:
     step_mem: list[int] = field(default_factory=list)
     gen_times: list[float] = field(default_factory=list)
     flops: int = 0
+    gen_flops: int = 0
     losses: list[float] = field(default_factory=list)
 
 
@@ -217,7 +225,7 @@ def build_ours(args, fusion: str, data) -> Runner:
 
     def gen():
         model.eval()
-        out = model.generate(gen_batch, max_new_tokens=args.gen_new, eos_token_id=-1)
+        out = model.generate(gen_batch, max_new_tokens=args.gen_new, eos_token_id=-1, onednn=not args.no_onednn)
         model.train()
         assert out.shape == (len(gen_ids), args.gen_new), out.shape
         return out
@@ -238,6 +246,8 @@ def _lora_peer(model, pattern: str):
 
 def build_llava(args, data, smol, ours_prefix: Runner | None) -> Runner:
     import torch
+
+    pad_id = smol.tokenizer.pad_token_id  # the closures below must not keep `smol` alive
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(args.seed)
@@ -294,7 +304,7 @@ def build_llava(args, data, smol, ours_prefix: Runner | None) -> Runner:
         model.eval()
         out = model.generate(input_ids=gen_ids, attention_mask=torch.ones_like(gen_ids), pixel_values=data.images,
                              max_new_tokens=args.gen_new, min_new_tokens=args.gen_new, do_sample=False,
-                             pad_token_id=smol.tokenizer.pad_token_id)
+                             pad_token_id=pad_id)
         model.train()
         model.model.vision_tower.eval()
         assert out.shape[1] - gen_ids.shape[1] == args.gen_new, out.shape
@@ -305,6 +315,8 @@ def build_llava(args, data, smol, ours_prefix: Runner | None) -> Runner:
 
 def build_idefics(args, data, smol) -> Runner:
     import torch
+
+    pad_id = smol.tokenizer.pad_token_id  # the closures below must not keep `smol` alive
     from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
     torch.manual_seed(args.seed)
@@ -373,13 +385,107 @@ def build_idefics(args, data, smol) -> Runner:
         out = model.generate(input_ids=gen_ids, attention_mask=torch.ones_like(gen_ids), pixel_values=pixels,
                              image_attention_mask=gen_img_mask, max_new_tokens=args.gen_new,
                              min_new_tokens=args.gen_new, do_sample=False,
-                             pad_token_id=smol.tokenizer.pad_token_id)
+                             pad_token_id=pad_id)
         model.train()
         model.model.vision_model.eval()
         assert out.shape[1] - gen_ids.shape[1] == args.gen_new, out.shape
         return out
 
     return Runner("idefics", "gated_xattn", model, _wrap_step(model, loss_fn), gen, notes)
+
+
+OPENFLAMINGO = "open-flamingo==2.0.1"
+
+
+def install_openflamingo(target: str):
+    """OpenFlamingo's own code from PyPI, installed with `--no-deps` into `target` (never into the venv)."""
+    import importlib
+    import subprocess
+
+    if not any(p.name.startswith("open_flamingo") for p in Path(target).glob("*")):
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target,
+                        OPENFLAMINGO, "einops", "einops-exts"], check=True, timeout=900)
+    if target not in sys.path:
+        sys.path.append(target)  # appended: the venv's own packages keep precedence
+    return importlib.import_module("open_flamingo")
+
+
+def build_openflamingo(args, data, smol, open_flamingo, workdir: Path) -> Runner:
+    import json
+
+    import open_clip
+    import torch
+    from open_flamingo.src.helpers import PerceiverResampler
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    from lamm.llm.loaders import cache_dir
+
+    torch.manual_seed(args.seed)
+    clip = workdir / "clip"  # an open_clip `local-dir` folder: the shared ViT's config and random weights
+    clip.mkdir(parents=True, exist_ok=True)
+    vision_cfg = {"image_size": 224, "patch_size": 32, "width": 384, "layers": 6, "head_width": 64, "mlp_ratio": 4}
+    text_cfg = {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 2, "layers": 1}
+    (clip / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 384, "vision_cfg": vision_cfg,
+                                                                           "text_cfg": text_cfg}}))
+    weights = open_clip.create_model(f"local-dir:{clip}").state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(clip / "open_clip_model.safetensors"))
+    llm_folder = cache_dir() / "llm" / "smollm2_135m"  # the HF folder lamm's smollm2_135m loader converted
+    if not (llm_folder / "config.json").exists():
+        raise RuntimeError(f"{llm_folder} has no converted SmolLM2; run `lamm-train` once or load smollm2_135m")
+    model, _, tokenizer = open_flamingo.create_model_and_transforms(
+        f"local-dir:{clip}", None, str(llm_folder), str(llm_folder), cross_attn_every_n_layers=2)
+    # The shared perceiver (depth, 6 heads x 64, 64 latents) instead of OpenFlamingo's default depth 6 x 8 heads.
+    model.perceiver = PerceiverResampler(dim=384, depth=args.perceiver_depth, dim_head=64, heads=6, num_latents=64)
+    media_id = tokenizer.encode("<image>")[-1]
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                        target_modules=r"lang_encoder\.model\.layers\.\d+\.decoder_layer\.self_attn\.(q_proj|v_proj)")
+    get_peft_model(model, config)  # freezes every non-adapter parameter, embeddings included
+    model.perceiver.requires_grad_(True)
+    model.lang_encoder.gated_cross_attn_layers.requires_grad_(True)
+    model.train()
+    model.vision_encoder.eval()
+    lora = sum(1 for n, _ in model.named_modules() if n.endswith(("q_proj.lora_A", "v_proj.lora_A")))
+    notes = [f"OpenFlamingo {OPENFLAMINGO} from PyPI (--no-deps); LLM from lamm's converted SmolLM2 folder, "
+             f"its <image>/<|endofchunk|> tokens added by OpenFlamingo; {lora} LoRA layers",
+             "vision: open_clip ViT 384 wide x 6, patch 32 (+CLS; OpenFlamingo feeds the 49 patch tokens)",
+             "perceiver: OpenFlamingo's, replaced by depth 2, 6 heads x 64, 64 latents (shared config)",
+             "cross-attention: OpenFlamingo's fixed 8 heads x 64 every 2nd layer (ours: 9 heads), input "
+             "embeddings frozen (OpenFlamingo trains them by default)",
+             "generation: greedy loop over OpenFlamingo's forward with its KV cache and cached media "
+             "(its generate() cannot run on transformers 5.x: generate no longer passes attention_mask)"]
+
+    ids, labels, gen_ids = data.layout(1, media_id)
+    mask = torch.ones_like(ids)
+    vision_x = data.images[:, None, None]  # [B, T_img=1, F=1, C, H, W]
+
+    def loss_fn():
+        return model(vision_x, ids, attention_mask=mask, labels=labels).loss
+
+    def gen():
+        model.eval()
+        model.cache_media(input_ids=gen_ids, vision_x=vision_x)
+        try:
+            attention = torch.ones_like(gen_ids)
+            out = model(None, gen_ids, attention_mask=attention, clear_conditioned_layers=False, use_cache=True)
+            tokens = []
+            for step in range(args.gen_new):
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                tokens.append(token)
+                if step == args.gen_new - 1:
+                    break
+                attention = torch.cat([attention, torch.ones_like(token)], 1)
+                past = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+                out = model(None, token, attention_mask=attention, clear_conditioned_layers=False,
+                            past_key_values=past, use_cache=True)
+        finally:
+            model.uncache_media()
+            model.lang_encoder.clear_conditioned_layers()
+        model.train()
+        model.vision_encoder.eval()
+        return torch.cat(tokens, 1)
+
+    return Runner("openflamingo", "gated_xattn", model, _wrap_step(model, loss_fn), gen, notes)
 
 
 class Data:
@@ -397,13 +503,13 @@ class Data:
         self.text = torch.randint(low, high, (b, t), generator=g)
         self.prompt = torch.randint(low, high, (b, args.gen_prompt), generator=g)
 
-    def layout(self, n_media: int):
-        """(train ids [B, T], labels [B, T] with only the last `loss_tokens` set, generation prompt ids),
-        each row starting with `n_media` image placeholders (as many as the model writes per image)."""
+    def layout(self, n_media: int, image_id: int | None = None):
+        """(train ids [B, T], labels [B, T] set on the last `loss_tokens` positions (the response), generation
+        prompt ids), each row starting with `n_media` image placeholders (as many as the model writes per image)."""
         import torch
 
         b, t = self.text.shape
-        media = torch.full((b, n_media), self.image_id)
+        media = torch.full((b, n_media), self.image_id if image_id is None else image_id)
         ids = torch.cat([media, self.text[:, : t - n_media]], 1)  # exactly T positions
         labels = torch.full_like(ids, -100)
         labels[:, -self.args.loss_tokens:] = ids[:, -self.args.loss_tokens:]
@@ -411,189 +517,311 @@ class Data:
         return ids, labels, gen_ids
 
 
-def llm_formula(args, smol, positions_with_logits: int, kv_expand: int = 1) -> tuple[int, str]:
-    """Analytic training FLOPs of the LLM part alone (LoRA and fusion excluded)."""
-    c = smol.causal_lm.config
-    d, L, V, f = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
-    kv = c.num_key_value_heads * c.head_dim * kv_expand
-    n_dec = L * (2 * d * d + 2 * d * kv + 3 * d * f)
-    tokens = args.batch * args.seq
-    fwd_lin = 2 * n_dec * tokens
-    fwd_att = 4 * L * args.seq**2 * d * args.batch
-    head = 2 * d * V * positions_with_logits
-    total = 2 * fwd_lin + 3 * fwd_att + 2 * head
-    text = (f"N_dec={n_dec / 1e6:.1f}M, tokens={tokens}, P={positions_with_logits}: "
-            f"2*(2*N_dec*tokens) + 3*(4*L*T^2*d*B) + 2*(2*d*V*P) = {total / 1e9:.0f} GFLOP")
-    return total, text
-
-
 # ----------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+MODELS = ("ours_prefix", "llava", "ours_xattn", "idefics", "openflamingo")
+# (ours, peer, generation target: ours at least this many times faster)
+PAIRS = (("ours_prefix", "llava", 1.5), ("ours_xattn", "openflamingo", 2.0), ("ours_xattn", "idefics", 2.0))
+TRAIN_TARGET = {"llava": 1.25, "openflamingo": 1.3, "idefics": 1.3}
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="ours_prefix,llava,ours_xattn,idefics",
-                        help="comma list from ours_prefix, llava, ours_xattn, idefics")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps per model")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
-    parser.add_argument("--gen-warmup", type=int, default=1)
-    parser.add_argument("--gen-repeats", type=int, default=5, help="timed generate() calls per model")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma list from {', '.join(MODELS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 rounds, 8 new tokens, no FLOP counting, no memory processes")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds: each times one training step and one generate() per model")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps and generate() calls per model")
     parser.add_argument("--no-gen", action="store_true", help="skip the generation measurement")
+    parser.add_argument("--no-train", action="store_true", help="skip the training measurement")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS processes")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128, help="LLM positions per sample (image tokens + text)")
-    parser.add_argument("--loss-tokens", type=int, default=8, help="response tokens that carry labels")
+    parser.add_argument("--label-fraction", type=float, default=0.5,
+                        help="share of each sample's positions that carry labels: its last ones, the response")
     parser.add_argument("--gen-prompt", type=int, default=32)
     parser.add_argument("--gen-new", type=int, default=32)
     parser.add_argument("--perceiver-depth", type=int, default=2)
     parser.add_argument("--peer-logits-to-keep", action="store_true",
-                        help="peers compute logits only at the last loss_tokens+1 positions (not their default)")
+                        help="peers compute logits only at the labelled tail (not their default)")
+    parser.add_argument("--no-onednn", action="store_true", help="ours' generate() with onednn=False (MKL linears)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "inherit"],
                         help="OMP_WAIT_POLICY set before torch loads (default PASSIVE; 'inherit' keeps the env's). "
                              "On this shared 2-core CPU, spinning OpenMP workers (libgomp's default) slow small-op "
                              "workloads such as decoding by 10-30x whenever another process holds a core")
+    parser.add_argument("--json", default="bench_train.json", help="where the table is written as JSON")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for OpenFlamingo's wheel and vision folder (default: a temporary one)")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.gen_new, args.no_flops, args.no_memory = 2, 8, True, True
+    args.loss_tokens = max(1, round(args.seq * args.label_fraction))
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = set(names) - {"ours_prefix", "llava", "ours_xattn", "idefics"}
+    unknown = set(names) - set(MODELS)
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    args.names = names
+    return args
 
-    import os
 
-    if args.omp_wait_policy != "inherit":
-        if "torch" in sys.modules:
-            raise RuntimeError("--omp-wait-policy must be applied before torch is imported")
-        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    import psutil
-    import torch
-    import transformers
-
+def build_all(args, names, workdir: Path, log=print) -> list[Runner]:
+    """Build the named models on the shared data; SmolLM2 for the peers' weights is freed afterwards."""
     from lamm.registry import LLMS
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    proc = psutil.Process()
-    t_start = time.perf_counter()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
-          f"fp32, batch={args.batch}, positions={args.seq}, loss tokens={args.loss_tokens}, "
-          f"steps={args.warmup}+{args.steps}, generate {args.gen_prompt}+image -> {args.gen_new} new "
-          f"x{args.gen_warmup}+{args.gen_repeats}")
 
     t0 = time.perf_counter()
     smol = LLMS.build("smollm2_135m")  # pristine SmolLM2 (+ lamm's media tokens) for the peers' weights
     smol.causal_lm.eval().requires_grad_(False)
-    image_id = smol.media_token_ids["<image>"]
-    data = Data(args, smol.tokenizer, image_id)
-    print(f"SmolLM2 loaded in {time.perf_counter() - t0:.1f} s; vocab {smol.causal_lm.config.vocab_size} "
-          f"(lamm's media tokens added), <image> id {image_id}")
-
+    data = Data(args, smol.tokenizer, smol.media_token_ids["<image>"])
+    log(f"SmolLM2 loaded in {time.perf_counter() - t0:.1f} s; vocab {smol.causal_lm.config.vocab_size} "
+        f"(lamm's media tokens added), <image> id {data.image_id}")
     runners: list[Runner] = []
     ours_prefix = None
     for name in names:
         t0 = time.perf_counter()
         if name == "ours_prefix":
-            ours_prefix = build_ours(args, "prefix", data)
-            runner = ours_prefix
+            ours_prefix = runner = build_ours(args, "prefix", data)
         elif name == "ours_xattn":
             runner = build_ours(args, "gated_xattn", data)
         elif name == "llava":
             runner = build_llava(args, data, smol, ours_prefix)
-        else:
+        elif name == "idefics":
             runner = build_idefics(args, data, smol)
+        else:
+            runner = build_openflamingo(args, data, smol, install_openflamingo(str(workdir / "wheel")), workdir)
         trainable, total = _params(runner.model)
-        print(f"built {name:12s} in {time.perf_counter() - t0:5.1f} s: params {total / 1e6:.1f}M, "
-              f"trainable {trainable / 1e6:.3f}M")
+        log(f"built {name:12s} in {time.perf_counter() - t0:5.1f} s: params {total / 1e6:.1f}M, "
+            f"trainable {trainable / 1e6:.3f}M")
         for note in runner.notes:
-            print(f"    {note}")
+            log(f"    {note}")
         runners.append(runner)
+    del smol, data, ours_prefix
     gc.collect()
     _malloc_trim()
-    print(f"RSS with all models resident: {proc.memory_info().rss / 2**30:.2f} GiB")
+    return runners
 
-    # -- training: warm up, then interleave timed steps round by round ---------------------------
-    for r in runners:
-        for _ in range(args.warmup):
-            r.losses.append(r.train_step())
-    for _ in range(args.steps):
+
+def interleaved(runners: list[Runner], rounds: int, fn: Callable[[Runner], float]) -> None:
+    """`rounds` rounds, each running every model once, in reverse order every other round (A B, B A, ...),
+    so load from other work on this shared CPU hits every model alike."""
+    for i in range(rounds):
+        for r in (runners if i % 2 == 0 else runners[::-1]):
+            fn(r)
+
+
+def memory_child(args, name: str, workdir: Path) -> None:
+    """In a fresh process: build one model, then its peak RSS over training steps and generate() calls."""
+    import json
+
+    import torch
+
+    (runner,) = [r for r in build_all(args, [name], workdir, log=lambda *a: None) if r.name == name]
+    with PeakRSS() as train:
+        for _ in range(2):
+            runner.train_step()
+    gc.collect()
+    _malloc_trim()
+    with PeakRSS() as gen, torch.no_grad():
+        for _ in range(2):
+            runner.generate()
+    print(json.dumps({"model": name, "resident_gib": train.base / 2**30, "train_peak_gib": train.peak / 2**30,
+                      "gen_peak_gib": gen.peak / 2**30}))
+
+
+def measure_memory(args, names: list[str], workdir: Path) -> dict[str, dict]:
+    import json
+    import subprocess
+
+    out = {}
+    for name in names:
+        cmd = [sys.executable, "-P", __file__, "--memory-child", name, "--models", name,
+               "--threads", str(args.threads), "--workdir", str(workdir), "--batch", str(args.batch),
+               "--seq", str(args.seq), "--label-fraction", str(args.label_fraction),
+               "--gen-prompt", str(args.gen_prompt), "--gen-new", str(args.gen_new),
+               "--perceiver-depth", str(args.perceiver_depth), "--omp-wait-policy", args.omp_wait_policy,
+               *(["--no-onednn"] if args.no_onednn else [])]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:  # reported, and the timing still runs
+            print(f"memory run of {name} failed:\n{result.stderr[-3000:]}")
+            continue
+        out[name] = json.loads(result.stdout.strip().splitlines()[-1])
+        print(f"peak RSS of {name} alone: training {out[name]['train_peak_gib']:.2f} GiB, "
+              f"generation {out[name]['gen_peak_gib']:.2f} GiB")
+    return out
+
+
+def ratio_row(kind: str, ours: Runner, peer: Runner, ours_times: list[float], peer_times: list[float],
+              unit: str, per: float, target: float) -> dict:
+    """Per-round speed ratio peer time / ours time (> 1: ours faster), median and spread over the rounds."""
+    ratios = [p / o for o, p in zip(ours_times, peer_times)]
+    row = {"metric": kind, "ours": ours.name, "peer": peer.name, "unit": unit,
+           "ours_value": statistics.median(ours_times) if per == 0 else per / statistics.median(ours_times),
+           "peer_value": statistics.median(peer_times) if per == 0 else per / statistics.median(peer_times),
+           "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+           "rounds": len(ratios), "target": target}
+    row["meets_target"] = row["ratio"] >= target
+    return row
+
+
+def main() -> None:
+    args = parse_args()
+    import os
+    import tempfile
+
+    if args.omp_wait_policy != "inherit":
+        if "torch" in sys.modules:
+            raise RuntimeError("--omp-wait-policy must be applied before torch is imported")
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    import json
+
+    import psutil
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+        args.workdir = tmp.name
+    workdir = Path(args.workdir)
+    if args.memory_child:
+        memory_child(args, args.memory_child, workdir)
+        return
+    proc = psutil.Process()
+    t_start = time.perf_counter()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads={torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, fp32, batch={args.batch}, "
+          f"positions={args.seq}, labels on the last {args.loss_tokens} of {args.seq} positions of each sample "
+          f"(the response, {100 * args.loss_tokens / args.seq:.0f}%), {args.warmup} warm-up + {args.rounds} "
+          f"interleaved rounds, generate {args.gen_prompt}+image -> {args.gen_new} new (greedy, no EOS stop)")
+
+    memory = {} if args.no_memory else measure_memory(args, args.names, workdir)
+    if args.no_train and args.no_gen:
+        runners = []
+    else:
+        runners = build_all(args, args.names, workdir)
+    print(f"RSS with all models resident: {proc.memory_info().rss / 2**30:.2f} GiB")
+    by_name = {r.name: r for r in runners}
+
+    if not args.no_train:
         for r in runners:
+            for _ in range(args.warmup):
+                r.losses.append(r.train_step())
+
+        def train_once(r: Runner) -> None:
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
                 r.losses.append(r.train_step())
                 r.step_times.append(time.perf_counter() - t0)
             r.step_mem.append(mem.delta)
+            print(f"  training step {r.name}: {r.step_times[-1]:.2f} s", flush=True)
+
+        interleaved(runners, args.rounds, train_once)
 
     peak = matmul_peak_gflops()
     if not args.no_flops:
         for r in runners:
-            r.flops = count_flops(r.train_step)
-    peak_after = matmul_peak_gflops()
+            if not args.no_train:
+                r.flops = count_flops(r.train_step)
+            if not args.no_gen and r.generate is not None:
+                try:
+                    with torch.no_grad():
+                        r.gen_flops = count_flops(r.generate)
+                except AssertionError as err:  # FlopCounterMode's module tracker fails on some no-grad graphs
+                    print(f"FLOPs of {r.name}'s generate() not counted: {err}")
+    peak = max(peak, matmul_peak_gflops())
 
-    # -- generation -------------------------------------------------------------------------------
     if not args.no_gen:
         with torch.no_grad():
             for r in runners:
-                for _ in range(args.gen_warmup):
+                for _ in range(args.warmup):
                     r.generate()
-            for _ in range(args.gen_repeats):
-                for r in runners:
-                    t0 = time.perf_counter()
-                    r.generate()
-                    r.gen_times.append(time.perf_counter() - t0)
+
+            def gen_once(r: Runner) -> None:
+                t0 = time.perf_counter()
+                r.generate()
+                r.gen_times.append(time.perf_counter() - t0)
+                print(f"  generate {r.name}: {r.gen_times[-1]:.2f} s", flush=True)
+
+            interleaved(runners, args.rounds, gen_once)
 
     # -- report -----------------------------------------------------------------------------------
-    peak_gflops = max(peak, peak_after)
-    tokens = args.batch * args.seq
     print()
-    print(f"fp32 matmul peak (2048^3 torch.mm, best of 5, before/after FLOP counting): "
-          f"{peak:.1f} / {peak_after:.1f} GFLOP/s -> using {peak_gflops:.1f}")
+    print(f"fp32 matmul peak (2048^3 torch.mm, best of 5, before/after FLOP counting): {peak:.1f} GFLOP/s")
     print()
-    header = (f"{'model':12s} {'fusion':11s} {'step s (med)':>12s} {'min..max':>13s} {'samples/s':>9s} "
-              f"{'tokens/s':>8s} {'step mem MiB':>12s} {'GFLOP/step':>10s} {'GFLOP/s':>7s} {'%peak':>5s} "
-              f"{'gen s (med)':>11s} {'gen tok/s':>9s}")
+    header = (f"{'model':13s} {'fusion':11s} {'step s (med)':>12s} {'min..max':>13s} {'samples/s':>9s} "
+              f"{'step mem MiB':>12s} {'GFLOP/step':>10s} {'%peak':>5s} {'gen s (med)':>11s} {'ms/new token':>12s} "
+              f"{'x FLOP limit':>12s}")
     print(header)
     print("-" * len(header))
-    summary = {}
+    per_model = {}
     for r in runners:
-        med = statistics.median(r.step_times)
-        gflop = r.flops / 1e9
-        achieved = gflop / med if r.flops else float("nan")
+        med = statistics.median(r.step_times) if r.step_times else float("nan")
         gen_med = statistics.median(r.gen_times) if r.gen_times else float("nan")
-        summary[r.name] = (med, gen_med)
-        print(f"{r.name:12s} {r.fusion:11s} {med:12.3f} {min(r.step_times):6.2f}..{max(r.step_times):<6.2f} "
-              f"{args.batch / med:9.2f} {tokens / med:8.0f} {max(r.step_mem) / 2**20:12.0f} "
-              f"{gflop:10.0f} {achieved:7.1f} {100 * achieved / peak_gflops:5.1f} "
-              f"{gen_med:11.3f} {args.batch * args.gen_new / gen_med:9.1f}")
+        per_token = gen_med / args.gen_new
+        limit = r.gen_flops / args.gen_new / (peak * 1e9) if r.gen_flops else float("nan")
+        achieved = r.flops / 1e9 / med if r.flops else float("nan")
+        per_model[r.name] = {"fusion": r.fusion, "step_s": med, "samples_per_s": args.batch / med,
+                             "step_mem_mib": max(r.step_mem) / 2**20 if r.step_mem else None,
+                             "train_gflop_per_step": r.flops / 1e9, "gen_s": gen_med,
+                             "ms_per_new_token": 1e3 * per_token, "gen_gflop": r.gen_flops / 1e9,
+                             "x_flop_limit_per_new_token": per_token / limit, "notes": r.notes,
+                             "losses": r.losses, "step_times": r.step_times, "gen_times": r.gen_times}
+        print(f"{r.name:13s} {r.fusion:11s} {med:12.3f} "
+              f"{(min(r.step_times) if r.step_times else float('nan')):6.2f}.."
+              f"{(max(r.step_times) if r.step_times else float('nan')):<6.2f} {args.batch / med:9.2f} "
+              f"{(max(r.step_mem) / 2**20 if r.step_mem else float('nan')):12.0f} {r.flops / 1e9:10.0f} "
+              f"{100 * achieved / peak:5.1f} {gen_med:11.3f} {1e3 * per_token:12.1f} {per_token / limit:12.1f}")
+    if runners and runners[0].losses:
+        print()
+        print("losses (first .. last step, sanity):", ", ".join(f"{r.name} {r.losses[0]:.2f}..{r.losses[-1]:.2f}"
+                                                           for r in runners))
+    print("x FLOP limit: (generate() time / new tokens) / (FLOPs of one generate() counted by "
+          "torch.utils.flop_counter / new tokens / matmul peak); prefill included in both")
+
+    rows = []
+    for ours, peer, gen_target in PAIRS:
+        o, p = by_name.get(ours), by_name.get(peer)
+        if o is not None and p is not None and o.step_times:
+            rows.append(ratio_row("training samples/s", o, p, o.step_times, p.step_times, "samples/s",
+                                  args.batch, TRAIN_TARGET[peer]))
+        if o is not None and p is not None and o.gen_times:
+            rows.append(ratio_row(f"generation {args.batch}x{args.gen_new} new tokens", o, p, o.gen_times,
+                                  p.gen_times, "s", 0, gen_target))
+        if ours in memory and peer in memory:
+            for phase in ("train", "gen"):
+                a, b = memory[ours][f"{phase}_peak_gib"], memory[peer][f"{phase}_peak_gib"]
+                rows.append({"metric": f"peak RSS, {'training' if phase == 'train' else 'generation'}",
+                             "ours": ours, "peer": peer, "unit": "GiB", "ours_value": a, "peer_value": b,
+                             "ratio": b / a, "ratio_min": None, "ratio_max": None, "rounds": 1, "target": 1.0,
+                             "meets_target": a <= b})
     print()
-    print("losses (first .. last step, sanity):", ", ".join(f"{r.name} {r.losses[0]:.2f}..{r.losses[-1]:.2f}"
-                                                       for r in runners))
-    print()
-    print("FLOP formula (the GFLOP/step column): counted over one real training step with")
-    print("  torch.utils.flop_counter: every executed matmul 2*m*n*k (backward: only the grads autograd computes,")
-    print("  i.e. input-grads through frozen weights downstream of the first trainable parameter + weight-grads of")
-    print("  trainable ones; the frozen vision tower runs forward only) + SDPA 4*B*H*Lq*Lk*dh fwd, 8*B*H*Lq*Lk*dh bwd.")
-    print("  Analytic LLM-only check (frozen linears: fwd + input-grad = 2x; attention: fwd + 2x bwd = 3x;")
-    print("  lm_head over the P positions with logits: 2x):")
-    for r in runners:
-        if r.name.startswith("ours"):
-            p = args.batch * args.loss_tokens
-        else:
-            p = args.batch * (args.loss_tokens + 1 if args.peer_logits_to_keep else args.seq)
-        _, text = llm_formula(args, smol, p, kv_expand=3 if r.name == "idefics" else 1)
-        print(f"    {r.name:12s} {text}")
-    print()
-    print("ratios (targets >= 1.1x):")
-    pairs = [("ours_prefix", "llava"), ("ours_xattn", "idefics")]
-    for ours, peer in pairs:
-        if ours in summary and peer in summary:
-            (o_step, o_gen), (p_step, p_gen) = summary[ours], summary[peer]
-            train = p_step / o_step
-            gen = p_gen / o_gen
-            print(f"  {ours} vs {peer}: training throughput {train:.2f}x {'OK' if train >= 1.1 else 'BELOW TARGET'}; "
-                  f"generation {gen:.2f}x {'OK' if gen >= 1.1 else 'BELOW TARGET'}")
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
+    print(f"ours vs peer, interleaved over {args.rounds} rounds (ratio = per-round peer time / ours time, "
+          f"> 1: ours faster; for memory peer RSS / ours RSS, each model alone in a fresh process):")
+    head = f"{'metric':34s} {'ours':12s} {'peer':13s} {'ours':>9s} {'peer':>9s} {'ratio':>6s} {'spread':>12s} {'target':>7s}"
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        spread = (f"{row['ratio_min']:.2f}..{row['ratio_max']:.2f}" if row["ratio_min"] is not None else "-")
+        unit = row["unit"]
+        print(f"{row['metric']:34s} {row['ours']:12s} {row['peer']:13s} {row['ours_value']:>6.2f} {unit:<2s} "
+              f"{row['peer_value']:>6.2f} {unit:<2s} {row['ratio']:5.2f}x {spread:>12s} "
+              f">={row['target']:.2f}x {'OK' if row['meets_target'] else 'BELOW'}")
+    result = {"config": {k: v for k, v in vars(args).items() if k not in ("memory_child", "workdir")},
+              "torch": torch.__version__, "transformers": transformers.__version__,
+              "matmul_peak_gflops": peak, "models": per_model, "memory": memory, "table": rows}
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"\nwritten {args.json}; total wall time {time.perf_counter() - t_start:.0f} s")
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -167,6 +167,7 @@ class CallConditioning:
         self.token_slot = token_slot  # [B, T]
         self.token_segment = token_segment  # [B, T] packed rows: each token's sample
         self.calls: list[int] = []  # layers that consumed it (detects dropped kwargs)
+        self.visible: tuple[torch.Tensor, torch.Tensor] | None = None  # (allowed [B, T, L], has_media [B, T]), once per call
 
 
 @FUSIONS.register("gated_xattn")
@@ -279,13 +280,15 @@ class GatedCrossAttentionFusion(Fusion):
             # Training: each block runs once per forward anyway, and a cache would hand
             # gradient-less tensors to a reentrant activation-checkpointing recompute.
             kv = state.media.to(dtype)  # the block computes its keys and values inside its forward
-        slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
-        key_slot = state.key_slot.view(1, 1, -1)
-        visible = key_slot == slot if state.only_latest else key_slot <= slot
-        allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
-        if cond.token_segment is not None:
-            allowed = allowed & (cond.token_segment.unsqueeze(-1) == state.key_segment.unsqueeze(1))
-        return block(hidden.to(dtype), kv, allowed, allowed.any(-1)).to(hidden.dtype)
+        if cond.visible is None:  # the same for every block of this call
+            slot = cond.token_slot.unsqueeze(-1)  # [B, T, 1]
+            key_slot = state.key_slot.view(1, 1, -1)
+            visible = key_slot == slot if state.only_latest else key_slot <= slot
+            allowed = visible & state.key_valid.unsqueeze(1) & (slot >= 0)
+            if cond.token_segment is not None:
+                allowed = allowed & (cond.token_segment.unsqueeze(-1) == state.key_segment.unsqueeze(1))
+            cond.visible = (allowed, allowed.any(-1))
+        return block(hidden.to(dtype), kv, *cond.visible).to(hidden.dtype)
 
     # -- per-call conditioning ---------------------------------------------------------------
 

@@ -124,6 +124,13 @@ class LanguageModel(nn.Module):
         cache = getattr(out, "cache", None)
         return out.last_hidden_state, (cache if cache is not None else out.past_key_values)
 
+    def static_cache(self, batch_size: int, length: int) -> Any:
+        """An empty preallocated KV cache for `batch_size` rows of up to `length` positions, written in
+        place (transformers' `StaticCache`; its buffers are made on the first write)."""
+        from transformers import StaticCache
+
+        return StaticCache(config=self.causal_lm.config.get_text_config(decoder=True), max_cache_len=length)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits for the given hidden states (call it only where logits are needed)."""
         return self.causal_lm.get_output_embeddings()(hidden)
