@@ -42,7 +42,7 @@ def _cache_features(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     reports = build_cache(out, references, {m: e for m, e in model.encoders.items() if m in used},
                           batch_size=args.batch_size)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay whole when piped
     for r in reports:
         console.print(f"{r.modality}: {r.media} media, {r.computed} computed now, {r.media - r.computed} already cached")
     console.print(f"feature cache {out} ready in {time.perf_counter() - start:.1f}s; train with the same overrides "

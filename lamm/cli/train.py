@@ -104,7 +104,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     lock_run(run_dir, ckpt_path)  # refused while another process trains this run or resumes the same one
     data_cfg = data_config(cfg)
     model = build_model(cfg.model)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and counts stay on one line when piped (rich wraps at 80 columns)
     if cfg.get("init_from"):
         copied = init_from_run(model, cfg.init_from)
         console.print(f"init_from {cfg.init_from}: {len(copied)} tensors copied")

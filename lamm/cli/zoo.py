@@ -11,7 +11,7 @@ def _import(args: argparse.Namespace) -> int:
     from lamm.zoo.writer import import_checkpoint
 
     out = import_checkpoint(args.format, args.src, args.out, parse_options(args.option), verify=not args.no_verify)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay whole when piped
     console.print(f"imported {args.format} {args.src} -> {out}")
     console.print(f"  evaluate: lamm-eval checkpoint={out} benchmark=...\n  chat:     lamm-chat {out}\n"
                   f"  train:    lamm-train init_from={out} data=... data.path=...")

@@ -31,7 +31,9 @@ from lamm.recipes.staging import stage_file
 from lamm.suggest import did_you_mean
 
 # Keys only a benchmark recipe has (an experiment file is recognised by everything else).
-BENCHMARK_KEYS = {"scenario", "desiderata", "instruction", "inferencer", "metrics"}
+# Blocks that run several evaluations from one recipe (lamm/benchmarks/desiderata.py, fewshot_runs.py, suite.py).
+MULTI_RUN_KEYS = ("desiderata", "fewshot", "suite")
+BENCHMARK_KEYS = {"scenario", "instruction", "inferencer", "metrics", *MULTI_RUN_KEYS}
 # Sections whose keys are a fixed set (a typo there is silently ignored or fails late).
 STRICT_SECTIONS = ("trainer", "optim", "checkpoint", "paths")
 # Keys whose shipped default has one type but that accept several (Lightning: devices=4 | "auto" | [0, 1]).
@@ -324,10 +326,12 @@ def _check_benchmark(checker: _Checker, data: dict, dirs: list[Path], report: Re
     from lamm.benchmarks.evaluator import RECIPE_KEYS, recipe_key_problems
     from lamm.registry import INFERENCERS, INSTRUCTIONS, METRICS, SCENARIOS
 
-    checker.add_all(recipe_key_problems(data, RECIPE_KEYS | {"desiderata"}))
-    if "scenario" not in data and "desiderata" not in data:
+    # A suite composes its member recipes through Hydra's defaults list into `recipes`.
+    suite_keys = {"defaults", "recipes"} if "suite" in data else set()
+    checker.add_all(recipe_key_problems(data, RECIPE_KEYS | set(MULTI_RUN_KEYS) | suite_keys))
+    if "scenario" not in data and not set(MULTI_RUN_KEYS) & set(data):
         checker.add("scenario", "missing required key (a scenario by registry name, e.g. "
-                                "{name: synth_shapes}, or a desiderata block)", 1)
+                                "{name: synth_shapes}, or a desiderata, fewshot or suite block)", 1)
         return
     with tempfile.TemporaryDirectory(prefix="lamm-validate-") as tmp:
         name = stage_file(checker.path, "benchmark", Path(tmp), dirs)
@@ -349,6 +353,19 @@ def _check_benchmark(checker: _Checker, data: dict, dirs: list[Path], report: Re
             return
         parts = [(r.scenario, r.instruction, r.inferencer, r.metrics, f"desiderata.{dim}") for dim, _, r in subs]
         scenario_key = "desiderata.scenario"
+    elif "fewshot" in bench or "suite" in bench:  # every evaluation it will run, as lamm-eval checks them
+        from lamm.benchmarks.fewshot_runs import fewshot_recipes
+        from lamm.benchmarks.suite import suite_specs
+
+        block = "fewshot" if "fewshot" in bench else "suite"
+        try:
+            subs = (fewshot_recipes(str(bench.get("name", "fewshot")), bench["fewshot"]) if block == "fewshot"
+                    else [(None, None, spec) for spec in suite_specs(bench)])
+        except ValueError as exc:
+            checker.add_message(str(exc), block)
+            return
+        parts = [(r.scenario, r.instruction, r.inferencer, r.metrics, block) for _, _, r in subs]
+        scenario_key = f"{block}.scenario"
     else:
         parts = [(bench.get("scenario"), bench.get("instruction"), bench.get("inferencer"), bench.get("metrics"), "")]
         scenario_key = "scenario"
