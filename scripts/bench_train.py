@@ -5,6 +5,7 @@ IDEFICS, OpenFlamingo from PyPI), measured side by side in one run on one shared
     .venv/bin/python -P scripts/bench_train.py --quick           # smoke run: 2 rounds, 8 new tokens
     .venv/bin/python -P scripts/bench_train.py --models ours_prefix,llava --no-gen
     .venv/bin/python -P scripts/bench_train.py --no-train --no-gen   # only the peak-RSS processes
+    .venv/bin/python -P scripts/bench_train.py --compile             # ours trains with compiled blocks (compile=true)
 
 Shared configuration
     LLM      real SmolLM2-135M-Instruct (lamm's `smollm2_135m` loader), frozen, fp32, peft LoRA r=8 alpha=16
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from contextlib import nullcontext
 import ctypes
 import gc
 import statistics
@@ -193,6 +195,7 @@ def build_ours(args, fusion: str, data) -> Runner:
 
     from lamm.batch import Batch, MediaBatch
     from lamm.build import build_model
+    from lamm.training.compiled_blocks import compiled_blocks
 
     torch.manual_seed(args.seed)
     encoder = {"name": "small_vit", "image_size": 224, "patch_size": 32, "width": 384, "depth": 6, "heads": 6}
@@ -220,8 +223,11 @@ def build_ours(args, fusion: str, data) -> Runner:
     batch = Batch(ids, mask, labels, media)
     gen_batch = Batch(gen_ids, torch.ones_like(gen_ids), None, media)
 
+    blocks = compiled_blocks(model) if args.compile else None  # lamm-train's compile=true
+
     def loss_fn():
-        return model(batch, logits="none").loss
+        with blocks.active() if blocks is not None else nullcontext():
+            return model(batch, logits="none").loss
 
     def gen():
         model.eval()
@@ -233,6 +239,8 @@ def build_ours(args, fusion: str, data) -> Runner:
     name = "ours_prefix" if fusion == "prefix" else "ours_xattn"
     runner = Runner(name, fusion, model, _wrap_step(model, loss_fn), gen)
     runner.notes.append(f"attn_implementation={model.llm.causal_lm.config._attn_implementation}")
+    if blocks is not None:
+        runner.notes.append(f"compile=true: {len(blocks)} blocks compiled for training steps")
     return runner
 
 
@@ -547,6 +555,8 @@ def parse_args(argv=None):
     parser.add_argument("--perceiver-depth", type=int, default=2)
     parser.add_argument("--peer-logits-to-keep", action="store_true",
                         help="peers compute logits only at the labelled tail (not their default)")
+    parser.add_argument("--compile", action="store_true",
+                        help="ours' training steps with compiled blocks (lamm-train compile=true); compiled in the warm-up")
     parser.add_argument("--no-onednn", action="store_true", help="ours' generate() with onednn=False (MKL linears)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "inherit"],
@@ -646,7 +656,7 @@ def measure_memory(args, names: list[str], workdir: Path) -> dict[str, dict]:
                "--seq", str(args.seq), "--label-fraction", str(args.label_fraction),
                "--gen-prompt", str(args.gen_prompt), "--gen-new", str(args.gen_new),
                "--perceiver-depth", str(args.perceiver_depth), "--omp-wait-policy", args.omp_wait_policy,
-               *(["--no-onednn"] if args.no_onednn else [])]
+               *(["--no-onednn"] if args.no_onednn else []), *(["--compile"] if args.compile else [])]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:  # reported, and the timing still runs
             print(f"memory run of {name} failed:\n{result.stderr[-3000:]}")

@@ -116,7 +116,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     max_steps = int(cfg.trainer.max_steps)
     methods = build_methods(cfg, model, max_steps)  # e.g. the encoder warm-up (lamm/training/method.py)
     module = LammModule(model, OptimConfig.from_config(cfg.optim), max_steps,
-                        gradient_checkpointing=bool(cfg.gradient_checkpointing), methods=methods)
+                        gradient_checkpointing=bool(cfg.gradient_checkpointing), methods=methods,
+                        compile=bool(cfg.get("compile", False)))
+    if module.compiled_blocks is not None:
+        kinds = sorted({type(u).__name__ for u in module.compiled_blocks.units})
+        console.print(f"compile: {len(module.compiled_blocks)} blocks ({', '.join(kinds)}) run compiled in training steps")
     trainer = build_trainer(cfg, run_dir, methods)
     datamodule = LammDataModule(data_cfg, model, max_steps, trainer.accumulate_grad_batches)
     if trainer.is_global_zero:

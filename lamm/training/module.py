@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
+from lamm.training.compiled_blocks import compiled_blocks
 from lamm.training.method import OptimizationPlan, TrainingMethod
 from lamm.training.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
 
@@ -29,7 +31,8 @@ class LammModule(L.LightningModule):
     """Trains the parts the model's policy declares; checkpoints hold only those parts."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, max_steps: int,
-                 gradient_checkpointing: bool = False, methods: list[TrainingMethod] = ()) -> None:
+                 gradient_checkpointing: bool = False, methods: list[TrainingMethod] = (),
+                 compile: bool = False) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
@@ -44,6 +47,7 @@ class LammModule(L.LightningModule):
             self.add_module(method.name, extra)  # inside the module: DDP syncs it, checkpoints carry it
         if gradient_checkpointing:
             model.llm.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.compiled_blocks = compiled_blocks(model) if compile else None
         self._last_time: float | None = None
 
     def configure_model(self) -> None:
@@ -69,9 +73,10 @@ class LammModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         if batch is None:  # every sample of this batch was skipped (data.on_error=skip)
             return None
-        loss = next((out for m in self.methods if (out := m.loss(self.global_step, self.model, batch)) is not None), None)
-        if loss is None:
-            loss = self.model(batch, logits="none").loss
+        with self.compiled_blocks.active() if self.compiled_blocks is not None else nullcontext():
+            loss = next((out for m in self.methods if (out := m.loss(self.global_step, self.model, batch)) is not None), None)
+            if loss is None:
+                loss = self.model(batch, logits="none").loss
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at step {self.global_step}, batch {batch_idx}, "

@@ -183,8 +183,14 @@ def check_run_config(cfg: DictConfig) -> None:
     trainer_arguments(cfg.trainer)
     from lamm.training.fsdp import fsdp_options
 
-    if fsdp_options(to_plain(cfg.trainer).get("strategy")) is None:  # FSDP's options are checked there
-        strategy_from_config(cfg.trainer.get("strategy"), cfg.trainer.get("accelerator"))  # e.g. DeepSpeed installed
+    strategy = to_plain(cfg.trainer).get("strategy")
+    sharded = fsdp_options(strategy) is not None
+    if not sharded:  # FSDP's options are checked there
+        sharded = not isinstance(strategy_from_config(strategy, cfg.trainer.get("accelerator")), str)  # e.g. DeepSpeed
+    if cfg.get("compile") and sharded:
+        raise ValueError("compile=true: compiled blocks under a sharding strategy (trainer.strategy="
+                         f"{strategy if isinstance(strategy, str) else dict(strategy).get('name')}) are untested; "
+                         "use trainer=ddp or a single device with compile, or compile=false")
     for group, table in (("logger", LOGGERS), ("callbacks", CALLBACKS)):
         for name in (cfg.get(group) or {}):
             _check_known(name, table, group)
