@@ -40,8 +40,11 @@ class CompiledBlocks:
     def __init__(self, model: nn.Module, skip: nn.Module | None = None, **compile_options: Any) -> None:
         skipped = {id(m) for m in skip.modules()} if skip is not None else set()
         self.units = [u for u in outermost(model.wrap_modules()) if id(u) not in skipped]
+        # Dropout draws from aten's generator as in eager mode: the same masks with and without compile, and
+        # inductor's in-kernel CPU random measured slower than aten's bernoulli (docs/results.md).
+        options = {"fallback_random": True, **compile_options.pop("options", {})}
         # One compiled callable per block; blocks of one class share inductor's compiled code.
-        self._compiled = [torch.compile(unit.forward, **compile_options) for unit in self.units]
+        self._compiled = [torch.compile(unit.forward, options=options, **compile_options) for unit in self.units]
 
     @contextmanager
     def active(self) -> Iterator[None]:
