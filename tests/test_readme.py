@@ -50,6 +50,8 @@ COVERED_BY = {
     "data.feature_cache=/data/feats/llava15": "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
     ".venv/bin/lamm-train experiment=quickstart data.packing=true data.group_by_length=true":
         "tests/test_feature_cache.py::test_cache_features_then_lamm_train_reads_it",
+    ".venv/bin/lamm-train experiment=quickstart compile=true":
+        "tests/test_compile.py::test_compiled_training_step_gives_the_eager_weights",
     ".venv/bin/lamm-train trainer=ddp_cpu debug=fast": "tests/test_training.py::test_ddp_two_cpu_processes_agree",
     ".venv/bin/lamm-train data=webdataset 'data.path=\"/data/shards/train-{000000..000099}.tar\"' trainer=ddp":
         "tests/test_streaming.py::test_two_processes_two_workers_read_every_sample_once_per_epoch",
