@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,26 @@ def test_hf_folder_round_trip(tmp_path) -> None:
     again = LLMS.build("hf", path=str(tmp_path / "m"))
     ids = torch.tensor([[3, 50, 7, 9]])
     assert torch.allclose(tiny.causal_lm(ids).logits, again.causal_lm(ids).logits, atol=1e-6)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings (Linux)")
+def test_hf_folder_weights_live_in_process_memory_not_on_the_file_mapping(tmp_path) -> None:
+    """Weights left on transformers' safetensors mapping keep every page read resident, even the embedding
+    the media-token resize replaces: the loader copies them into process memory, so no mapping stays."""
+    tiny = LLMS.build("tiny_random")
+    tiny.causal_lm.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    again = LLMS.build("hf", path=str(tmp_path / "m"))
+    weights = str((tmp_path / "m" / "model.safetensors").resolve())
+    mapped = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == weights:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            mapped.append((start, end))
+    on_file = [n for n, t in [*again.named_parameters(), *again.named_buffers()]
+               if any(s <= t.untyped_storage().data_ptr() < e for s, e in mapped)]
+    assert not on_file and not mapped, (on_file, mapped)
 
 
 def test_hf_folder_attention_and_dtype_reach_transformers(tmp_path) -> None:
