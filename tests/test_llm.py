@@ -171,3 +171,19 @@ def test_real_smollm2_answers_offline() -> None:
     batch = text_batch(model, [prompt], labels=False)
     answer = model.tokenizer.decode(model.generate(batch, max_new_tokens=12)[0], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_static_cache_is_allocated_up_front_and_follows_autocast() -> None:
+    """The KV cache's buffers exist before the prefill (made lazily, between its temporaries, they raised the
+    peak RSS); under autocast they are left to the first write, and generation still matches the dynamic cache."""
+    model = build_model(tiny_model_config(fusion="prefix")).eval()
+    cache = model.llm.static_cache(2, 10)
+    assert all(layer.is_initialized and layer.keys.shape[0] == 2 and layer.keys.shape[2] == 10
+               and layer.keys.dtype == torch.float32 for layer in cache.layers)
+    ph = media_text(model, "image")
+    batch = text_batch(model, [f"a {ph} shape", f"two {ph} here"], {"image": (random_media(model, "image", 2), [0, 1])})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not any(layer.is_initialized for layer in model.llm.static_cache(2, 10).layers)
+        static = model.generate(batch, max_new_tokens=6, eos_token_id=-1)
+        dynamic = model.generate(batch, max_new_tokens=6, eos_token_id=-1, static_cache=False)
+    assert torch.equal(static, dynamic)
