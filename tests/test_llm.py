@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,6 +133,26 @@ def test_hf_folder_round_trip(tmp_path) -> None:
     assert torch.allclose(tiny.causal_lm(ids).logits, again.causal_lm(ids).logits, atol=1e-6)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings (Linux)")
+def test_hf_folder_weights_live_in_process_memory_not_on_the_file_mapping(tmp_path) -> None:
+    """Weights left on transformers' safetensors mapping keep every page read resident, even the embedding
+    the media-token resize replaces: the loader copies them into process memory, so no mapping stays."""
+    tiny = LLMS.build("tiny_random")
+    tiny.causal_lm.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    again = LLMS.build("hf", path=str(tmp_path / "m"))
+    weights = str((tmp_path / "m" / "model.safetensors").resolve())
+    mapped = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == weights:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            mapped.append((start, end))
+    on_file = [n for n, t in [*again.named_parameters(), *again.named_buffers()]
+               if any(s <= t.untyped_storage().data_ptr() < e for s, e in mapped)]
+    assert not on_file and not mapped, (on_file, mapped)
+
+
 def test_hf_folder_attention_and_dtype_reach_transformers(tmp_path) -> None:
     tiny = LLMS.build("tiny_random")
     tiny.causal_lm.save_pretrained(tmp_path / "m")
@@ -150,3 +171,19 @@ def test_real_smollm2_answers_offline() -> None:
     batch = text_batch(model, [prompt], labels=False)
     answer = model.tokenizer.decode(model.generate(batch, max_new_tokens=12)[0], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_static_cache_is_allocated_up_front_and_follows_autocast() -> None:
+    """The KV cache's buffers exist before the prefill (made lazily, between its temporaries, they raised the
+    peak RSS); under autocast they are left to the first write, and generation still matches the dynamic cache."""
+    model = build_model(tiny_model_config(fusion="prefix")).eval()
+    cache = model.llm.static_cache(2, 10)
+    assert all(layer.is_initialized and layer.keys.shape[0] == 2 and layer.keys.shape[2] == 10
+               and layer.keys.dtype == torch.float32 for layer in cache.layers)
+    ph = media_text(model, "image")
+    batch = text_batch(model, [f"a {ph} shape", f"two {ph} here"], {"image": (random_media(model, "image", 2), [0, 1])})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not any(layer.is_initialized for layer in model.llm.static_cache(2, 10).layers)
+        static = model.generate(batch, max_new_tokens=6, eos_token_id=-1)
+        dynamic = model.generate(batch, max_new_tokens=6, eos_token_id=-1, static_cache=False)
+    assert torch.equal(static, dynamic)

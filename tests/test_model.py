@@ -183,10 +183,39 @@ def test_generation_with_merged_lora_equals_unmerged_and_restores_weights(fusion
     with merged_lora(model, True) as count:
         assert count == len(layers) and all(layer.merged for layer in layers)
         assert not torch.equal(layers[0].get_base_layer().weight, before[_name(model, layers[0])][1])
+        # merged in place: no copy of any weight is held while decoding
+        assert all(layer.get_base_layer().weight.data_ptr() == before[_name(model, layer)][0].data_ptr()
+                   for layer in layers)
     after = dict(model.named_parameters())
     for name, (param, value) in before.items():  # same tensors, same bits: no unmerge rounding drift
         assert after[name] is param and torch.equal(param, value), name
     assert not any(layer.merged for layer in layers)
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_lora_merge_matches_the_adapter_and_restores_every_bit(use_dora: bool) -> None:
+    """Plain LoRA merges in place; DoRA (not a plain addition) into a copy; both give the weights back exactly."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from lamm.llm.lora_merge import merged_lora
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 24))
+    net = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"], use_dora=use_dora), net)
+    for name, param in net.named_parameters():
+        if "lora_B" in name or "magnitude" in name:
+            nn.init.normal_(param, std=0.3)
+    weights = [net[0].base_layer.weight, net[2].base_layer.weight]
+    before = [(w.data_ptr(), w.detach().clone()) for w in weights]
+    x = torch.randn(5, 48)
+    with torch.no_grad():
+        unmerged = net(x)
+        with merged_lora(net, True) as count:
+            merged = net(x)
+            assert count == 2 and [w.data_ptr() == p for w, (p, _) in zip(weights, before)] == [not use_dora] * 2
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert all(w.data_ptr() == p and torch.equal(w, value) for w, (p, value) in zip(weights, before))
+    assert not net[0].merged and not net[2].merged
 
 
 def _name(model, layer) -> str:

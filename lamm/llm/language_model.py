@@ -126,10 +126,20 @@ class LanguageModel(nn.Module):
 
     def static_cache(self, batch_size: int, length: int) -> Any:
         """An empty preallocated KV cache for `batch_size` rows of up to `length` positions, written in
-        place (transformers' `StaticCache`; its buffers are made on the first write)."""
+        place (transformers' `StaticCache`)."""
         from transformers import StaticCache
 
-        return StaticCache(config=self.causal_lm.config.get_text_config(decoder=True), max_cache_len=length)
+        config = self.causal_lm.config.get_text_config(decoder=True)
+        cache = StaticCache(config=config, max_cache_len=length)
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        weight = self.causal_lm.get_input_embeddings().weight
+        # All buffers now, before the prefill's temporaries: made lazily layer by layer in between them, they
+        # pin freed memory and the process's peak RSS grows by more than the cache itself. (Under autocast the
+        # keys' dtype is not the weights': left to the first write.)
+        if not torch.is_autocast_enabled(weight.device.type):
+            cache.early_initialization(batch_size, heads, head_dim, weight.dtype, weight.device)
+        return cache
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits for the given hidden states (call it only where logits are needed)."""

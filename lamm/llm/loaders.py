@@ -65,7 +65,20 @@ def load_hf(path: str, dtype: str = "float32", gguf_file: str | None = None,
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LLMLoadError(f"model.llm.path: could not load {path!r} ({first})") from exc
-    return LanguageModel(model.eval(), tokenizer, name=path)
+    return LanguageModel(_owned_weights(model).eval(), tokenizer, name=path)
+
+
+def _owned_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with every parameter and buffer copied into process memory, so no file mapping stays.
+
+    transformers hands out zero-copy views of the safetensors file mapping; every page of it read
+    once stays resident while any weight lives on it, which includes the old embedding table that
+    the media-token resize replaces (its pages were read for the copy, so they stay resident twice over).
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()  # tied weights are one Parameter: copied once, still tied
+    return model
 
 
 @LLMS.register("gguf")
