@@ -42,8 +42,8 @@ def _in_place(layer: nn.Module) -> bool:
 
 
 class _Scratch:
-    """Reusable buffers for the per-block temporaries: a fresh temporary per layer would leave fresh pages
-    resident layer after layer (+52 MB RSS for LoRA on q,v of SmolLM2-135M)."""
+    """Reusable buffers for the per-block temporaries: fresh temporaries per layer leave freshly touched
+    pages resident layer after layer (docs/results.md, issue 22 memory)."""
 
     def __init__(self) -> None:
         self._flat: dict[tuple, torch.Tensor] = {}
