@@ -39,7 +39,9 @@ FLOPs: counted on one extra (untimed) training step and one generate() of each m
 torch.utils.flop_counter.FlopCounterMode - every matmul that actually runs (2*m*n*k) - plus SDPA, which the
 counter does not know on CPU: 4*B*H*Lq*Lk*dh forward, 8*B*H*Lq*Lk*dh backward.  The CPU's fp32 peak is
 measured in the same run from a 2048^3 torch.mm; "x FLOP limit" = generate() time per new token / (its FLOPs
-per new token / that peak).
+per new token / that peak).  "x read limit" = the same time / (bytes of the weights one decode step reads, ours'
+LLM and fusion, / the GB/s a sum streams 512 MiB at, measured in the same run): at batch 4 a decode step does
+~2 FLOPs per 4-byte weight it reads, so in fp32 the read limit, not the FLOP limit, is the floor.
 The table is also written as JSON (`--json`).
 """
 from __future__ import annotations
@@ -131,6 +133,29 @@ def count_flops(fn: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
+def read_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
+    """Best-of-`repeats` GB/s at which a sum streams `mib` MiB of fp32 from memory on this CPU, now."""
+    import torch
+
+    x = torch.ones(mib * 2**18)
+    x.sum()  # warm up (pages resident)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def unique_bytes(modules) -> int:
+    """Bytes of the distinct parameter storages of `modules` (tied weights once)."""
+    storages = {}
+    for module in modules:
+        for p in module.parameters():
+            storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     """Best-of-`repeats` fp32 GFLOP/s of an n^3 torch.mm on this CPU, now."""
     import torch
@@ -167,6 +192,7 @@ class Runner:
     gen_times: list[float] = field(default_factory=list)
     flops: int = 0
     gen_flops: int = 0
+    decode_bytes: int = 0  # weights one decode step reads (ours: the LLM and the fusion); 0 = not counted
     losses: list[float] = field(default_factory=list)
 
 
@@ -237,7 +263,8 @@ def build_ours(args, fusion: str, data) -> Runner:
         return out
 
     name = "ours_prefix" if fusion == "prefix" else "ours_xattn"
-    runner = Runner(name, fusion, model, _wrap_step(model, loss_fn), gen)
+    runner = Runner(name, fusion, model, _wrap_step(model, loss_fn), gen,
+                    decode_bytes=unique_bytes([model.llm, model.fusion]))
     runner.notes.append(f"attn_implementation={model.llm.causal_lm.config._attn_implementation}")
     if blocks is not None:
         runner.notes.append(f"compile=true: {len(blocks)} blocks compiled for training steps")
@@ -748,6 +775,7 @@ def main() -> None:
                 except AssertionError as err:  # FlopCounterMode's module tracker fails on some no-grad graphs
                     print(f"FLOPs of {r.name}'s generate() not counted: {err}")
     peak = max(peak, matmul_peak_gflops())
+    bandwidth = read_bandwidth_gbs()
 
     if not args.no_gen:
         with torch.no_grad():
@@ -769,7 +797,7 @@ def main() -> None:
     print()
     header = (f"{'model':13s} {'fusion':11s} {'step s (med)':>12s} {'min..max':>13s} {'samples/s':>9s} "
               f"{'step mem MiB':>12s} {'GFLOP/step':>10s} {'%peak':>5s} {'gen s (med)':>11s} {'ms/new token':>12s} "
-              f"{'x FLOP limit':>12s}")
+              f"{'x FLOP limit':>12s} {'x read limit':>12s}")
     print(header)
     print("-" * len(header))
     per_model = {}
@@ -779,23 +807,31 @@ def main() -> None:
         per_token = gen_med / args.gen_new
         limit = r.gen_flops / args.gen_new / (peak * 1e9) if r.gen_flops else float("nan")
         achieved = r.flops / 1e9 / med if r.flops else float("nan")
+        read_limit = r.decode_bytes / (bandwidth * 1e9) if r.decode_bytes else float("nan")
         per_model[r.name] = {"fusion": r.fusion, "step_s": med, "samples_per_s": args.batch / med,
                              "step_mem_mib": max(r.step_mem) / 2**20 if r.step_mem else None,
                              "train_gflop_per_step": r.flops / 1e9, "gen_s": gen_med,
                              "ms_per_new_token": 1e3 * per_token, "gen_gflop": r.gen_flops / 1e9,
-                             "x_flop_limit_per_new_token": per_token / limit, "notes": r.notes,
+                             "x_flop_limit_per_new_token": per_token / limit,
+                             "decode_weight_bytes": r.decode_bytes, "x_read_limit_per_new_token": per_token / read_limit,
+                             "notes": r.notes,
                              "losses": r.losses, "step_times": r.step_times, "gen_times": r.gen_times}
         print(f"{r.name:13s} {r.fusion:11s} {med:12.3f} "
               f"{(min(r.step_times) if r.step_times else float('nan')):6.2f}.."
               f"{(max(r.step_times) if r.step_times else float('nan')):<6.2f} {args.batch / med:9.2f} "
               f"{(max(r.step_mem) / 2**20 if r.step_mem else float('nan')):12.0f} {r.flops / 1e9:10.0f} "
-              f"{100 * achieved / peak:5.1f} {gen_med:11.3f} {1e3 * per_token:12.1f} {per_token / limit:12.1f}")
+              f"{100 * achieved / peak:5.1f} {gen_med:11.3f} {1e3 * per_token:12.1f} {per_token / limit:12.1f} "
+              f"{per_token / read_limit:12.1f}")
     if runners and runners[0].losses:
         print()
         print("losses (first .. last step, sanity):", ", ".join(f"{r.name} {r.losses[0]:.2f}..{r.losses[-1]:.2f}"
                                                            for r in runners))
     print("x FLOP limit: (generate() time / new tokens) / (FLOPs of one generate() counted by "
           "torch.utils.flop_counter / new tokens / matmul peak); prefill included in both")
+    print(f"x read limit: (generate() time / new tokens) / (bytes of the weights one decode step reads / {bandwidth:.1f} GB/s, "
+          "the rate a sum streams 512 MiB here); ours only. A decode step at batch 4 reads every weight for ~2 FLOPs per "
+          "4 bytes, so in fp32 this, not the FLOP limit, is the floor (read limit / FLOP limit = "
+          f"{peak / 2 / bandwidth:.1f} on this CPU)")
 
     rows = []
     for ours, peer, gen_target in PAIRS:
@@ -827,7 +863,7 @@ def main() -> None:
               f">={row['target']:.2f}x {'OK' if row['meets_target'] else 'BELOW'}")
     result = {"config": {k: v for k, v in vars(args).items() if k not in ("memory_child", "workdir")},
               "torch": torch.__version__, "transformers": transformers.__version__,
-              "matmul_peak_gflops": peak, "models": per_model, "memory": memory, "table": rows}
+              "matmul_peak_gflops": peak, "read_bandwidth_gbs": bandwidth, "models": per_model, "memory": memory, "table": rows}
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"\nwritten {args.json}; total wall time {time.perf_counter() - t_start:.0f} s")
     if tmp is not None:
