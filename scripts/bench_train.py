@@ -831,7 +831,7 @@ def main() -> None:
     print(f"x read limit: (generate() time / new tokens) / (bytes of the weights one decode step reads / {bandwidth:.1f} GB/s, "
           "the rate a sum streams 512 MiB here); ours only. A decode step at batch 4 reads every weight for ~2 FLOPs per "
           "4 bytes, so in fp32 this, not the FLOP limit, is the floor (read limit / FLOP limit = "
-          f"{peak / 2 / bandwidth:.1f} on this CPU)")
+          f"{peak / (args.batch / 2) / bandwidth:.1f} at batch {args.batch} on this CPU)")
 
     rows = []
     for ours, peer, gen_target in PAIRS:
