@@ -40,8 +40,8 @@ torch.utils.flop_counter.FlopCounterMode - every matmul that actually runs (2*m*
 counter does not know on CPU: 4*B*H*Lq*Lk*dh forward, 8*B*H*Lq*Lk*dh backward.  The CPU's fp32 peak is
 measured in the same run from a 2048^3 torch.mm; "x FLOP limit" = generate() time per new token / (its FLOPs
 per new token / that peak).  "x read limit" = the same time / (bytes of the weights one decode step reads, ours'
-LLM and fusion, / the GB/s a sum streams 512 MiB at, measured in the same run): at batch 4 a decode step does
-~2 FLOPs per 4-byte weight it reads, so in fp32 the read limit, not the FLOP limit, is the floor.
+LLM and fusion, / the GB/s a sum streams 512 MiB at, measured in the same run): a decode step reads each 4-byte
+weight once for 2 x batch FLOPs (2 FLOPs per byte at batch 4), so in fp32 the read limit, not the FLOP limit, is the floor.
 The table is also written as JSON (`--json`).
 """
 from __future__ import annotations
@@ -829,8 +829,8 @@ def main() -> None:
     print("x FLOP limit: (generate() time / new tokens) / (FLOPs of one generate() counted by "
           "torch.utils.flop_counter / new tokens / matmul peak); prefill included in both")
     print(f"x read limit: (generate() time / new tokens) / (bytes of the weights one decode step reads / {bandwidth:.1f} GB/s, "
-          "the rate a sum streams 512 MiB here); ours only. A decode step at batch 4 reads every weight for ~2 FLOPs per "
-          "4 bytes, so in fp32 this, not the FLOP limit, is the floor (read limit / FLOP limit = "
+          "the rate a sum streams 512 MiB here); ours only. A decode step reads each 4-byte weight once for "
+          "2 x batch FLOPs, so in fp32 this, not the FLOP limit, is the floor (read limit / FLOP limit = "
           f"{peak / (args.batch / 2) / bandwidth:.1f} at batch {args.batch} on this CPU)")
 
     rows = []
