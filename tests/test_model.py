@@ -218,6 +218,36 @@ def test_lora_merge_matches_the_adapter_and_restores_every_bit(use_dora: bool) -
     assert not net[0].merged and not net[2].merged
 
 
+def test_lora_merge_interrupted_part_way_restores_every_weight(monkeypatch) -> None:
+    """A Ctrl-C (lamm-chat carries on after one) or an error in the middle of merging leaves no layer merged."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from lamm.llm import lora_merge
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 24))
+    net = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"]), net)
+    for name, param in net.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.3)
+    weights = [net[0].base_layer.weight, net[2].base_layer.weight]
+    before = [w.detach().clone() for w in weights]
+    monkeypatch.setattr(lora_merge, "_BLOCK_ELEMENTS", 400)  # several blocks per layer: interrupted inside one
+    real_addmm, calls = torch.addmm, []
+
+    def addmm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:  # the second layer's third block, after the first layer merged whole
+            raise KeyboardInterrupt
+        return real_addmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addmm", addmm)
+    with pytest.raises(KeyboardInterrupt), torch.no_grad(), lora_merge.merged_lora(net, True):
+        pass
+    assert all(torch.equal(w, value) for w, value in zip(weights, before))
+    assert not net[0].merged and not net[2].merged
+
+
 def _name(model, layer) -> str:
     return next(n for n, m in model.named_modules() if m is layer) + ".base_layer.weight"
 

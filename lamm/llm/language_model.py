@@ -137,9 +137,19 @@ class LanguageModel(nn.Module):
         # All buffers now, before the prefill's temporaries: made lazily layer by layer in between them, they
         # pin freed memory and the process's peak RSS grows by more than the cache itself. (Under autocast the
         # keys' dtype is not the weights': left to the first write.)
-        if not torch.is_autocast_enabled(weight.device.type):
+        if not torch.is_autocast_enabled(weight.device.type) and self._kv_widths_are(heads * head_dim):
             cache.early_initialization(batch_size, heads, head_dim, weight.dtype, weight.device)
         return cache
+
+    def _kv_widths_are(self, width: int) -> bool:
+        """Every decoder layer has one k_proj and one v_proj of `width` outputs: the one shape an up-front
+        static cache assumes (not so for MLA's or per-layer head counts, which stay lazily allocated)."""
+        for layer in self.decoder_layers:
+            widths = [getattr(m, "out_features", None) for n, m in layer.named_modules()
+                      if n.endswith(("k_proj", "v_proj")) and not n.endswith("base_layer")]
+            if len(widths) != 2 or any(w != width for w in widths):
+                return False
+        return True
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits for the given hidden states (call it only where logits are needed)."""

@@ -68,26 +68,32 @@ def _row_blocks(layer: nn.Module, adapter: str) -> Iterator[tuple[torch.Tensor, 
 
 def _merge_in_place(layer: nn.Module, adapter: str, scratch: _Scratch) -> Callable[[_Scratch], None]:
     """`W += s * B @ A` in place; returns the exact undo: `W -= s * B @ A` by the same call, then the few
-    elements whose rounding did not come back (0.1-1%) put back from the values saved at the merge."""
+    elements whose rounding did not come back (0.1-1%) put back from the values saved at the merge. Interrupted
+    part way (an error, Ctrl-C in lamm-chat), the blocks merged so far are undone before the error goes on."""
     scale = layer.scaling[adapter]
-    rounded, saved = [], []
-    with torch.no_grad():
-        for block, b, a in _row_blocks(layer, adapter):
-            merged = torch.addmm(block, b, a, alpha=scale, out=scratch.like(0, block))
-            back = torch.addmm(merged, b, a, alpha=-scale, out=scratch.like(1, block))
-            missed = back.ne_(block).view(-1).nonzero().squeeze(1)
-            rounded.append(missed)
-            saved.append(block.view(-1)[missed])
-            block.copy_(merged)
-    layer.merged_adapters.append(adapter)  # peft's "merged" flag: forward skips the adapter
+    done: list[tuple[torch.Tensor, torch.Tensor]] = []  # per merged block: where `(W + d) - d` misses W, and W there
 
     def undo(scratch: _Scratch) -> None:
         with torch.no_grad():
-            for (block, b, a), missed, values in zip(_row_blocks(layer, adapter), rounded, saved):
+            for (block, b, a), (missed, values) in zip(_row_blocks(layer, adapter), done):
                 block.copy_(torch.addmm(block, b, a, alpha=-scale, out=scratch.like(0, block)))
                 block.view(-1)[missed] = values
-        layer.merged_adapters.remove(adapter)
+        if adapter in layer.merged_adapters:
+            layer.merged_adapters.remove(adapter)
 
+    try:
+        with torch.no_grad():
+            for block, b, a in _row_blocks(layer, adapter):
+                merged = torch.addmm(block, b, a, alpha=scale, out=scratch.like(0, block))
+                back = torch.addmm(merged, b, a, alpha=-scale, out=scratch.like(1, block))
+                missed = back.ne_(block).view(-1).nonzero().squeeze(1)
+                values = block.view(-1)[missed]
+                block.copy_(merged)
+                done.append((missed, values))
+    except BaseException:
+        undo(scratch)
+        raise
+    layer.merged_adapters.append(adapter)  # peft's "merged" flag: forward skips the adapter
     return undo
 
 
@@ -117,17 +123,24 @@ def merged_lora(module: nn.Module, enabled: bool | str = "auto") -> Iterator[int
     copied = [m for m in layers if not _in_place(m)]
     if enabled == "auto" and sum(m.get_base_layer().weight.nbytes for m in copied) > AUTO_LIMIT_BYTES:
         layers = [m for m in layers if _in_place(m)]
-    undo: list[Callable[[_Scratch], None]] = []
+    undo: list[Callable[[_Scratch], None]] = []  # each merge's undo, registered as soon as it is done
     try:
         scratch = _Scratch()
         for layer in layers:
             if _in_place(layer):
-                undo += [_merge_in_place(layer, adapter, scratch) for adapter in list(layer.active_adapters)]
+                for adapter in list(layer.active_adapters):
+                    undo.append(_merge_in_place(layer, adapter, scratch))
             else:
                 undo.append(_merge_into_copy(layer))
         del scratch  # freed before decoding starts
         yield len(layers)
     finally:
         scratch = _Scratch()
-        for step in reversed(undo):
-            step(scratch)
+        first_error: BaseException | None = None
+        for step in reversed(undo):  # every layer is restored even if one undo fails
+            try:
+                step(scratch)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other layers
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error

@@ -186,7 +186,9 @@ def check_run_config(cfg: DictConfig) -> None:
     strategy = to_plain(cfg.trainer).get("strategy")
     sharded = fsdp_options(strategy) is not None
     if not sharded:  # FSDP's options are checked there
-        sharded = not isinstance(strategy_from_config(strategy, cfg.trainer.get("accelerator")), str)  # e.g. DeepSpeed
+        built = strategy_from_config(strategy, cfg.trainer.get("accelerator"))  # e.g. DeepSpeed installed
+        # A mapping lamm builds (DeepSpeed), or one of Lightning's registered sharding names (deepspeed_stage_3, fsdp_cpu_offload)
+        sharded = not isinstance(built, str) or built.startswith(("deepspeed", "fsdp"))
     if cfg.get("compile") and sharded:
         raise ValueError("compile=true: compiled blocks under a sharding strategy (trainer.strategy="
                          f"{strategy if isinstance(strategy, str) else dict(strategy).get('name')}) are untested; "
