@@ -327,8 +327,8 @@ class MultimodalLM(nn.Module):
         `streamer` follows Hugging Face's streamer protocol (`put(tokens)`, `end()`), but receives only
         the new tokens, one [B] tensor per step (rows already finished get pad), never the prompt.
         `merge_lora` folds LoRA into the adapted weights while decoding (fewer ops per token), in place and
-        undone bit for bit afterwards (`lamm.llm.lora_merge`): True, False, or "auto" (as True, but layers
-        that can only merge into a weight copy, e.g. DoRA, stay unmerged when the copies need > 1 GiB).
+        undone bit for bit afterwards (`lamm.llm.lora_merge`): True, False, or "auto" (as True when the adapted
+        weights take at most 1 GiB, e.g. not for a 7B LLM's q,v, where the merge passes cost more than they save).
         `static_cache` keeps keys/values in one buffer sized for prompt + new tokens, written in place
         (a dynamic cache re-allocates every layer's keys/values at every step); False: a dynamic cache.
         `onednn` runs the LLM's and the fusion's fp32 CPU linears on oneDNN, which streams weights faster than
