@@ -57,6 +57,20 @@ def tiny_model_config(
 
 
 
+def benchmark_model(tiny: bool, overrides: list[str]):
+    """The model a benchmark script measures, in eval mode: a tiny random one (`--tiny`) or the one lamm-train
+    builds for `overrides` (scripts/bench_eval.py, scripts/bench_fewshot.py)."""
+    from lamm.build import build_model
+
+    if tiny:
+        cfg = tiny_model_config()
+    else:
+        from lamm.config import compose
+
+        cfg = compose("train", overrides).model
+    return build_model(cfg).eval()
+
+
 def media_text(model, modality: str) -> str:
     """The placeholder text one medium occupies in this model's prompts."""
     return model.placeholder_text(modality)

@@ -44,22 +44,14 @@ def main() -> None:
     from lamm.benchmarks.build import build_instruction, build_scenario
     from lamm.benchmarks.inferencers import PPLInference, generate_texts
     from lamm.benchmarks.render import Renderer
-    from lamm.build import build_model
     from lamm.datasets.synth import generate
+    from lamm.testing import benchmark_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    if args.tiny:
-        from lamm.testing import tiny_model_config
-
-        cfg = tiny_model_config()
-    else:
-        from lamm.config import compose
-
-        cfg = compose("train", args.overrides).model
-    model = build_model(cfg).eval()
+    model = benchmark_model(args.tiny, args.overrides)
     print(f"model built in {time.perf_counter() - t0:.1f} s; llm={model.llm.name} ({model.llm.causal_lm.dtype}) "
           f"fusion={type(model.fusion).__name__} threads={torch.get_num_threads()}")
 
